@@ -1,0 +1,169 @@
+"""MagicLens head: released param names/shapes, numerics, released-file round trip & safety."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from trainer.models.magiclens import MagicLensConfig, abstract_params, build_model, init_params
+from trainer.weights.released import (
+    UnsafePickleError,
+    load_payload,
+    load_released,
+    save_released_format,
+)
+
+
+def expected_head_shapes(d: int, heads: int) -> dict[str, tuple[int, ...]]:
+    """The released fusion-head + pooler tree, written out from the brief's table."""
+    h, ph = d // heads, 4 * d // heads
+    out: dict[str, tuple[int, ...]] = {}
+    for i in range(4):
+        p = f"multimodal_encoder/x_layers_{i}"
+        out |= {f"{p}/layer_norm/scale": (d,), f"{p}/layer_norm/bias": (d,)}
+        for n in ("query", "key", "value"):
+            out |= {f"{p}/self_attention/{n}/w": (d, heads, h),
+                    f"{p}/self_attention/{n}/b": (heads, h)}
+        out |= {f"{p}/self_attention/post/w": (d, heads, h), f"{p}/self_attention/post/b": (d,)}
+        f = f"{p}/ff_layer"
+        out |= {f"{f}/layer_norm/scale": (d,), f"{f}/layer_norm/bias": (d,),
+                f"{f}/ffn_layer1/linear/w": (d, 4 * d), f"{f}/ffn_layer1/bias/b": (4 * d,),
+                f"{f}/ffn_layer2/linear/w": (4 * d, d), f"{f}/ffn_layer2/bias/b": (d,)}
+    p = "contrastive_multimodal_pooler"
+    out[f"{p}/pooling_attn_query"] = (1, d)
+    for n in ("query", "key", "value"):
+        out |= {f"{p}/pool_attn/{n}/w": (d, heads, ph), f"{p}/pool_attn/{n}/b": (heads, ph)}
+    out |= {f"{p}/pool_attn/post/w": (d, heads, ph), f"{p}/pool_attn/post/b": (d,),
+            f"{p}/pool_attn/per_dim_scale/per_dim_scale": (ph,),
+            f"{p}/pool_attn_ln/scale": (d,), f"{p}/pool_attn_ln/bias": (d,)}
+    return out
+
+
+def flat_shapes(tree) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(tree, sep="/").items()}
+
+
+@pytest.mark.parametrize("name,d,heads", [("base", 512, 8), ("large", 768, 16)])
+def test_head_tree_matches_released_names(name, d, heads, standin_backbone):
+    model, pre = build_model(name, backbone=standin_backbone(d))
+    shapes = flat_shapes(abstract_params(model, pre.image_size))
+    head = {k: v for k, v in shapes.items() if not k.startswith("clip/")}
+    assert head == expected_head_shapes(d, heads)
+    n_head = sum(int(np.prod(s)) for s in head.values())
+    # base head ~16.8M + CLIP-B/16 149.6M = 166M; large head ~37.8M + CLIP-L/14 427.6M = 465M
+    assert n_head == {"base": 16_812_288, "large": 37_801_152}[name]
+
+
+def _reference_forward(p: dict, img: np.ndarray, txt: np.ndarray, heads: int) -> np.ndarray:
+    """Independent numpy forward of the released architecture (brief + model.py facts)."""
+    def ln(x, q):
+        m = x.mean(-1, keepdims=True)
+        v = ((x - m) ** 2).mean(-1, keepdims=True)
+        return (x - m) / np.sqrt(v + 1e-6) * (1 + q["scale"]) + q["bias"]
+
+    def attn(qx, kx, q, pds=False):
+        Q = np.einsum("btd,dnh->btnh", qx, q["query"]["w"]) + q["query"]["b"]
+        K = np.einsum("bsd,dnh->bsnh", kx, q["key"]["w"]) + q["key"]["b"]
+        V = np.einsum("bsd,dnh->bsnh", kx, q["value"]["w"]) + q["value"]["b"]
+        h = Q.shape[-1]
+        if pds:
+            sp = np.log1p(np.exp(q["per_dim_scale"]["per_dim_scale"]))
+            Q = Q * 1.442695041 / np.sqrt(h) * sp
+        else:
+            Q = Q * h**-0.5
+        lg = np.einsum("btnh,bsnh->bnts", Q, K)
+        lg = 50 * np.tanh(lg / 50)
+        pr = np.exp(lg - lg.max(-1, keepdims=True))
+        pr /= pr.sum(-1, keepdims=True)
+        o = np.einsum("bnts,bsnh->btnh", pr, V)
+        return np.einsum("btnh,dnh->btd", o, q["post"]["w"]) + q["post"]["b"]
+
+    x = np.stack([img, txt], 1)
+    for i in range(4):
+        lp = p["multimodal_encoder"][f"x_layers_{i}"]
+        h = ln(x, lp["layer_norm"])
+        x = x + attn(h, h, lp["self_attention"])
+        f = lp["ff_layer"]
+        h = ln(x, f["layer_norm"])
+        h = np.maximum(h @ f["ffn_layer1"]["linear"]["w"] + f["ffn_layer1"]["bias"]["b"], 0)
+        x = x + h @ f["ffn_layer2"]["linear"]["w"] + f["ffn_layer2"]["bias"]["b"]
+    pp = p["contrastive_multimodal_pooler"]
+    qt = np.broadcast_to(pp["pooling_attn_query"][None], (x.shape[0], 1, x.shape[-1]))
+    o = ln(attn(qt, x, pp["pool_attn"], pds=True), pp["pool_attn_ln"])[:, 0]
+    return o / np.sqrt((o * o).sum(-1, keepdims=True) + 1e-12)
+
+
+def test_fuse_matches_numpy_reference(standin_backbone):
+    model, pre = build_model("compact", backbone=standin_backbone(32),
+                             config=MagicLensConfig("compact", 32, 4))
+    params = init_params(model, jax.random.PRNGKey(0), pre.image_size)
+    # Perturb the zero-initialised LN/per-dim scales so (1+scale) and softplus are exercised.
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map(lambda a: np.asarray(a) + 0.1 * rng.standard_normal(a.shape),
+                                    params)
+    img = rng.standard_normal((3, 32)).astype(np.float32)
+    txt = rng.standard_normal((3, 32)).astype(np.float32)
+    ours = model.apply({"params": params}, jnp.asarray(img), jnp.asarray(txt),
+                       method=model.fuse)
+    ref = _reference_forward(jax.tree_util.tree_map(np.asarray, params), img, txt, heads=4)
+    np.testing.assert_allclose(np.asarray(ours), ref, atol=2e-5)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(ours), axis=-1), 1.0, atol=1e-5)
+
+
+def test_encode_target_is_query_with_empty_text(standin_backbone):
+    model, pre = build_model("compact", backbone=standin_backbone(64),
+                             config=MagicLensConfig("compact", 64, 4))
+    params = {"params": init_params(model, jax.random.PRNGKey(1), pre.image_size)}
+    imgs = jnp.asarray(np.random.default_rng(0).random((2, 32, 32, 3), np.float32))
+    t = model.apply(params, imgs, method=model.encode_target)
+    q = model.apply(params, imgs, jnp.asarray(pre.tokenize(["", ""])), method=model.encode_query)
+    np.testing.assert_allclose(np.asarray(t), np.asarray(q), atol=1e-6)
+
+
+def test_released_format_round_trip(tmp_path, standin_backbone):
+    model, pre = build_model("base", backbone=standin_backbone(512))
+    params = init_params(model, jax.random.PRNGKey(2), pre.image_size)
+    path = tmp_path / "magic_lens_clip_base.pkl"
+    save_released_format(params, path)
+    loaded = load_released(path, abstract_params(model, pre.image_size))
+    a = flax.traverse_util.flatten_dict(params)
+    b = flax.traverse_util.flatten_dict(loaded)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(np.asarray(a[k]), b[k])
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+@pytest.mark.parametrize("obj", [_Exploit(), {"params": b"x"}, [b"x"], "text", 42])
+def test_refuses_anything_but_bytes(tmp_path, obj):
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps(obj, protocol=4))
+    with pytest.raises(UnsafePickleError):
+        load_payload(path)
+
+
+def test_refuses_reduce_in_protocol0(tmp_path):
+    path = tmp_path / "evil0.pkl"
+    path.write_bytes(b"cos\nsystem\n(S'echo hi'\ntR.")
+    with pytest.raises(UnsafePickleError):
+        load_payload(path)
+
+
+def test_tree_mismatch_is_an_error(tmp_path, standin_backbone):
+    model, pre = build_model("base", backbone=standin_backbone(512))
+    params = init_params(model, jax.random.PRNGKey(3), pre.image_size)
+    params["multimodal_encoder"]["x_layers_0"]["layer_norm"]["scale"] = np.zeros(7, np.float32)
+    path = tmp_path / "bad.pkl"
+    save_released_format(params, path)
+    with pytest.raises(ValueError, match="layer_norm/scale"):
+        load_released(path, abstract_params(model, pre.image_size))

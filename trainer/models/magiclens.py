@@ -1,0 +1,158 @@
+"""MagicLens: a backbone's pooled image and text embeddings fused by a small transformer.
+
+Queries are (image, instruction); targets (the index) are the same model on (image, empty
+text). `fuse` works on precomputed backbone embeddings so frozen-backbone training and the
+serving path can skip the backbone. The param tree matches the released checkpoints:
+`clip/...`, `multimodal_encoder/x_layers_{0..3}/...`, `contrastive_multimodal_pooler/...`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from trainer.models.fusion import AttentionPooler, StackedTransformer, l2_normalize
+
+
+@dataclasses.dataclass(frozen=True)
+class MagicLensConfig:
+    """Architecture of one MagicLens variant."""
+
+    backbone: str  # name for trainer.models.backbone.build_backbone
+    embed_dim: int
+    num_heads: int
+    num_layers: int = 4
+    ff_mult: int = 4
+
+
+CONFIGS: dict[str, MagicLensConfig] = {
+    "base": MagicLensConfig(backbone="clip_b16", embed_dim=512, num_heads=8),
+    "large": MagicLensConfig(backbone="clip_l14", embed_dim=768, num_heads=16),
+    "compact": MagicLensConfig(backbone="compact", embed_dim=512, num_heads=8),
+}
+
+
+def backbone_submodule_name(config: MagicLensConfig) -> str:
+    """`clip` for the CLIP backbones (the released name), `backbone` otherwise."""
+    return "clip" if config.backbone.startswith("clip") else "backbone"
+
+
+class MagicLens(nn.Module):
+    """Backbone + fusion head. `backbone_def` is an unbound backbone module (adopted by name).
+
+    `empty_tokens` are the tokenised empty string (padded to the text length), used to
+    encode targets exactly as the released model does.
+    """
+
+    config: MagicLensConfig
+    backbone_def: nn.Module
+    empty_tokens: tuple[int, ...] = ()
+    dtype: Any = jnp.float32
+
+    def setup(self) -> None:
+        cfg = self.config
+        # Adopt the backbone under its released name so `clip/...` params load unchanged.
+        # (Linen names setup submodules by attribute, hence setattr.)
+        setattr(self, backbone_submodule_name(cfg), self.backbone_def.clone())
+        self.multimodal_encoder = StackedTransformer(
+            cfg.num_layers, cfg.embed_dim, cfg.num_heads, cfg.ff_mult * cfg.embed_dim,
+            dtype=self.dtype, name="multimodal_encoder",
+        )
+        self.contrastive_multimodal_pooler = AttentionPooler(
+            cfg.embed_dim, cfg.num_heads, dtype=self.dtype, name="contrastive_multimodal_pooler"
+        )
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The backbone submodule (`clip` or `backbone`)."""
+        return getattr(self, backbone_submodule_name(self.config))
+
+    def fuse(self, image_emb: jax.Array, text_emb: jax.Array) -> jax.Array:
+        """[B,D] image and text embeddings -> [B,D] unit-norm float32 multimodal embedding."""
+        seq = jnp.stack([image_emb, text_emb], axis=1).astype(self.dtype)  # [B, 2, D]
+        seq = self.multimodal_encoder(seq)
+        pooled = self.contrastive_multimodal_pooler(seq)[:, 0]
+        return l2_normalize(pooled)
+
+    def encode_query(self, images: jax.Array, tokens: jax.Array) -> jax.Array:
+        """Raw preprocessed images [B,H,W,3] and instruction tokens [B,L] -> [B,D]."""
+        return self.fuse(self.encoder.encode_image(images), self.encoder.encode_text(tokens))
+
+    def encode_target(self, images: jax.Array) -> jax.Array:
+        """Index embedding: the same model on (image, tokenised empty string)."""
+        if not self.empty_tokens:
+            raise ValueError("MagicLens.empty_tokens is not set; build the model with build_model")
+        tokens = jnp.broadcast_to(
+            jnp.asarray(self.empty_tokens, jnp.int32), (images.shape[0], len(self.empty_tokens))
+        )
+        return self.encode_query(images, tokens)
+
+    # --- frozen-backbone path: features cached once, projections (if any) still trained ---
+    def project_features(self, image_features: jax.Array, text_features: jax.Array):
+        """Raw tower features -> backbone embeddings; identity for backbones without projections."""
+        if hasattr(self.encoder, "project_image"):
+            return (self.encoder.project_image(image_features),
+                    self.encoder.project_text(text_features))
+        return image_features, text_features
+
+    def encode_features(self, image_features: jax.Array, text_features: jax.Array) -> jax.Array:
+        """Fused embedding from cached backbone features (see `backbone_features`)."""
+        return self.fuse(*self.project_features(image_features, text_features))
+
+    def backbone_features(self, images: jax.Array, tokens: jax.Array):
+        """What frozen mode caches: raw tower features if the backbone has projections,
+        else its embeddings."""
+        if hasattr(self.encoder, "image_features"):
+            return self.encoder.image_features(images), self.encoder.text_features(tokens)
+        return self.encoder.encode_image(images), self.encoder.encode_text(tokens)
+
+    def backbone_embeddings(self, images: jax.Array, tokens: jax.Array):
+        """Projected backbone embeddings (for zero-shot baselines and alignment)."""
+        return self.encoder.encode_image(images), self.encoder.encode_text(tokens)
+
+    def __call__(self, images: jax.Array, tokens: jax.Array) -> jax.Array:
+        """Initialises every parameter (backbone, projections, fusion head)."""
+        return self.encode_query(images, tokens)
+
+
+def build_model(
+    name: str, *, dtype: Any = jnp.float32, backbone: tuple[nn.Module, Any] | None = None,
+    config: MagicLensConfig | None = None,
+) -> tuple[MagicLens, Any]:
+    """MagicLens for config `name` ("base" | "large" | "compact") and its Preprocessor.
+
+    `backbone` overrides `build_backbone(config.backbone)` with a (module, preprocessor) pair
+    (tests use a tiny stand-in), `config` overrides CONFIGS[name]. The preprocessor must offer
+    `tokenize(list[str]) -> [B,L]` and `image_size`.
+    """
+    config = config or CONFIGS[name]
+    if backbone is None:
+        from trainer.models.backbone import build_backbone
+
+        backbone = build_backbone(config.backbone)
+    module, preprocessor = backbone
+    empty = tuple(int(t) for t in np.asarray(preprocessor.tokenize([""]))[0])
+    return MagicLens(config, module, empty, dtype), preprocessor
+
+
+def dummy_inputs(model: MagicLens, image_size: int, batch: int = 1):
+    """Zero images and empty-text tokens with the shapes `init` needs."""
+    images = jnp.zeros((batch, image_size, image_size, 3), jnp.float32)
+    tokens = jnp.broadcast_to(jnp.asarray(model.empty_tokens, jnp.int32),
+                              (batch, len(model.empty_tokens)))
+    return images, tokens
+
+
+def init_params(model: MagicLens, rng: jax.Array, image_size: int) -> dict:
+    """Freshly initialised params (`{'params': ...}` stripped to the inner tree)."""
+    return model.init(rng, *dummy_inputs(model, image_size))["params"]
+
+
+def abstract_params(model: MagicLens, image_size: int) -> dict:
+    """Param shapes/dtypes without allocating weights (jax.eval_shape)."""
+    return jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0), image_size))
