@@ -1,0 +1,1 @@
+"""Offline, deterministic demo corpus built from openly licensed image collections."""
