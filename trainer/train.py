@@ -1,0 +1,383 @@
+"""Contrastive training of MagicLens on (query image, instruction, target image) triples.
+
+Two modes. `frozen`: backbone features are computed once and cached; only the parameters
+that `MagicLens.encode_features` touches are trained (the fusion head, plus the projections
+for the compact backbone). `full`: everything is trained on raw pixels. For `compact` an
+alignment stage (CLIP loss on image captions, projections only) runs first when captions are
+given. The batch is split over all local devices on a 'data' mesh axis.
+
+CLI: python -m trainer.train --config compact --triples FILE --workdir DIR [--steps N]
+     [--mode frozen|full] [--captions FILE] [--eval-triples FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
+
+from trainer import losses
+from trainer.checkpoints import save_params
+from trainer.configs import TrainConfig, get_config
+from trainer.data.triples import JsonlTriples, TripleSource, load_image, read_captions
+from trainer.features import cached_features
+from trainer.models.magiclens import MagicLens, build_model, pretrained_params
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path  # exported params (trainer.checkpoints.load_params)
+    metrics: dict[str, float]
+    losses: list[float] = field(default_factory=list)
+    align_losses: list[float] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- param subsets
+
+def _flat(tree: Any) -> dict[tuple[str, ...], Any]:
+    return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree))
+
+
+def subset(params: Any, like: Any) -> dict:
+    """The leaves of `params` at the paths present in `like`."""
+    flat = _flat(params)
+    return flax.traverse_util.unflatten_dict({k: flat[k] for k in _flat(like)})
+
+
+def merge(params: Any, update: Any) -> dict:
+    """`params` with the leaves of `update` replaced."""
+    flat = _flat(params)
+    flat.update(_flat(update))
+    return flax.traverse_util.unflatten_dict(flat)
+
+
+def feature_param_shapes(model: MagicLens, fi: int, ft: int, method: Callable) -> Any:
+    """The params a feature-level method touches (found by initialising just that method)."""
+    return jax.eval_shape(lambda: model.init(
+        jax.random.PRNGKey(0), jnp.zeros((1, fi)), jnp.zeros((1, ft)), method=method)["params"])
+
+
+# ----------------------------------------------------------------------------- data order
+
+def batch_indices(seed: int, step: int, n: int, batch: int) -> np.ndarray:
+    """Example ids of batch `step`: a fresh permutation per epoch, a pure function of
+    (seed, step) so a resumed run sees exactly the batches it would have seen."""
+    pos = np.arange(step * batch, (step + 1) * batch)
+    epochs, offs = pos // n, pos % n
+    out = np.empty(batch, np.int64)
+    for e in np.unique(epochs):
+        perm = np.random.default_rng([seed, int(e)]).permutation(n)
+        out[epochs == e] = perm[offs[epochs == e]]
+    return out
+
+
+@dataclass
+class IndexedTriples:
+    """Triples as indices into unique image paths and unique instructions."""
+
+    images: list[str]
+    texts: list[str]
+    query: np.ndarray
+    instr: np.ndarray
+    target: np.ndarray
+
+    @classmethod
+    def from_source(cls, source: TripleSource) -> IndexedTriples:
+        images: dict[str, int] = {}
+        texts: dict[str, int] = {}
+        q, x, t = [], [], []
+        for tr in source:
+            q.append(images.setdefault(tr.query_image, len(images)))
+            t.append(images.setdefault(tr.target_image, len(images)))
+            x.append(texts.setdefault(tr.instruction, len(texts)))
+        if not q:
+            raise ValueError("no triples")
+        return cls(list(images), list(texts), np.asarray(q), np.asarray(x), np.asarray(t))
+
+
+# ----------------------------------------------------------------------------- setup helpers
+
+def compute_dtype() -> Any:
+    """bf16 on accelerators, f32 on CPU."""
+    return jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32
+
+
+def make_mesh() -> Mesh:
+    return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def make_optimizer(cfg: TrainConfig, steps: int, lr: float) -> optax.GradientTransformation:
+    warmup = min(cfg.warmup_steps, max(steps - 1, 0))
+    sched = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1),
+                                               end_value=lr * 0.01)
+    decay_mask = lambda p: jax.tree_util.tree_map(lambda a: a.ndim >= 2, p)  # noqa: E731
+    return optax.chain(optax.clip_by_global_norm(1.0),
+                       optax.adamw(sched, weight_decay=cfg.weight_decay, mask=decay_mask))
+
+
+def init_trainable(model_params: Any, cfg: TrainConfig) -> dict:
+    t = {"model": model_params}
+    if cfg.learn_temperature:
+        t["log_temperature"] = jnp.asarray(np.log(cfg.temperature), jnp.float32)
+    return t
+
+
+def temperature(trainable: dict, cfg: TrainConfig) -> jax.Array:
+    if "log_temperature" in trainable:
+        return jnp.clip(jnp.exp(trainable["log_temperature"]), 0.005, 1.0)
+    return jnp.asarray(cfg.temperature, jnp.float32)
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+def _frozen_triplet(m: MagicLens, qf, xf, tf, ef):
+    """(queries, targets, query images as targets) from cached features."""
+    e = jnp.broadcast_to(ef, (qf.shape[0], ef.shape[-1]))
+    qi, xt = m.project_features(qf, xf)
+    ti, et = m.project_features(tf, e)
+    return m.fuse(qi, xt), m.fuse(ti, et), m.fuse(qi, et)
+
+
+def _full_triplet(m: MagicLens, qimg, tok, timg):
+    """Same from pixels and tokens; the backbone runs once per image batch."""
+    qi, ti = m.encoder.encode_image(qimg), m.encoder.encode_image(timg)
+    xt = m.encoder.encode_text(tok)
+    et = jnp.broadcast_to(m.encoder.encode_text(m.empty_tokens_array(1)), xt.shape)
+    return m.fuse(qi, xt), m.fuse(ti, et), m.fuse(qi, et)
+
+
+def _align_pair(m: MagicLens, fi, ft):
+    from trainer.models.fusion import l2_normalize
+
+    i, t = m.project_features(fi, ft)
+    return l2_normalize(i), l2_normalize(t)
+
+
+# ----------------------------------------------------------------------------- train steps
+
+def make_step(model: MagicLens, cfg: TrainConfig, opt: optax.GradientTransformation,
+              embed: Callable, loss_fn: Callable, mesh: Mesh, n_batch_args: int,
+              n_const_args: int = 0):
+    """A jitted (trainable, opt_state, *batch, *consts) -> (trainable, opt_state, loss)."""
+    repl = NamedSharding(mesh, P())
+    data = NamedSharding(mesh, P("data"))
+
+    def loss_of(trainable, *args):
+        embs = model.apply({"params": trainable["model"]}, *args, method=embed)
+        return loss_fn(*embs, temperature(trainable, cfg))
+
+    def step(trainable, opt_state, *args):
+        loss, grads = jax.value_and_grad(loss_of)(trainable, *args)
+        updates, opt_state = opt.update(grads, opt_state, trainable)
+        return optax.apply_updates(trainable, updates), opt_state, loss
+
+    return jax.jit(step, in_shardings=(repl, repl) + (data,) * n_batch_args
+                   + (repl,) * n_const_args, out_shardings=(repl, repl, repl),
+                   donate_argnums=(0, 1))
+
+
+def eval_loss_fn(model: MagicLens, cfg: TrainConfig, embed: Callable, loss_fn: Callable):
+    """Loss only (used by tests to compare device counts)."""
+    def f(trainable, *args):
+        embs = model.apply({"params": trainable["model"]}, *args, method=embed)
+        return loss_fn(*embs, temperature(trainable, cfg))
+    return jax.jit(f)
+
+
+def _run_loop(step_fn, trainable, opt_state, get_batch, start: int, steps: int, batch: int,
+              desc: str, on_step: Callable[[int, Any, Any], None] | None = None) -> tuple:
+    bar = tqdm(total=steps, initial=start, desc=desc, unit="step", dynamic_ncols=True)
+    losses_out: list[float] = []
+    t0 = time.perf_counter()
+    for done, s in enumerate(range(start, steps), start=1):
+        trainable, opt_state, loss = step_fn(trainable, opt_state, *get_batch(s))
+        loss_v = float(loss)
+        losses_out.append(loss_v)
+        rate = done * batch / max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix(loss=f"{loss_v:.4f}", triples_per_s=f"{rate:.1f}")
+        bar.update(1)
+        if on_step is not None:
+            on_step(s + 1, trainable, opt_state)
+    bar.close()
+    return trainable, opt_state, losses_out
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def train(cfg: TrainConfig, triples: TripleSource, workdir: str | Path, *,
+          captions: list[tuple[str, str]] | None = None,
+          eval_triples: TripleSource | None = None,
+          backbone: tuple[Any, Any] | None = None, model_config: Any = None,
+          init_params: Any = None) -> TrainResult:
+    """Train, checkpoint (resumable) and export; returns the export path and metrics.
+
+    `init_params` starts from given full params (e.g. a released checkpoint); otherwise the
+    backbone's offline pretrained weights (compact) or a seeded init.
+    """
+    workdir = Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    mesh = make_mesh()
+    n_dev = mesh.devices.size
+    if cfg.batch_size % n_dev:
+        raise ValueError(f"batch_size {cfg.batch_size} not divisible by {n_dev} devices")
+    model, pre = build_model(cfg.model, dtype=compute_dtype(), backbone=backbone,
+                             config=model_config)
+    params = init_params if init_params is not None else pretrained_params(
+        model, jax.random.PRNGKey(cfg.seed), pre.image_size)
+    data = IndexedTriples.from_source(triples)
+    repl = NamedSharding(mesh, P())
+    data_sh = NamedSharding(mesh, P("data"))
+
+    mngr = ocp.CheckpointManager(workdir / "checkpoints", options=ocp.CheckpointManagerOptions(
+        max_to_keep=2, save_interval_steps=cfg.checkpoint_every))
+    latest = mngr.latest_step()
+
+    align_losses: list[float] = []
+    if cfg.mode == "frozen":
+        fi, ft = cached_features(workdir / "features.npz", model, params, pre, data.images,
+                                 [*data.texts, ""], progress=True)
+        ef, ft = ft[-1], ft[:-1]
+        shapes = feature_param_shapes(model, fi.shape[1], ft.shape[1], MagicLens.encode_features)
+        if captions and cfg.align_steps > 0 and latest is None:
+            params, align_losses = _align(model, cfg, params, pre, captions, workdir, mesh)
+        trainable = init_trainable(subset(params, shapes), cfg)
+        embed, n_batch = _frozen_triplet, 3
+        consts = (jax.device_put(jnp.asarray(ef), repl),)
+
+        def get_batch(s: int):
+            idx = batch_indices(cfg.seed, s, len(data.query), cfg.batch_size)
+            arrs = (fi[data.query[idx]], ft[data.instr[idx]], fi[data.target[idx]])
+            return (*(jax.device_put(a, data_sh) for a in arrs), *consts)
+    elif cfg.mode == "full":
+        if captions and cfg.align_steps > 0 and latest is None:
+            params, align_losses = _align(model, cfg, params, pre, captions, workdir, mesh)
+        trainable = init_trainable(params, cfg)
+        embed, n_batch, consts = _full_triplet, 3, ()
+        pixels = np.stack([pre.images([load_image(p)])[0] for p in data.images])
+        tokens = pre.texts(data.texts)
+
+        def get_batch(s: int):
+            idx = batch_indices(cfg.seed, s, len(data.query), cfg.batch_size)
+            arrs = (pixels[data.query[idx]], tokens[data.instr[idx]], pixels[data.target[idx]])
+            return tuple(jax.device_put(a, data_sh) for a in arrs)
+    else:
+        raise ValueError(f"mode must be frozen or full, not {cfg.mode!r}")
+
+    opt = make_optimizer(cfg, cfg.steps, cfg.learning_rate)
+    opt_state = opt.init(trainable)
+    start = 0
+    if latest is not None:
+        restored = mngr.restore(latest, args=ocp.args.StandardRestore(
+            {"trainable": trainable, "opt_state": opt_state}))
+        trainable, opt_state, start = restored["trainable"], restored["opt_state"], latest
+    trainable = jax.device_put(trainable, repl)
+    opt_state = jax.device_put(opt_state, repl)
+    step_fn = make_step(model, cfg, opt, embed, losses.info_nce_query_negatives, mesh,
+                        n_batch, len(consts))
+
+    def on_step(s: int, tr, os_):
+        if s % cfg.checkpoint_every == 0 or s == cfg.steps:
+            mngr.save(s, args=ocp.args.StandardSave({"trainable": tr, "opt_state": os_}),
+                      force=s == cfg.steps)
+
+    trainable, opt_state, loss_hist = _run_loop(step_fn, trainable, opt_state, get_batch, start,
+                                                cfg.steps, cfg.batch_size, f"fusion/{cfg.mode}",
+                                                on_step)
+    mngr.wait_until_finished()
+    mngr.close()
+
+    final = merge(params, jax.device_get(trainable["model"]))
+    metrics: dict[str, float] = {"train/steps": float(cfg.steps)}
+    if loss_hist:
+        metrics["train/final_loss"] = float(np.mean(loss_hist[-max(1, len(loss_hist) // 10):]))
+    metrics["train/temperature"] = float(temperature(jax.device_get(trainable), cfg))
+    if eval_triples is not None:
+        from trainer.eval.retrieval import evaluate_triples
+
+        metrics |= evaluate_triples(model, final, pre, eval_triples,
+                                    cache_file=workdir / "eval_features.npz")
+    out = save_params(workdir / "export", final, {
+        "config": cfg.model, "mode": cfg.mode, "steps": cfg.steps, "metrics": metrics,
+        "train_config": dataclasses.asdict(cfg)})
+    return TrainResult(out, metrics, loss_hist, align_losses)
+
+
+def _align(model: MagicLens, cfg: TrainConfig, params: Any, pre: Any,
+           captions: list[tuple[str, str]], workdir: Path, mesh: Mesh) -> tuple[Any, list]:
+    """Stage 1 (compact): CLIP loss over (image, caption) pairs, projections only."""
+    paths = sorted({p for p, _ in captions})
+    texts = sorted({t for _, t in captions})
+    fi, ft = cached_features(workdir / "align_features.npz", model, params, pre, paths, texts,
+                             progress=True)
+    pi = {p: i for i, p in enumerate(paths)}
+    ti = {t: i for i, t in enumerate(texts)}
+    img_idx = np.asarray([pi[p] for p, _ in captions])
+    txt_idx = np.asarray([ti[t] for _, t in captions])
+    shapes = feature_param_shapes(model, fi.shape[1], ft.shape[1], MagicLens.project_features)
+    if not _flat(shapes):
+        return params, []  # backbone without trainable projections: nothing to align
+    acfg = dataclasses.replace(cfg, learn_temperature=False, temperature=cfg.align_temperature)
+    trainable = init_trainable(subset(params, shapes), acfg)
+    opt = make_optimizer(acfg, cfg.align_steps, cfg.align_learning_rate)
+    data_sh = NamedSharding(mesh, P("data"))
+    step_fn = make_step(model, acfg, opt, _align_pair, losses.clip_symmetric, mesh, 2)
+
+    def get_batch(s: int):
+        idx = batch_indices(cfg.seed + 1, s, len(captions), cfg.batch_size)
+        return (jax.device_put(fi[img_idx[idx]], data_sh),
+                jax.device_put(ft[txt_idx[idx]], data_sh))
+
+    trainable, _, hist = _run_loop(step_fn, trainable, opt.init(trainable), get_batch, 0,
+                                   cfg.align_steps, cfg.batch_size, "align")
+    return merge(params, jax.device_get(trainable["model"])), hist
+
+
+def main(argv: list[str] | None = None) -> TrainResult:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="compact", help="trainer/configs/<name>.py")
+    ap.add_argument("--triples", required=True, help="JSONL of training triples")
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--steps", type=int)
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--mode", choices=["frozen", "full"])
+    ap.add_argument("--captions", help="JSONL of {image, text} for the alignment stage")
+    ap.add_argument("--eval-triples", help="held-out JSONL triples: Recall@K + baselines")
+    ap.add_argument("--init", help="start from an exported checkpoint dir (trainer.checkpoints)")
+    a = ap.parse_args(argv)
+    overrides = {k: v for k, v in (("steps", a.steps), ("mode", a.mode),
+                                   ("batch_size", a.batch_size)) if v is not None}
+    cfg = get_config(a.config, **overrides)
+    init = None
+    if a.init:
+        from trainer.checkpoints import load_params
+        from trainer.models.magiclens import abstract_params
+
+        m, pre = build_model(cfg.model)
+        init, _ = load_params(a.init, abstract_params(m, pre.image_size))
+    result = train(cfg, JsonlTriples(a.triples), a.workdir,
+                   captions=read_captions(a.captions) if a.captions else None,
+                   eval_triples=JsonlTriples(a.eval_triples) if a.eval_triples else None,
+                   init_params=init)
+    print(f"checkpoint: {result.checkpoint}")
+    for k, v in sorted(result.metrics.items()):
+        print(f"{k}: {v:.4f}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
