@@ -22,8 +22,14 @@ from services.corpus import clipart, emoji, evalq, flags, gcompris, render
 from services.corpus.context import SIZES, Context
 from services.corpus.fetch import Fetcher
 from services.corpus.model import Page
-from services.corpus.site import (ImgRef, page_mode, render_credits, render_index, render_page,
-                                  render_sitemap)
+from services.corpus.site import (
+    ImgRef,
+    page_mode,
+    render_credits,
+    render_index,
+    render_page,
+    render_sitemap,
+)
 from services.corpus.warc import write_warc
 
 HELDOUT_PERCENT = 15

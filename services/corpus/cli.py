@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import http.server
 import os
 from pathlib import Path
+from typing import ClassVar
 
 from services.corpus.build import DEFAULT_BASE_URL, build
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
-    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map,
-                      ".webp": "image/webp", ".html": "text/html; charset=utf-8"}
+    extensions_map: ClassVar[dict[str, str]] = {
+        **http.server.SimpleHTTPRequestHandler.extensions_map,
+        ".webp": "image/webp", ".html": "text/html; charset=utf-8"}
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
+    def log_message(self, format: str, *args: object) -> None:
         if os.environ.get("CORPUS_SERVE_LOG"):
             super().log_message(format, *args)
 
@@ -27,10 +30,8 @@ def serve(site: Path, port: int) -> None:
     handler = functools.partial(_Handler, directory=str(site))
     with http.server.ThreadingHTTPServer(("127.0.0.1", port), handler) as httpd:
         print(f"corpus: serving {site} at http://127.0.0.1:{port}/", flush=True)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             httpd.serve_forever()
-        except KeyboardInterrupt:
-            pass
 
 
 def main(argv: list[str] | None = None) -> int:

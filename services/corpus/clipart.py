@@ -27,7 +27,9 @@ def _gallery(ctx: Context, source: str, root: Path, folders: dict[str, list[Path
     order = sorted(folders, key=lambda f: (stable_hash(source + f), f))
     for folder in sorted(ctx.take(order, cap_name)):
         figs = []
-        for p in folders[folder][: ctx.cap("gallery_max") or None]:
+        fits = [p for p in folders[folder] if (wh := render.image_size(str(p)))
+                and wh[0] * wh[1] <= render.MAX_PIXELS]
+        for p in fits[: ctx.cap("gallery_max") or None]:
             title, text = describe(p)
             rel = p.relative_to(root).as_posix()
             def produce(path: Path = p) -> tuple[bytes, str]:

@@ -12,9 +12,9 @@ from services.corpus.render import RenderCache
 # Caps per size. None means "everything". Chosen so small ~200 images, default ~2.5k.
 SIZES: dict[str, dict[str, int | None]] = {
     "small": {
-        "emoji_subgroups": 3, "emoji_per_page": 8, "variant_bases": 2, "style_concepts": 5,
+        "emoji_subgroups": 3, "emoji_per_page": 6, "variant_bases": 2, "style_concepts": 5,
         "flag_subregions": 3, "landmark_countries": 3, "farm_animals": 3, "world_boards": 1,
-        "categories": 1, "clip_folders": 2, "stamp_folders": 2, "gallery_max": 8,
+        "categories": 1, "clip_folders": 2, "stamp_folders": 2, "gallery_max": 6,
     },
     "default": {
         "emoji_subgroups": 22, "emoji_per_page": 14, "variant_bases": 24, "style_concepts": 40,

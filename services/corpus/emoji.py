@@ -26,7 +26,8 @@ from services.corpus.model import Asset, Figure, Page, slug, stable_hash
 SKIN = {1: "light", 2: "medium-light", 3: "medium", 4: "medium-dark", 5: "dark"}
 SKIN_CP = {"1F3FB": 1, "1F3FC": 2, "1F3FD": 3, "1F3FE": 4, "1F3FF": 5}
 STYLES = {
-    "openmoji-color": ("OpenMoji colour", "flat, outlined colour drawings from the OpenMoji project"),
+    "openmoji-color": ("OpenMoji colour",
+                       "flat, outlined colour drawings from the OpenMoji project"),
     "openmoji-line": ("OpenMoji line art", "black-and-white line drawings without any fill"),
     "noto": ("Noto Color Emoji", "Google's rounded, glossy emoji font"),
     "fluent-3d": ("Fluent 3D", "Microsoft's Fluent emoji rendered as soft 3D models"),
@@ -254,20 +255,20 @@ class EmojiStyles:
     def _noto_has(self, char: str) -> bool:
         """True if the font draws the sequence as one glyph (not several fallbacks)."""
         try:
-            l, t, r, b = self._noto.getbbox(char)
+            x0, y0, x1, y1 = self._noto.getbbox(char)
         except OSError:
             return False
-        w, h = r - l, b - t
+        w, h = x1 - x0, y1 - y0
         return 0 < w <= 1.4 * max(h, 1) and h > 0
 
     def _noto_png(self, char: str) -> bytes:
         from PIL import ImageDraw
 
         font = self._noto
-        l, t, r, b = font.getbbox(char)
-        w, h = r - l, b - t
+        x0, y0, x1, y1 = font.getbbox(char)
+        w, h = x1 - x0, y1 - y0
         im = Image.new("RGBA", (w, h), (0, 0, 0, 0))
-        ImageDraw.Draw(im).text((-l, -t), char, font=font, embedded_color=True)
+        ImageDraw.Draw(im).text((-x0, -y0), char, font=font, embedded_color=True)
         side = max(w, h) + 16
         canvas = Image.new("RGBA", (side, side), (0, 0, 0, 0))
         canvas.paste(im, ((side - w) // 2, (side - h) // 2))

@@ -91,10 +91,10 @@ def render_page(page: Page, refs: dict[str, ImgRef], alts: dict[str, str], base_
     links = "".join(
         f'<li><a href="{_esc(url(p) if mode == "base" else _rel(page.path, p))}">{_esc(t)}</a></li>'
         for p, t in nav)
-    body.append(f'<nav><h2>See also</h2><ul>{links}</ul><p><a href="'
-                f'{"index.html" if mode == "base" else _rel(page.path, "index.html")}">Home</a> · '
-                f'<a href="{"credits.html" if mode == "base" else _rel(page.path, "credits.html")}">'
-                "Credits and licences</a></p></nav>")
+    home, credits = (("index.html", "credits.html") if mode == "base" else
+                     (_rel(page.path, "index.html"), _rel(page.path, "credits.html")))
+    body.append(f'<nav><h2>See also</h2><ul>{links}</ul><p><a href="{home}">Home</a> · '
+                f'<a href="{credits}">Credits and licences</a></p></nav>')
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n" + "\n".join(head) +
             "\n</head>\n<body>\n<main>\n" + "\n".join(body) + "\n</main>\n</body>\n</html>\n")
 
