@@ -1,0 +1,106 @@
+"""Content-addressed blob store: bytes are stored under their sha256, so writes are idempotent.
+
+`file:///path` (default, under the data directory) on one machine; `s3://bucket/prefix` on
+clusters (any S3-compatible store; needs boto3 and the usual AWS_* environment variables).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlparse
+
+MAX_BLOB_BYTES = 64 * 1024 * 1024
+
+
+class BlobStore(Protocol):
+    def put(self, data: bytes, suffix: str = "") -> str: ...
+    def get(self, uri: str) -> bytes: ...
+    def exists(self, uri: str) -> bool: ...
+
+
+def content_key(data: bytes, suffix: str = "") -> str:
+    digest = hashlib.sha256(data).hexdigest()
+    if suffix and not suffix.replace(".", "").isalnum():
+        raise ValueError(f"bad blob suffix {suffix!r}")
+    return f"sha256/{digest[:2]}/{digest[2:4]}/{digest}{suffix}"
+
+
+class FileBlobStore:
+    """Blobs as files; written atomically (temp file + rename) so readers never see halves."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, uri: str) -> Path:
+        parsed = urlparse(uri)
+        if parsed.scheme != "file":
+            raise ValueError(f"not a file blob URI: {uri}")
+        path = Path(parsed.path).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise ValueError(f"blob URI outside the store: {uri}")
+        return path
+
+    def put(self, data: bytes, suffix: str = "") -> str:
+        if len(data) > MAX_BLOB_BYTES:
+            raise ValueError(f"blob of {len(data)} bytes exceeds {MAX_BLOB_BYTES}")
+        path = self.root / content_key(data, suffix)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        return f"file://{path}"
+
+    def get(self, uri: str) -> bytes:
+        return self._path(uri).read_bytes()
+
+    def exists(self, uri: str) -> bool:
+        return self._path(uri).exists()
+
+
+class S3BlobStore:
+    """Blobs in an S3-compatible bucket (endpoint from AWS_ENDPOINT_URL when set)."""
+
+    def __init__(self, uri: str) -> None:
+        try:
+            import boto3
+        except ImportError as exc:
+            raise RuntimeError("s3:// blob store needs boto3 (pip install boto3)") from exc
+        parsed = urlparse(uri)
+        self.bucket, self.prefix = parsed.netloc, parsed.path.strip("/")
+        self.client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL"))
+
+    def _key(self, uri: str) -> str:
+        parsed = urlparse(uri)
+        if parsed.scheme != "s3" or parsed.netloc != self.bucket:
+            raise ValueError(f"not a blob of s3://{self.bucket}: {uri}")
+        return parsed.path.lstrip("/")
+
+    def put(self, data: bytes, suffix: str = "") -> str:
+        key = "/".join(p for p in (self.prefix, content_key(data, suffix)) if p)
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
+        return f"s3://{self.bucket}/{key}"
+
+    def get(self, uri: str) -> bytes:
+        return self.client.get_object(Bucket=self.bucket, Key=self._key(uri))["Body"].read()
+
+    def exists(self, uri: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(uri))
+        except Exception:
+            return False
+        return True
+
+
+def open_blobstore(uri: str) -> BlobStore:
+    scheme = urlparse(uri).scheme
+    if scheme == "file":
+        return FileBlobStore(Path(urlparse(uri).path))
+    if scheme == "s3":
+        return S3BlobStore(uri)
+    raise ValueError(f"unsupported blob store URI {uri!r} (file:// or s3://)")

@@ -1,0 +1,370 @@
+"""The Kafka event bus: encoding, producing and at-least-once, idempotent consumption.
+
+Why this shape:
+- Postgres is the system of record; Kafka is transport (the embedded Tansu keeps messages
+  in memory only). Consumers therefore make each event's effect idempotent: the effect and a
+  `processed_events` row commit in one transaction, and the offset is committed afterwards.
+  A crash between the two redelivers the event, which is then recognised and skipped.
+- Tansu quirks (see ../shared/brief/platform.md) are honoured here once: no end offsets /
+  `latest` (we always start from `earliest`), short session timeouts so joins take ~3 s, and
+  a consumer never closes before its first assignment (a group can hang otherwise).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import psycopg
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata
+
+from services.runtime import db
+from services.runtime.errors import UnavailableError
+from services.runtime.topics import BY_NAME, Topic
+
+log = logging.getLogger(__name__)
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+MAX_MESSAGE_BYTES = 10 * 1024 * 1024
+_EVENT_NS = uuid.UUID("6f1c1f0e-8a8e-4f43-9f7a-4d3b2c1a0e55")
+
+
+@dataclass
+class Event:
+    """A decoded record, or a synthetic one produced by reconciliation."""
+
+    topic: str
+    key: str
+    event_id: str
+    message: Message
+    partition: int = -1
+    offset: int = -1
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def synthetic(self) -> bool:
+        return self.offset < 0
+
+
+def encode(message: Message, event_id: str | None = None) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """Serialise a protobuf event with the headers every consumer relies on."""
+    headers = make_headers(event_id or str(uuid.uuid4()), message.DESCRIPTOR.full_name)
+    return message.SerializeToString(), headers
+
+
+def make_headers(event_id: str, message_type: str) -> list[tuple[str, bytes]]:
+    return [("event-id", event_id.encode()), ("event-type", message_type.encode()),
+            ("content-type", PROTOBUF.encode())]
+
+
+class Stopping(Exception):
+    """Shutdown interrupted an event: leave its offset uncommitted so it is redelivered."""
+
+
+class BadEvent(ValueError):
+    """A record that cannot be decoded; it is dead-lettered, never retried."""
+
+
+def decode(topic: Topic, value: bytes, headers: dict[str, str]) -> Message:
+    msg = topic.message()
+    content_type = headers.get("content-type", "")
+    looks_json = value[:1] in (b"{", b" ", b"\n")
+    if content_type == JSON or (not content_type and looks_json):
+        if not topic.accepts_json:
+            raise BadEvent(f"topic {topic.name} does not accept JSON")
+        try:
+            obj = json.loads(value)
+        except ValueError as exc:
+            raise BadEvent(f"invalid JSON: {exc}") from None
+        if not isinstance(obj, dict):
+            raise BadEvent("JSON event must be an object")
+        try:
+            json_format.ParseDict(obj, msg, ignore_unknown_fields=True)
+        except json_format.ParseError as exc:
+            raise BadEvent(f"JSON does not match {topic.message_type}: {exc}") from None
+        return msg
+    try:
+        msg.ParseFromString(value)
+    except DecodeError as exc:
+        raise BadEvent(f"invalid protobuf for {topic.message_type}: {exc}") from None
+    return msg
+
+
+def _headers(raw: Iterable[tuple[str, bytes]] | None) -> dict[str, str]:
+    out = {}
+    for k, v in raw or ():
+        with contextlib.suppress(UnicodeDecodeError, AttributeError):
+            out[k] = v.decode()
+    return out
+
+
+def derived_event_id(topic: str, value: bytes) -> str:
+    """Events from foreign producers carry no id: derive one from the content (dedupes resends)."""
+    import hashlib
+
+    return str(uuid.uuid5(_EVENT_NS, topic + ":" + hashlib.sha256(value).hexdigest()))
+
+
+# ---------------------------------------------------------------- admin / producer
+
+def _brokers_error(bootstrap: str, exc: Exception) -> UnavailableError:
+    return UnavailableError(f"Kafka broker at {bootstrap} is unreachable ({type(exc).__name__})")
+
+
+def ensure_topics(bootstrap: str, topics: Iterable[Topic] | None = None) -> None:
+    """Create the topic table's topics when missing (idempotent)."""
+    from services.runtime.topics import ALL_TOPICS
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000,
+                                 client_id="magiclens-admin")
+    except (KafkaError, OSError) as exc:
+        raise _brokers_error(bootstrap, exc) from None
+    try:
+        existing = set(admin.list_topics())
+        missing = [NewTopic(t.name, t.partitions, 1) for t in (topics or ALL_TOPICS)
+                   if t.name not in existing]
+        for topic in missing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics([topic])
+    finally:
+        admin.close()
+
+
+def make_producer(bootstrap: str, client_id: str = "magiclens") -> KafkaProducer:
+    try:
+        return KafkaProducer(bootstrap_servers=bootstrap, client_id=client_id, acks="all",
+                             enable_idempotence=True, linger_ms=5, retries=5,
+                             max_request_size=MAX_MESSAGE_BYTES, compression_type="gzip",
+                             request_timeout_ms=15000)
+    except (KafkaError, OSError) as exc:
+        raise _brokers_error(bootstrap, exc) from None
+
+
+def publish(producer: KafkaProducer, topic: Topic, key: str, message: Message,
+            event_id: str | None = None, timeout: float = 15.0) -> str:
+    """Publish one event directly (for producers outside a DB transaction, e.g. ingestion)."""
+    value, headers = encode(message, event_id)
+    fut = producer.send(topic.name, key=key.encode(), value=value, headers=headers)
+    fut.get(timeout=timeout)
+    return dict(headers)["event-id"].decode()
+
+
+# ---------------------------------------------------------------- consumer
+
+Handler = Callable[[psycopg.Connection, Event], None]
+Reconciler = Callable[[], Iterable[Event]]
+
+
+@dataclass
+class ConsumerOptions:
+    max_attempts: int = 3
+    poll_timeout_ms: int = 500
+    max_poll_records: int = 50
+    session_timeout_ms: int = 6000
+    heartbeat_interval_ms: int = 2000
+    max_poll_interval_ms: int = 600_000
+    retry_backoff_s: float = 0.5
+
+
+class Consumer:
+    """A consumer-group member that applies each event exactly once to Postgres.
+
+    `handler(conn, event)` runs inside the transaction that also records the event id, so an
+    event redelivered after a crash (or resent by a producer) has no second effect. A handler
+    that keeps failing sends the event to `dead_letters` (nothing is lost, nothing blocks).
+    """
+
+    def __init__(self, name: str, bootstrap: str, database_url: str, topics: list[Topic],
+                 handler: Handler, group_id: str | None = None,
+                 reconciler: Reconciler | None = None, reconcile_interval_s: float = 30.0,
+                 options: ConsumerOptions | None = None) -> None:
+        self.name = name
+        self.bootstrap = bootstrap
+        self.database_url = database_url
+        self.topics = topics
+        self._by_name = {t.name: t for t in topics}
+        self.handler = handler
+        self.group_id = group_id or f"magiclens-{name}"
+        self.reconciler = reconciler
+        self.reconcile_interval_s = reconcile_interval_s
+        self.options = options or ConsumerOptions()
+        self.stop_event = threading.Event()
+        self.assigned = threading.Event()
+        self.processed = 0
+        self._kafka: KafkaConsumer | None = None
+        self._conn: psycopg.Connection | None = None
+
+    # -- lifecycle
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def _connect(self) -> None:
+        try:
+            self._kafka = KafkaConsumer(
+                *[t.name for t in self.topics], bootstrap_servers=self.bootstrap,
+                group_id=self.group_id, client_id=f"{self.name}-consumer",
+                enable_auto_commit=False, auto_offset_reset="earliest",
+                session_timeout_ms=self.options.session_timeout_ms,
+                heartbeat_interval_ms=self.options.heartbeat_interval_ms,
+                max_poll_records=self.options.max_poll_records,
+                max_poll_interval_ms=self.options.max_poll_interval_ms,
+                fetch_max_bytes=MAX_MESSAGE_BYTES, max_partition_fetch_bytes=MAX_MESSAGE_BYTES)
+        except (KafkaError, OSError) as exc:
+            raise _brokers_error(self.bootstrap, exc) from None
+
+    def _db(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = db.connect(self.database_url)
+        return self._conn
+
+    def run(self) -> None:
+        """Consume until stop(); reconcile at start and every reconcile_interval_s."""
+        self._connect()
+        assert self._kafka is not None
+        next_reconcile = time.monotonic()
+        try:
+            while not self.stop_event.is_set():
+                if self.reconciler and time.monotonic() >= next_reconcile:
+                    self.reconcile()
+                    next_reconcile = time.monotonic() + self.reconcile_interval_s
+                batches = self._kafka.poll(timeout_ms=self.options.poll_timeout_ms)
+                if self._kafka.assignment():
+                    self.assigned.set()
+                for tp, records in batches.items():
+                    for record in records:
+                        if self.stop_event.is_set():
+                            break
+                        try:
+                            self._process_record(record)
+                        except Stopping:
+                            return
+                        self._kafka.commit({tp: OffsetAndMetadata(record.offset + 1, "", -1)})
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        if self._kafka is not None:
+            # Tansu can wedge a group if a member leaves before its first assignment.
+            deadline = time.monotonic() + 8
+            while not self.assigned.is_set() and time.monotonic() < deadline:
+                self._kafka.poll(timeout_ms=200)
+                if self._kafka.assignment():
+                    self.assigned.set()
+            with contextlib.suppress(Exception):
+                self._kafka.close(autocommit=False)
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+
+    # -- processing
+    def _process_record(self, record) -> None:
+        topic = self._by_name.get(record.topic) or BY_NAME[record.topic]
+        headers = _headers(record.headers)
+        value = record.value or b""
+        event_id = headers.get("event-id") or derived_event_id(record.topic, value)
+        try:
+            uuid.UUID(event_id)
+        except ValueError:
+            event_id = derived_event_id(record.topic, value)
+        key = (record.key or b"").decode(errors="replace")
+        try:
+            message = decode(topic, value, headers)
+        except BadEvent as exc:
+            self._dead_letter(record.topic, key, event_id, value, str(exc))
+            return
+        self.handle(Event(record.topic, key, event_id, message, record.partition,
+                          record.offset, headers))
+
+    def handle(self, event: Event) -> bool:
+        """Apply one event exactly once; returns False when it was a duplicate or dead-lettered.
+
+        A database outage is waited out (nothing committed, offset not moved); a handler that
+        raises is retried `max_attempts` times, then the event is dead-lettered.
+        """
+        last_error = ""
+        attempt = 0
+        while attempt < self.options.max_attempts:
+            try:
+                conn = self._db()
+                with conn.transaction():
+                    if not event.synthetic:
+                        row = conn.execute(
+                            "INSERT INTO processed_events (consumer, event_id) VALUES (%s, %s) "
+                            "ON CONFLICT DO NOTHING RETURNING 1", (self.name, event.event_id)
+                        ).fetchone()
+                        if row is None:
+                            log.debug("duplicate event skipped", extra={"event_id": event.event_id})
+                            return False
+                    self.handler(conn, event)
+                self.processed += 1
+                return True
+            except (psycopg.OperationalError, UnavailableError) as exc:
+                log.warning("database unavailable, waiting", extra={"error": str(exc)})
+                self._conn = None
+                if self.stop_event.wait(1.0):
+                    raise Stopping from exc
+            except Exception as exc:
+                attempt += 1
+                last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("handler failed", extra={"event_id": event.event_id,
+                                                       "attempt": attempt})
+                if self.stop_event.wait(self.options.retry_backoff_s * attempt):
+                    raise Stopping from exc
+        value = event.message.SerializeToString()
+        self._dead_letter(event.topic, event.key, event.event_id, value, last_error)
+        return False
+
+    def _dead_letter(self, topic: str, key: str, event_id: str, value: bytes, error: str) -> None:
+        log.error("event dead-lettered", extra={"topic": topic, "event_id": event_id,
+                                                "error": error})
+        conn = self._db()
+        with conn.transaction():
+            conn.execute(
+                "INSERT INTO dead_letters (consumer, event_id, topic, msg_key, payload, error) "
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (consumer, event_id) DO UPDATE "
+                "SET error = EXCLUDED.error, attempts = dead_letters.attempts + 1",
+                (self.name, event_id, topic, key, value, error[:2000]))
+            conn.execute("INSERT INTO processed_events (consumer, event_id) VALUES (%s, %s) "
+                         "ON CONFLICT DO NOTHING", (self.name, event_id))
+
+    def reconcile(self) -> int:
+        """Re-derive pending work from Postgres state and apply it (handlers are idempotent)."""
+        if self.reconciler is None:
+            return 0
+        n = 0
+        try:
+            for event in self.reconciler():
+                if self.stop_event.is_set():
+                    break
+                if self.handle(event):
+                    n += 1
+        except Stopping:
+            return n
+        except (psycopg.OperationalError, UnavailableError) as exc:
+            log.warning("reconciliation postponed: database unavailable",
+                        extra={"error": str(exc)})
+            self._conn = None
+        if n:
+            log.info("reconciled pending work", extra={"consumer": self.name, "events": n})
+        return n
+
+
+def wait_for_assignment(consumer: Consumer, timeout: float = 30.0) -> bool:
+    return consumer.assigned.wait(timeout)
+
+
+__all__ = ["BadEvent", "Consumer", "ConsumerOptions", "Event", "TopicPartition", "decode",
+           "encode", "ensure_topics", "make_producer", "publish"]

@@ -1,0 +1,67 @@
+"""The Kafka topic table: the single list every producer, consumer, test and manifest uses.
+
+Message types are defined in protos/magiclens/v1/events.proto. docs/topics.md is generated
+from this table (`python -m services.runtime.topics --markdown`).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from google.protobuf.message import Message
+from magiclens.v1 import events_pb2
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    key: str
+    message: type[Message]
+    producers: tuple[str, ...]
+    consumers: tuple[str, ...]
+    partitions: int = 6
+    accepts_json: bool = False
+
+    @property
+    def message_type(self) -> str:
+        return self.message.DESCRIPTOR.full_name
+
+
+PAGES_DISCOVERED = Topic(
+    "magiclens.pages.discovered.v1", "url", events_pb2.PageDiscovered,
+    ("ingest CLI", "mining gRPC SubmitPages", "external producers (JSON)"), ("mining",),
+    accepts_json=True)
+IMAGES_MINED = Topic(
+    "magiclens.images.mined.v1", "image_id", events_pb2.ImageMined,
+    ("mining",), ("triplegen (annotation)", "embedding worker"))
+PAIRS_MINED = Topic(
+    "magiclens.pairs.mined.v1", "page_id", events_pb2.PairsMined, ("mining",), ("triplegen",))
+TRIPLES_CREATED = Topic(
+    "magiclens.triples.created.v1", "triple_id", events_pb2.TripleCreated,
+    ("triplegen",), ("training (auto-start trigger)",))
+MODELS_PUBLISHED = Topic(
+    "magiclens.models.published.v1", "model_version", events_pb2.ModelPublished,
+    ("training",), ("embedding server (hot swap)", "embedding worker (re-embed)",
+                    "search shards (blue/green rebuild)"), partitions=1)
+EMBEDDINGS_READY = Topic(
+    "magiclens.embeddings.ready.v1", "image_id", events_pb2.EmbeddingReady,
+    ("embedding worker",), ("search shards",))
+
+ALL_TOPICS: tuple[Topic, ...] = (PAGES_DISCOVERED, IMAGES_MINED, PAIRS_MINED, TRIPLES_CREATED,
+                                 MODELS_PUBLISHED, EMBEDDINGS_READY)
+BY_NAME = {t.name: t for t in ALL_TOPICS}
+
+
+def markdown_table() -> str:
+    rows = ["| topic | key | message | producers | consumers | partitions |",
+            "|---|---|---|---|---|---|"]
+    for t in ALL_TOPICS:
+        msg = t.message_type + (" (or JSON)" if t.accepts_json else "")
+        rows.append(f"| `{t.name}` | {t.key} | `{msg}` | {', '.join(t.producers)} | "
+                    f"{', '.join(t.consumers)} | {t.partitions} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown_table())

@@ -1,0 +1,50 @@
+"""Session fixtures: the real PostgreSQL and Tansu broker, started by the project itself.
+
+When DATABASE_URL / KAFKA_BOOTSTRAP_SERVERS are set, those servers are used instead. Servers
+this session started are stopped at the end; servers that were already running are left.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from services.runtime import db, infra
+from services.runtime.bus import ensure_topics
+
+
+@dataclass(frozen=True)
+class Infra:
+    database_url: str
+    kafka_bootstrap: str
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(DATABASE_URL=self.database_url, KAFKA_BOOTSTRAP_SERVERS=self.kafka_bootstrap)
+        env.update(extra)
+        return env
+
+
+@pytest.fixture(scope="session")
+def infra_servers() -> Iterator[Infra]:
+    paths = infra.default_paths()
+    was_running = (infra.pg_running(paths) or infra.external_database(),
+                   infra.tansu_running(paths) or infra.external_kafka())
+    env = infra.up(paths)
+    db.migrate(env["DATABASE_URL"])
+    ensure_topics(env["KAFKA_BOOTSTRAP_SERVERS"])
+    yield Infra(env["DATABASE_URL"], env["KAFKA_BOOTSTRAP_SERVERS"])
+    if not was_running[1]:
+        infra.tansu_down(paths)
+    if not was_running[0]:
+        infra.pg_down(paths)
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique token for names (groups, topics, tables) so tests never collide."""
+    return uuid.uuid4().hex[:10]
