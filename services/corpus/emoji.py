@@ -124,21 +124,39 @@ def load_catalog(ctx: Context) -> list[Emoji]:
         ]
     except (SourceUnavailable, OSError, ValueError, KeyError) as exc:
         unavailable("openmoji-meta", f"{exc}; falling back to unicodedata names")
-        out = []
-        for i, hx in enumerate(sorted(have)):
-            try:
-                char = "".join(chr(int(c, 16)) for c in hx.split("-"))
-            except ValueError:
-                continue
-            names = [unicodedata.name(c, "") for c in char if c not in "\u200d\ufe0f"]
-            if not names or not names[0] or any(0xE000 <= ord(c) <= 0xF8FF for c in char):
-                continue
-            tone = next((SKIN_CP[c] for c in _cps(hx) if c in SKIN_CP), 0)
-            base = names[0].lower()
-            grp = unicodedata.category(char[0])
-            out.append(Emoji(hx, char, base + (f": {SKIN[tone]} skin tone" if tone else ""),
-                             "unicode", f"block-{ord(char[0]) >> 8:x}-{grp}", tone, "", i))
+        out = _fallback_catalog(have)
     out.sort(key=lambda e: (e.order, e.hexcode))
+    return out
+
+
+FALLBACK_BLOCKS = [  # (first code point, last, group) for coarse offline grouping
+    (0x1F300, 0x1F5FF, "pictographs"), (0x1F600, 0x1F64F, "emoticons"),
+    (0x1F680, 0x1F6FF, "transport-map"), (0x1F900, 0x1F9FF, "supplemental"),
+    (0x1FA70, 0x1FAFF, "pictographs-extended"), (0x2600, 0x27BF, "symbols-dingbats"),
+]
+
+
+def _fallback_catalog(have: set[str]) -> list[Emoji]:
+    """Names from unicodedata, groups from code-point blocks (no openmoji.json offline)."""
+    out = []
+    for i, hx in enumerate(sorted(have)):
+        try:
+            char = "".join(chr(int(c, 16)) for c in hx.split("-"))
+        except ValueError:
+            continue
+        first = ord(char[0])
+        block = next((g for lo, hi, g in FALLBACK_BLOCKS if lo <= first <= hi), None)
+        names = [unicodedata.name(c, "").lower() for c in char
+                 if c not in "\u200d\ufe0f" and hex(ord(c))[2:].upper() not in SKIN_CP]
+        if block is None or not all(names):
+            continue
+        tone = next((SKIN_CP[c] for c in _cps(hx) if c in SKIN_CP), 0)
+        base = " ".join(names)
+        toned = any(f"{c}-1F3FB" in have for c in (hx,)) or tone
+        group = "people-body" if toned else block
+        sub = f"{block}-{(first >> 5) & 7}"
+        out.append(Emoji(hx, char, base + (f": {SKIN[tone]} skin tone" if tone else ""),
+                         group, sub, tone, "", i))
     return out
 
 
