@@ -4,9 +4,9 @@ parameter names (``use_underscore_module_name=True``), so the released MagicLens
 
 Why our own module instead of scenic: scenic is not installable here. Names, shapes and maths
 follow scenic's ``projects/baselines/clip/layers.py`` (read for facts): LayerNorm eps 1e-5,
-quick_gelu MLPs, pre-LN residual blocks, ``nn.SelfAttention`` (q/k/v/out DenseGeneral
-kernels ``[W, heads, 64]`` / ``[heads, 64, W]``), a padding+causal text mask (token 0 = pad),
-EOT = argmax of the ids, and the pooled outputs projected without bias.
+quick_gelu MLPs, pre-LN residual blocks, multi-head attention named like ``nn.SelfAttention``
+(q/k/v/out DenseGeneral kernels ``[W, heads, 64]`` / ``[heads, 64, W]``), a padding+causal
+text mask (token 0 = pad), EOT = argmax of the ids, and the pooled outputs projected without bias.
 
 ``encode_image``/``encode_text`` return the *unnormalised* projections by default, as
 MagicLens calls scenic's CLIP with ``normalize=False``.
@@ -74,8 +74,9 @@ class ResidualAttentionBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, attn_mask: jax.Array | None = None) -> jax.Array:
-        x = x + nn.SelfAttention(self.num_heads, deterministic=True, name="attn")(
-            LayerNorm(name="ln_1")(x), attn_mask)
+        xn = LayerNorm(name="ln_1")(x)
+        x = x + nn.MultiHeadDotProductAttention(self.num_heads, deterministic=True, name="attn")(
+            xn, xn, mask=attn_mask)
         return x + MLP(name="mlp")(LayerNorm(name="ln_2")(x))
 
 

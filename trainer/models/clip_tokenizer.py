@@ -33,6 +33,7 @@ SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 _PATTERN = (r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d"
             r"|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+")
 MAX_VOCAB_BYTES = 8 << 20
+SOT_ID, EOT_ID = 49406, 49407  # the last two ids of the 49408-token vocab
 
 
 class ClipVocabMissing(FileNotFoundError):
@@ -141,6 +142,11 @@ def clip_tokenize_fn(vocab_path: str | None = None,
     instructions) if it cannot be found, so building a CLIP backbone never needs it."""
 
     def tokenize(texts: Sequence[str]) -> np.ndarray:
+        if all(not t.strip() for t in texts):
+            # [SOT, EOT] needs no vocab (their ids are fixed): target encoding works without it.
+            out = np.zeros((len(texts), context_length), dtype=np.int32)
+            out[:, :2] = (SOT_ID, EOT_ID)
+            return out
         return load_clip_tokenizer(vocab_path)(texts, context_length)
 
     return tokenize
