@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,8 +40,10 @@ def svg_to_png(svg: str | bytes, width: int) -> bytes:
 def image_size(path: str) -> tuple[int, int] | None:
     """Header-only size check, so huge files are rejected before decoding."""
     try:
-        with Image.open(path) as im:
-            return im.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check below
+            with Image.open(path) as im:
+                return im.size
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return None
 
@@ -49,7 +52,9 @@ def open_image(data: bytes) -> Image.Image:
     if len(data) > MAX_SOURCE_BYTES:
         raise RenderError("image file too large")
     try:
-        im = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # own limit below
+            im = Image.open(io.BytesIO(data))
         if im.width * im.height > MAX_PIXELS:
             raise RenderError(f"{im.width}x{im.height} exceeds {MAX_PIXELS} pixels")
         im.load()
