@@ -80,7 +80,7 @@ class BadEvent(ValueError):
 def decode(topic: Topic, value: bytes, headers: dict[str, str]) -> Message:
     msg = topic.message()
     content_type = headers.get("content-type", "")
-    looks_json = value[:1] in (b"{", b" ", b"\n")
+    looks_json = value[:1] == b"{"  # protobuf never starts with "{" for these messages
     if content_type == JSON or (not content_type and looks_json):
         if not topic.accepts_json:
             raise BadEvent(f"topic {topic.name} does not accept JSON")

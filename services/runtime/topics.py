@@ -63,5 +63,12 @@ def markdown_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+DOC_HEADER = """# Kafka topics
+
+Generated from `services/runtime/topics.py` (`task docs:topics`). Every record carries the \
+headers `event-id`, `event-type` and `content-type`; see `protos/magiclens/v1/events.proto`.
+
+"""
+
 if __name__ == "__main__":
-    sys.stdout.write(markdown_table())
+    sys.stdout.write((DOC_HEADER if "--doc" in sys.argv else "") + markdown_table())
