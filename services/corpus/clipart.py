@@ -26,29 +26,35 @@ def _gallery(ctx: Context, source: str, root: Path, folders: dict[str, list[Path
              cap_name: str, label: str, licence: str, describe) -> None:
     order = sorted(folders, key=lambda f: (stable_hash(source + f), f))
     for folder in sorted(ctx.take(order, cap_name)):
-        figs = []
         fits = [p for p in folders[folder] if (wh := render.image_size(str(p)))
                 and wh[0] * wh[1] <= render.MAX_PIXELS]
-        for p in fits[: ctx.cap("gallery_max") or None]:
-            title, text = describe(p)
-            rel = p.relative_to(root).as_posix()
-            def produce(path: Path = p) -> tuple[bytes, str]:
-                return render.raster(path.read_bytes(), 384, "png"), "png"
-            aid = ctx.add(Asset(
-                id=f"{source}/{slug(rel.rsplit('.', 1)[0])}", source=source, produce=produce,
-                cache_key=f"{source}|{rel}|{p.stat().st_size}",
-                alt=title, caption=title.capitalize(),
-                truth={"type": "clipart", "style": label, "category": folder, "name": title},
-                credit=label, license=licence))
-            figs.append(Figure(aid, title.capitalize(), text=text))
-        if len(figs) < 2:
-            continue
-        nice = folder.replace("/", " › ").replace("_", " ")
-        ctx.pages.append(Page(
-            id=f"{source}/{slug(folder)}", title=f"{nice.capitalize()} — {label} gallery",
-            source=source, kind="gallery",
-            intro=[f"Free {label} in the “{nice}” topic: {len(figs)} pictures you can reuse.",
-                   f"Licence: {licence}."], figures=figs))
+        for part, chunk in enumerate(ctx.parts(fits, "gallery_max"), start=1):
+            figs = []
+            for p in chunk:
+                title, text = describe(p)
+                rel = p.relative_to(root).as_posix()
+
+                def produce(path: Path = p) -> tuple[bytes, str]:
+                    return render.raster(path.read_bytes(), 384, "png"), "png"
+
+                aid = ctx.add(Asset(
+                    id=f"{source}/{slug(rel.rsplit('.', 1)[0])}-{stable_hash(rel) % 16**6:06x}",
+                    source=source, produce=produce,
+                    cache_key=f"{source}|{rel}|{p.stat().st_size}",
+                    alt=title, caption=title.capitalize(),
+                    truth={"type": "clipart", "style": label, "category": folder, "name": title},
+                    credit=label, license=licence))
+                figs.append(Figure(aid, title.capitalize(), text=text))
+            if len(figs) < 2:
+                continue
+            nice = folder.replace("/", " › ").replace("_", " ")
+            ctx.pages.append(Page(
+                id=f"{source}/{slug(folder)}" + (f"-part-{part}" if part > 1 else ""),
+                title=f"{nice.capitalize()} — {label} gallery"
+                + (f", part {part}" if part > 1 else ""),
+                source=source, kind="gallery",
+                intro=[f"Free {label} in the “{nice}” topic: {len(figs)} pictures you can reuse.",
+                       f"Licence: {licence}."], figures=figs))
 
 
 def build(ctx: Context) -> None:

@@ -15,18 +15,19 @@ SIZES: dict[str, dict[str, int | None]] = {
         "emoji_subgroups": 3, "emoji_per_page": 6, "variant_bases": 2, "style_concepts": 5,
         "flag_subregions": 3, "landmark_countries": 3, "farm_animals": 3, "world_boards": 1,
         "categories": 1, "clip_folders": 2, "stamp_folders": 2, "gallery_max": 6,
+        "max_parts": 1,
     },
     "default": {
         "emoji_subgroups": 22, "emoji_per_page": 14, "variant_bases": 24, "style_concepts": 40,
         "flag_subregions": None, "landmark_countries": None, "farm_animals": None,
         "world_boards": None, "categories": None, "clip_folders": 30, "stamp_folders": 24,
-        "gallery_max": 14,
+        "gallery_max": 14, "max_parts": 1,
     },
     "full": {
         "emoji_subgroups": None, "emoji_per_page": 40, "variant_bases": None,
         "style_concepts": None, "flag_subregions": None, "landmark_countries": None,
         "farm_animals": None, "world_boards": None, "categories": None, "clip_folders": None,
-        "stamp_folders": None, "gallery_max": 40,
+        "stamp_folders": None, "gallery_max": 40, "max_parts": None,
     },
 }
 
@@ -48,8 +49,16 @@ class Context:
         n = self.cap(name)
         return items if n is None else items[:n]
 
+    def parts(self, items: list, size_name: str) -> list[list]:
+        """Split a long listing into pages of ``size_name`` items (``max_parts`` of them)."""
+        n = self.cap(size_name) or 40
+        chunks = [items[i : i + n] for i in range(0, len(items), n)]
+        return self.take(chunks, "max_parts")
+
     def add(self, asset: Asset) -> str:
-        self.assets.setdefault(asset.id, asset)
+        old = self.assets.setdefault(asset.id, asset)
+        if old.cache_key != asset.cache_key:
+            raise RuntimeError(f"two different images share the id {asset.id}")
         return asset.id
 
     @property

@@ -308,29 +308,31 @@ def build(ctx: Context) -> EmojiStyles:
     bases = [e for e in cat if e.skintone == 0 and e.group not in SKIP_GROUPS]
     subgroups = sorted({e.subgroup for e in bases}, key=lambda s: (stable_hash("sg" + s), s))
     chosen = ctx.take(subgroups, "emoji_subgroups")
-    per_page = ctx.cap("emoji_per_page") or 40
 
     # (a) one subgroup in one style, like an emoji reference site's category page
     for sg in sorted(chosen):
-        members = [e for e in bases if e.subgroup == sg][:per_page]
-        group = members[0].group if members else ""
-        for style in styles:
-            figs = []
-            for e in members:
-                aid = es.asset(e, style)
-                if aid:
-                    figs.append(Figure(aid, f"{e.name} — U+{e.hexcode.replace('-', ' U+')}"))
-            if len(figs) < 2:
-                continue
-            label, blurb = STYLES[style]
-            ctx.pages.append(Page(
-                id=f"emoji/{style}/{slug(sg)}", title=f"{_pretty(sg)} in {label}",
-                source=SOURCE_OF[style], kind="emoji-style",
-                intro=[f"This page collects {len(figs)} emoji of the “{sg.replace('-', ' ')}” "
-                       f"subgroup ({group.replace('-', ' ')}) as drawn in {label}: {blurb}.",
-                       "Every picture below is the same design language; compare how the "
-                       "artists simplify hands, faces and objects."],
-                figures=figs))
+        all_members = [e for e in bases if e.subgroup == sg]
+        group = all_members[0].group if all_members else ""
+        for part, members in enumerate(ctx.parts(all_members, "emoji_per_page"), start=1):
+            for style in styles:
+                figs = []
+                for e in members:
+                    aid = es.asset(e, style)
+                    if aid:
+                        figs.append(Figure(aid, f"{e.name} — U+{e.hexcode.replace('-', ' U+')}"))
+                if len(figs) < 2:
+                    continue
+                label, blurb = STYLES[style]
+                suffix = f"-part-{part}" if part > 1 else ""
+                ctx.pages.append(Page(
+                    id=f"emoji/{style}/{slug(sg)}{suffix}",
+                    title=f"{_pretty(sg)} in {label}" + (f", part {part}" if part > 1 else ""),
+                    source=SOURCE_OF[style], kind="emoji-style",
+                    intro=[f"This page collects {len(figs)} emoji of the “{sg.replace('-', ' ')}"
+                           f"” subgroup ({group.replace('-', ' ')}) as drawn in {label}: "
+                           f"{blurb}.", "Every picture below is the same design language; "
+                           "compare how the artists simplify hands, faces and objects."],
+                    figures=figs))
 
     # (b) one emoji concept with all skin tones and gender variants, one style per page
     people = [e for e in cat if e.skintone and e.group == "people-body"]
@@ -383,7 +385,8 @@ def build(ctx: Context) -> EmojiStyles:
             continue
         made += 1
         ctx.pages.append(Page(
-            id=f"emoji/compare/{slug(e.name)}", title=f"{e.name.capitalize()} across emoji styles",
+            id=f"emoji/compare/{slug(e.name + ' ' + e.hexcode)}",
+            title=f"{e.name.capitalize()} across emoji styles",
             source="openmoji", kind="emoji-styles",
             intro=[f"How does “{e.name}” (U+{e.hexcode.replace('-', ' U+')}) look on different "
                    f"platforms? Below are {len(figs)} designs of the same Unicode character."],
