@@ -1,0 +1,102 @@
+"""The workload table: one row per process kind the suite runs on a cluster.
+
+This is the single place that names each workload's entry point, ports (matching
+docs/runtime.md), resource needs and the calls it makes. deploy/gen_base.py turns it into the
+kustomize base; deploy/smoke.py reads it to know which health endpoints to probe. Changing a
+port or a call here and re-running `python -m deploy.gen_base` keeps Service, probes and
+NetworkPolicies consistent with each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+REGISTRY = "ghcr.io/magiclens"
+SERVICE_IMAGE = f"{REGISTRY}/magiclens-service"  # Dockerfile target `service` (env/main.lock)
+TRITON_IMAGE = f"{REGISTRY}/magiclens-embedding-triton"  # target `embedding-triton`
+IMAGE_TAG = "0.1.0"  # overlays pin the released tag with kustomize `images:`
+
+KAFKA_CLUSTER = "magiclens-kafka"  # Strimzi Kafka CR; bootstrap Service below
+KAFKA_BOOTSTRAP = f"{KAFKA_CLUSTER}-kafka-bootstrap:9092"
+PG_CLUSTER = "magiclens-pg"  # CloudNativePG Cluster CR; its app Secret is `<name>-app`
+PG_SECRET = f"{PG_CLUSTER}-app"
+S3_SECRET = "magiclens-s3"
+CONFIG_MAP = "magiclens-config"
+MONITORING_NAMESPACE = "monitoring"  # where Prometheus runs (scrapes metrics ports)
+
+# Capabilities a workload may need outside the service mesh of our own pods.
+POSTGRES, KAFKA, S3, INTERNET = "postgres", "kafka", "s3", "internet"
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    module: str  # `python -m <module>`
+    image: str = SERVICE_IMAGE
+    kind: str = "Deployment"
+    grpc_port: int | None = None  # standard gRPC health service: probes use it
+    metrics_port: int | None = None
+    http_port: int | None = None  # HTTP-only workloads (gateway) probe HTTP
+    http_health_path: str = "/healthz"
+    extra_ports: tuple[tuple[str, int], ...] = ()
+    uses: frozenset[str] = frozenset()
+    calls: tuple[tuple[str, int], ...] = ()  # (workload, port) it opens connections to
+    public: bool = False  # reachable from outside the namespace (Ingress)
+    requests: tuple[str, str] = ("100m", "256Mi")
+    limits: tuple[str, str] = ("500m", "512Mi")
+    migrate: bool = True  # init container applies the schema first (idempotent, locked)
+    keda: tuple[str, str] | None = None  # (consumer group, topic) for lag scaling
+    startup_s: int = 60  # how long the first health check may take
+    data_volume_gi: int = 2  # emptyDir under MAGICLENS_DATA_DIR (PVC for StatefulSets)
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def probe_port(self) -> int | None:
+        return self.grpc_port or self.http_port
+
+
+WORKLOADS: tuple[Workload, ...] = (
+    Workload("mining", "services.mining", grpc_port=50051, metrics_port=9151,
+             uses=frozenset({POSTGRES, KAFKA, S3, INTERNET}),
+             requests=("500m", "1Gi"), limits=("2", "2Gi"),
+             keda=("magiclens-mining", "magiclens.pages.discovered.v1")),
+    Workload("triplegen", "services.triplegen", grpc_port=50052, metrics_port=9152,
+             uses=frozenset({POSTGRES, KAFKA, S3}),
+             requests=("500m", "1Gi"), limits=("2", "4Gi"),
+             keda=("magiclens-triplegen", "magiclens.pairs.mined.v1")),
+    Workload("training", "services.training", grpc_port=50053, metrics_port=9153,
+             uses=frozenset({POSTGRES, KAFKA, S3}),
+             requests=("2", "8Gi"), limits=("8", "32Gi"), data_volume_gi=50, startup_s=120),
+    Workload("embedding", "services.embedding", grpc_port=50054, metrics_port=9154,
+             uses=frozenset({POSTGRES, KAFKA, S3}),
+             calls=(("embedding-triton", 8001),),
+             requests=("500m", "1Gi"), limits=("2", "4Gi")),
+    # The Triton Inference Server (PyTriton, its own image from env/triton.lock). Triton's own
+    # ports: HTTP 8000 (health), gRPC 8001 (inference), metrics 8002.
+    Workload("embedding-triton", "services.embedding.triton", image=TRITON_IMAGE,
+             http_port=8000, http_health_path="/v2/health/ready", metrics_port=8002,
+             extra_ports=(("triton-grpc", 8001),),
+             uses=frozenset({POSTGRES, KAFKA, S3}),
+             requests=("2", "6Gi"), limits=("4", "12Gi"), migrate=False, startup_s=300,
+             data_volume_gi=10),
+    Workload("search-shard", "services.search.shard", kind="StatefulSet",
+             grpc_port=50060, metrics_port=9160,
+             uses=frozenset({POSTGRES, KAFKA, S3}),
+             requests=("1", "4Gi"), limits=("2", "8Gi"), startup_s=600, data_volume_gi=20),
+    Workload("search-root", "services.search.root", grpc_port=50055, metrics_port=9155,
+             uses=frozenset({POSTGRES}),
+             calls=(("search-shard", 50060), ("embedding", 50054)),
+             requests=("250m", "512Mi"), limits=("1", "1Gi")),
+    Workload("gateway", "services.gateway", http_port=8080, public=True,
+             uses=frozenset({S3}), calls=(("search-root", 50055),),
+             requests=("100m", "256Mi"), limits=("500m", "512Mi"), migrate=False),
+    # No server of its own (no health or metrics endpoint yet): see deploy/README.md.
+    Workload("outbox-relay", "services.runtime.outbox", uses=frozenset({POSTGRES, KAFKA})),
+)
+
+BY_NAME = {w.name: w for w in WORKLOADS}
+
+
+def callers_of(name: str) -> list[tuple[str, int]]:
+    """Workloads that call `name`, with the port they call."""
+    return [(w.name, port) for w in WORKLOADS for callee, port in w.calls if callee == name]

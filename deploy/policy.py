@@ -1,0 +1,310 @@
+"""Offline checks of rendered manifests: Kubernetes schemas, operator CRs, and our policies.
+
+Three layers, each returning readable one-line problems (empty list = pass):
+- `schema_problems`: built-in kinds against the Kubernetes OpenAPI schemas shipped in PyPI's
+  kubernetes-validate (strict: unknown fields are errors), for the oldest and newest
+  Kubernetes versions we support.
+- `custom_resource_problems`: Strimzi, CloudNativePG and KEDA CRDs are not obtainable offline,
+  so their resources get a structural check of the fields those operators require and of
+  cross-references (topic -> Kafka cluster, ScaledObject -> Deployment and topic).
+- `policy_problems`: what every workload must have (limits, probes, hardening, pinned images,
+  a PDB, NetworkPolicies, scrape annotations, resolvable config and secret references).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import yaml
+
+K8S_VERSIONS = ("1.28.0", "1.37.0")  # 1.28: first with the pod-index label on StatefulSets
+WORKLOAD_KINDS = ("Deployment", "StatefulSet")
+# Workloads without any server to probe. The outbox relay only polls PostgreSQL and publishes;
+# a dead relay exits (the container restarts). It needs a health/metrics port to be probed.
+PROBE_EXEMPT = {"outbox-relay": "no server: services.runtime.outbox exposes no health port"}
+# Secrets that an operator in the cluster creates (not rendered by kustomize).
+OPERATOR_SECRETS = {"magiclens-pg-app": ("postgresql.cnpg.io/v1", "Cluster", "magiclens-pg")}
+PLACEHOLDER = "REPLACE_ME"
+_QUANTITY = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$")
+
+Doc = dict[str, Any]
+
+
+def load_docs(text: str) -> list[Doc]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def kn(doc: Doc) -> str:
+    return f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+
+
+def _by_kind(docs: Iterable[Doc], kind: str) -> list[Doc]:
+    return [d for d in docs if d.get("kind") == kind]
+
+
+# ---------------------------------------------------------------- schemas (built-in kinds)
+
+CUSTOM_API_GROUPS = ("kafka.strimzi.io/", "postgresql.cnpg.io/", "keda.sh/")
+
+
+def is_custom(doc: Doc) -> bool:
+    return str(doc.get("apiVersion", "")).startswith(CUSTOM_API_GROUPS)
+
+
+def schema_problems(docs: Iterable[Doc], versions: Iterable[str] = K8S_VERSIONS) -> list[str]:
+    import kubernetes_validate
+    from kubernetes_validate.utils import SchemaNotFoundError, ValidationError
+
+    problems = []
+    for doc in docs:
+        if is_custom(doc):
+            continue
+        for version in versions:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except ValidationError as exc:
+                path = "/".join(str(p) for p in exc.path)
+                problems.append(f"{kn(doc)} (k8s {version}): {path}: {exc.message}")
+            except SchemaNotFoundError:
+                problems.append(f"{kn(doc)}: no Kubernetes {version} schema for "
+                                f"{doc.get('apiVersion')} {doc.get('kind')}")
+    return problems
+
+
+# ---------------------------------------------------------------- custom resources
+
+def _get(doc: Doc, path: str) -> Any:
+    cur: Any = doc
+    for part in path.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+def _pos_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def custom_resource_problems(docs: list[Doc]) -> list[str]:
+    """Structural checks of the operator CRs (their CRD schemas are not available offline)."""
+    p: list[str] = []
+    kafkas = {d["metadata"]["name"] for d in _by_kind(docs, "Kafka")}
+    topics = set()
+    workloads = {(d["kind"], d["metadata"]["name"]) for d in docs
+                 if d.get("kind") in WORKLOAD_KINDS}
+    known = {("kafka.strimzi.io/v1beta2", k) for k in ("Kafka", "KafkaNodePool", "KafkaTopic")}
+    known |= {("postgresql.cnpg.io/v1", "Cluster"), ("keda.sh/v1alpha1", "ScaledObject")}
+    for d in docs:
+        if not is_custom(d):
+            continue
+        kind, name = d.get("kind"), kn(d)
+        if (d.get("apiVersion"), kind) not in known:
+            p.append(f"{name}: unchecked custom resource {d.get('apiVersion')} (add a check)")
+            continue
+        spec = d.get("spec") or {}
+        if kind == "Kafka":
+            listeners = _get(d, "spec.kafka.listeners")
+            if not isinstance(listeners, list) or not listeners:
+                p.append(f"{name}: spec.kafka.listeners must be a non-empty list")
+            for li in listeners or []:
+                for key in ("name", "port", "type", "tls"):
+                    if key not in li:
+                        p.append(f"{name}: listener {li.get('name')} lacks {key}")
+            ann = d["metadata"].get("annotations", {})
+            if ann.get("strimzi.io/node-pools") != "enabled":
+                p.append(f"{name}: node pools need annotation strimzi.io/node-pools: enabled")
+            if "zookeeper" in spec:
+                p.append(f"{name}: ZooKeeper is gone from Strimzi; use KRaft node pools")
+        elif kind == "KafkaNodePool":
+            if not _pos_int(spec.get("replicas")):
+                p.append(f"{name}: spec.replicas must be a positive integer")
+            roles = spec.get("roles")
+            if not roles or not set(roles) <= {"controller", "broker"}:
+                p.append(f"{name}: spec.roles must be a subset of controller, broker")
+            if not _get(d, "spec.storage.type"):
+                p.append(f"{name}: spec.storage.type is required")
+            cluster = d["metadata"].get("labels", {}).get("strimzi.io/cluster")
+            if cluster not in kafkas:
+                p.append(f"{name}: strimzi.io/cluster={cluster} names no Kafka in the output")
+        elif kind == "KafkaTopic":
+            cluster = d["metadata"].get("labels", {}).get("strimzi.io/cluster")
+            if cluster not in kafkas:
+                p.append(f"{name}: strimzi.io/cluster={cluster} names no Kafka in the output")
+            for key in ("partitions", "replicas"):
+                if not _pos_int(spec.get(key)):
+                    p.append(f"{name}: spec.{key} must be a positive integer")
+            topics.add(spec.get("topicName") or d["metadata"]["name"])
+        elif kind == "Cluster":
+            if not _pos_int(spec.get("instances")):
+                p.append(f"{name}: spec.instances must be a positive integer")
+            size = _get(d, "spec.storage.size")
+            if not isinstance(size, str) or not _QUANTITY.match(size):
+                p.append(f"{name}: spec.storage.size must be a quantity like 20Gi")
+    for d in _by_kind(docs, "ScaledObject"):
+        name, spec = kn(d), d.get("spec") or {}
+        ref = spec.get("scaleTargetRef") or {}
+        if (ref.get("kind", "Deployment"), ref.get("name")) not in workloads:
+            p.append(f"{name}: scaleTargetRef {ref.get('name')} is not a workload in the output")
+        lo, hi = spec.get("minReplicaCount", 0), spec.get("maxReplicaCount", 100)
+        if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo <= hi):
+            p.append(f"{name}: need 0 <= minReplicaCount <= maxReplicaCount")
+        triggers = spec.get("triggers")
+        if not isinstance(triggers, list) or not triggers:
+            p.append(f"{name}: spec.triggers must be a non-empty list")
+        for t in triggers or []:
+            meta = t.get("metadata") or {}
+            if t.get("type") == "kafka":
+                for key in ("bootstrapServers", "consumerGroup", "topic", "lagThreshold"):
+                    if not meta.get(key):
+                        p.append(f"{name}: kafka trigger lacks {key}")
+                if meta.get("topic") and meta["topic"] not in topics:
+                    p.append(f"{name}: topic {meta['topic']} has no KafkaTopic")
+                if not all(isinstance(v, str) for v in meta.values()):
+                    p.append(f"{name}: KEDA trigger metadata values must be strings")
+    return p
+
+
+# ---------------------------------------------------------------- our policies
+
+def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def image_pinned(image: str) -> bool:
+    if "@sha256:" in image:
+        return True
+    last = image.rsplit("/", 1)[-1]
+    return ":" in last and not last.endswith(":latest")
+
+
+def _containers(pod: Doc) -> list[tuple[str, Doc]]:
+    spec = pod.get("spec", {})
+    return ([("init", c) for c in spec.get("initContainers", [])]
+            + [("main", c) for c in spec.get("containers", [])])
+
+
+def policy_problems(docs: list[Doc]) -> list[str]:
+    p: list[str] = []
+    config_maps = {d["metadata"]["name"] for d in _by_kind(docs, "ConfigMap")}
+    secrets = {d["metadata"]["name"] for d in _by_kind(docs, "Secret")}
+    for secret, (api, kind, owner) in OPERATOR_SECRETS.items():
+        if any(d.get("apiVersion") == api and d.get("kind") == kind
+               and d["metadata"]["name"] == owner for d in docs):
+            secrets.add(secret)
+    pdbs = _by_kind(docs, "PodDisruptionBudget")
+    nps = _by_kind(docs, "NetworkPolicy")
+    for w in (d for d in docs if d.get("kind") in WORKLOAD_KINDS):
+        name = w["metadata"]["name"]
+        pod = w["spec"]["template"]
+        labels = pod.get("metadata", {}).get("labels", {})
+        if not _matches(w["spec"]["selector"].get("matchLabels", {}), labels):
+            p.append(f"{kn(w)}: selector does not match its pod labels")
+        if not any(_matches(b["spec"]["selector"].get("matchLabels", {}), labels)
+                   for b in pdbs):
+            p.append(f"{kn(w)}: no PodDisruptionBudget selects it")
+        selecting = [n for n in nps if _matches(n["spec"]["podSelector"].get("matchLabels", {}),
+                                                labels)]
+        own = [n for n in selecting if n["spec"]["podSelector"].get("matchLabels")
+               == {"app.kubernetes.io/name": name}]
+        deny = [n for n in selecting if set(n["spec"].get("policyTypes", [])) >= {
+            "Ingress", "Egress"} and not n["spec"].get("ingress") and not n["spec"].get("egress")]
+        if not own:
+            p.append(f"{kn(w)}: no NetworkPolicy of its own (podSelector on its name)")
+        if not deny:
+            p.append(f"{kn(w)}: no default-deny NetworkPolicy selects it")
+        ann = pod.get("metadata", {}).get("annotations", {})
+        if ann.get("prometheus.io/scrape") not in ("true", "false"):
+            p.append(f"{kn(w)}: pod lacks the prometheus.io/scrape annotation")
+        declared_ports = set()
+        for _, ctr in _containers(pod):
+            declared_ports |= {pt["containerPort"] for pt in ctr.get("ports", [])}
+        if ann.get("prometheus.io/scrape") == "true" and \
+                int(ann.get("prometheus.io/port", 0)) not in declared_ports:
+            p.append(f"{kn(w)}: prometheus.io/port is not a declared container port")
+        pod_sec = pod["spec"].get("securityContext", {})
+        if pod["spec"].get("automountServiceAccountToken") is not False:
+            p.append(f"{kn(w)}: automountServiceAccountToken should be false")
+        for role, ctr in _containers(pod):
+            cn = f"{kn(w)} container {ctr['name']}"
+            res = ctr.get("resources", {})
+            for part in ("requests", "limits"):
+                for r in ("cpu", "memory"):
+                    if r not in res.get(part, {}):
+                        p.append(f"{cn}: no {part}.{r}")
+            sec = ctr.get("securityContext", {})
+            if sec.get("runAsNonRoot", pod_sec.get("runAsNonRoot")) is not True:
+                p.append(f"{cn}: runAsNonRoot is not true")
+            if sec.get("readOnlyRootFilesystem") is not True:
+                p.append(f"{cn}: readOnlyRootFilesystem is not true")
+            if sec.get("allowPrivilegeEscalation") is not False:
+                p.append(f"{cn}: allowPrivilegeEscalation is not false")
+            if "ALL" not in sec.get("capabilities", {}).get("drop", []):
+                p.append(f"{cn}: capabilities do not drop ALL")
+            if not image_pinned(ctr.get("image", "")):
+                p.append(f"{cn}: image {ctr.get('image')!r} is not pinned to a tag or digest")
+            for ref in ctr.get("envFrom", []):
+                if "configMapRef" in ref and ref["configMapRef"]["name"] not in config_maps:
+                    p.append(f"{cn}: ConfigMap {ref['configMapRef']['name']} is not rendered")
+                if "secretRef" in ref and ref["secretRef"]["name"] not in secrets:
+                    p.append(f"{cn}: Secret {ref['secretRef']['name']} is not rendered")
+            for env in ctr.get("env", []):
+                if "value" in env and re.search(r"(?i)secret|password|token", env["name"]):
+                    p.append(f"{cn}: {env['name']} is a literal; secrets come from Secrets")
+                ref = env.get("valueFrom", {}).get("secretKeyRef")
+                if ref and ref["name"] not in secrets:
+                    p.append(f"{cn}: Secret {ref['name']} (env {env['name']}) is not rendered")
+            if role != "main":
+                continue
+            if name in PROBE_EXEMPT:
+                continue
+            for probe in ("readinessProbe", "livenessProbe"):
+                pr = ctr.get(probe)
+                if not pr:
+                    p.append(f"{cn}: no {probe}")
+                    continue
+                port = (pr.get("grpc") or pr.get("httpGet") or pr.get("tcpSocket") or {}).get(
+                    "port")
+                if port not in declared_ports:
+                    p.append(f"{cn}: {probe} port {port} is not a declared container port")
+    for hpa in _by_kind(docs, "HorizontalPodAutoscaler"):
+        ref = hpa["spec"]["scaleTargetRef"]
+        if not any(d.get("kind") == ref["kind"] and d["metadata"]["name"] == ref["name"]
+                   for d in docs):
+            p.append(f"{kn(hpa)}: target {ref['kind']}/{ref['name']} is not rendered")
+    p += _shard_count_problems(docs)
+    return p
+
+
+def _shard_count_problems(docs: list[Doc]) -> list[str]:
+    """MAGICLENS_NUM_SHARDS (what the root expects) must equal the shard StatefulSet size."""
+    shards = [d for d in _by_kind(docs, "StatefulSet") if d["metadata"]["name"] == "search-shard"]
+    cms = [d for d in _by_kind(docs, "ConfigMap")
+           if "MAGICLENS_NUM_SHARDS" in (d.get("data") or {})]
+    if not shards or not cms:
+        return ["search-shard StatefulSet or MAGICLENS_NUM_SHARDS missing from the output"]
+    want = int(cms[0]["data"]["MAGICLENS_NUM_SHARDS"])
+    have = shards[0]["spec"].get("replicas", 1)
+    return [] if want == have else [
+        f"MAGICLENS_NUM_SHARDS={want} but StatefulSet/search-shard has {have} replicas"]
+
+
+def placeholder_secrets(docs: list[Doc]) -> list[str]:
+    """Secret keys that still hold the committed placeholder (never apply those)."""
+    import base64
+
+    found = []
+    for s in _by_kind(docs, "Secret"):
+        for key, val in (s.get("data") or {}).items():
+            if PLACEHOLDER in base64.b64decode(val).decode(errors="replace"):
+                found.append(f"{s['metadata']['name']}/{key}")
+        for key, val in (s.get("stringData") or {}).items():
+            if PLACEHOLDER in str(val):
+                found.append(f"{s['metadata']['name']}/{key}")
+    return found
+
+
+def all_problems(docs: list[Doc]) -> list[str]:
+    return schema_problems(docs) + custom_resource_problems(docs) + policy_problems(docs)
