@@ -1,12 +1,84 @@
-"""The `magiclens` command line (grows with the services)."""
+"""The `magiclens` command line: search, ingest, index, status, train, models, promote, eval.
 
+Every failure a user can cause or meet (a stopped service, a bad argument, a missing file)
+ends as ONE line on stderr and a distinct exit code (see services.cli.errors); set
+MAGICLENS_DEBUG=1 to see the traceback of an unexpected error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
 import sys
+import traceback
+from typing import NoReturn
+
+from services.cli import (
+    cmd_eval,
+    cmd_index,
+    cmd_ingest,
+    cmd_search,
+    cmd_status,
+    cmd_training,
+)
+from services.cli.errors import EXIT_FAILED, EXIT_USAGE, CliError
+from services.cli.settings import ClientSettings
+from services.runtime.config import load_settings
+from services.runtime.errors import ConfigError, ServiceError
+
+PROG = "magiclens"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (no usage dump) and exit with EXIT_USAGE."""
+
+    def error(self, message: str) -> NoReturn:
+        hint = f" (see `{self.prog} --help`)"
+        print(f"{PROG}: {message}{hint}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
+                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    cmd_search.add_parser(sub)
+    cmd_ingest.add_parser(sub)
+    cmd_index.add_parser(sub)
+    cmd_status.add_parser(sub)
+    cmd_training.add_parsers(sub)
+    cmd_eval.add_parser(sub)
+    return ap
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"{PROG}: {' '.join(str(message).split())}", file=sys.stderr)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the installed `magiclens` command."""
-    print("magiclens: no subcommands are built yet", file=sys.stderr)
-    return 2
+    """Entry point of the installed `magiclens` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(ClientSettings)
+        return args.run(args, settings) or 0
+    except CliError as exc:
+        return _fail(str(exc), exc.code)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except ServiceError as exc:  # UnavailableError: Postgres and friends
+        return _fail(str(exc), EXIT_FAILED)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_FAILED
+    except Exception as exc:  # the promise: one line, never a traceback
+        if os.environ.get("MAGICLENS_DEBUG"):
+            traceback.print_exc()
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        return _fail(f"{args.command} failed: {type(exc).__name__}"
+                     + (f": {first}" if first else ""), EXIT_FAILED)
 
 
 if __name__ == "__main__":

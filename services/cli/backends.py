@@ -1,0 +1,29 @@
+"""Is a backend built in this checkout? Lets a subcommand say "not built yet" instead of failing.
+
+A backend counts as built when its entry module exists; whether it is *running* is a separate
+question answered by calling it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+BACKENDS = {
+    "search": ("services.search.__main__", "the search service (services/search)"),
+    "training": ("services.training.__main__", "the training service (services/training)"),
+    "ingest": ("services.ingest.__main__", "page ingestion (services/ingest)"),
+    "mining": ("services.mining.miner", "the miner (services/mining)"),
+    "eval": ("trainer.eval.__main__", "the evaluation harness's command (trainer/eval)"),
+}
+
+
+def is_built(name: str) -> bool:
+    module = BACKENDS[name][0]
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def describe(name: str) -> str:
+    return BACKENDS[name][1]

@@ -1,0 +1,35 @@
+"""`magiclens eval`: run the trainer's evaluation harness (`python -m trainer.eval`).
+
+The harness owns its arguments (triples file or benchmark directory, checkpoint, output);
+everything after `eval` is passed to it unchanged, so the two never drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+from services.cli import backends
+from services.cli.errors import CliError, NotBuiltError
+from services.cli.settings import ClientSettings
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a model on a triples file or benchmark directory",
+                       add_help=False, prefix_chars="\0")
+    p.add_argument("harness_args", nargs=argparse.REMAINDER,
+                   help="arguments for the evaluation harness (see `magiclens eval --help`)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, settings: ClientSettings) -> int:
+    if not backends.is_built("eval"):
+        raise NotBuiltError(f"{backends.describe('eval')} is not built yet "
+                            "(no `python -m trainer.eval`)")
+    proc = subprocess.run([sys.executable, "-m", "trainer.eval", *args.harness_args],
+                          check=False)
+    if proc.returncode not in (0, None):
+        raise CliError(f"evaluation failed (harness exit {proc.returncode})",
+                       code=proc.returncode if proc.returncode in (1, 2, 3) else 1)
+    return 0

@@ -1,0 +1,71 @@
+"""`magiclens ingest`: announce pages (URL, sitemap, WARC) through services.ingest."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+from pathlib import Path
+
+from services.cli import backends
+from services.cli.errors import CliError, NotBuiltError, UsageError
+from services.cli.settings import ClientSettings
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ingest", help="queue web pages for mining (URL, sitemap or WARC)")
+    p.add_argument("--url", action="append", help="a page URL (repeatable)")
+    p.add_argument("--sitemap", help="a sitemap or sitemap index URL")
+    p.add_argument("--warc", type=Path, help="a WARC(.gz) file")
+    p.add_argument("--source", default="", help="source label (default web/sitemap/warc)")
+    p.add_argument("--allow-private", action="store_true",
+                   help="allow reading a sitemap from a private/loopback address")
+    p.add_argument("--heldout-file", type=Path, help="file of URLs to mark as held out")
+    p.add_argument("--max-pages", type=int, default=50_000)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, settings: ClientSettings) -> int:
+    if not (args.url or args.sitemap or args.warc):
+        raise UsageError("ingest needs --url, --sitemap or --warc")
+    for label, path in (("--warc", args.warc), ("--heldout-file", args.heldout_file)):
+        if path is not None and not path.is_file():
+            raise UsageError(f"{label} {path}: no such file")
+    if args.max_pages < 1:
+        raise UsageError("--max-pages must be at least 1")
+    if not backends.is_built("ingest"):
+        raise NotBuiltError(f"{backends.describe('ingest')} is not built yet")
+    from services.ingest.__main__ import main as ingest_main
+
+    argv: list[str] = []
+    for u in args.url or []:
+        argv += ["--url", u]
+    if args.sitemap:
+        argv += ["--sitemap", args.sitemap]
+    if args.warc:
+        argv += ["--warc", str(args.warc)]
+    if args.source:
+        argv += ["--source", args.source]
+    if args.allow_private:
+        argv.append("--allow-private")
+    if args.heldout_file:
+        argv += ["--heldout-file", str(args.heldout_file)]
+    argv += ["--max-pages", str(args.max_pages)]
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            code = ingest_main(argv)
+    except SystemExit as exc:  # its argparse; our own checks make this unlikely
+        raise UsageError(f"ingest refused the arguments (exit {exc.code})") from None
+    text = out.getvalue().strip()
+    if code:
+        raise CliError(text.splitlines()[-1] if text else f"ingest failed (exit {code})")
+    if args.json:
+        json.dump({"ok": True, "message": text}, sys.stdout)
+        sys.stdout.write("\n")
+    elif text:
+        print(text)
+    return 0

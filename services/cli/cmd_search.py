@@ -1,0 +1,69 @@
+"""`magiclens search`: one query against the SearchService."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from magiclens.v1 import search_pb2, search_pb2_grpc
+
+from services.cli import rpc
+from services.cli.errors import UsageError
+from services.cli.images import image_input
+from services.cli.output import emit, table
+from services.cli.settings import ClientSettings
+
+MAX_INSTRUCTION_CHARS = 1000
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="rank pool images by a query image and an instruction")
+    p.add_argument("--image", required=True, help="query image: a file, an http(s) URL or a "
+                   "pool image id")
+    p.add_argument("--instruction", "-q", default="", help="what to find, e.g. 'as a sketch'")
+    p.add_argument("-k", type=int, default=10, help="number of results, 1..100 (default 10)")
+    p.add_argument("--source", default="", help="only images from this source label")
+    p.add_argument("--domain", default="", help="only images from pages on this domain")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=run)
+
+
+def hit_dict(h: search_pb2.SearchHit) -> dict[str, Any]:
+    c = h.context
+    return {"image_id": h.image_id, "image_url": h.image_url, "score": round(h.score, 6),
+            "page_url": c.page_url, "page_title": c.page_title, "alt_text": c.alt_text,
+            "caption": c.caption}
+
+
+def response_dict(resp: search_pb2.SearchResponse) -> dict[str, Any]:
+    return {"model_version": resp.model_version, "partial": resp.partial,
+            "missing_shards": list(resp.missing_shards),
+            "hits": [hit_dict(h) for h in resp.hits]}
+
+
+def _human(data: dict[str, Any]) -> str:
+    head = f"model {data['model_version'] or '?'}, {len(data['hits'])} results"
+    if data["partial"]:
+        head += f" (PARTIAL: shards {data['missing_shards']} did not answer)"
+    if not data["hits"]:
+        return head
+    rows = [[str(i + 1), f"{h['score']:.4f}", str(h["image_id"]),
+             (h["page_title"] or h["alt_text"] or "")[:40], h["page_url"] or h["image_url"]]
+            for i, h in enumerate(data["hits"])]
+    return head + "\n" + table(rows, ["#", "score", "image", "title", "page"])
+
+
+def run(args: argparse.Namespace, settings: ClientSettings) -> int:
+    if not 1 <= args.k <= 100:
+        raise UsageError(f"-k must be between 1 and 100 (got {args.k})")
+    if len(args.instruction) > MAX_INSTRUCTION_CHARS:
+        raise UsageError(f"--instruction is longer than {MAX_INSTRUCTION_CHARS} characters")
+    request = search_pb2.SearchRequest(
+        query=image_input(args.image), instruction=args.instruction, k=args.k,
+        filters=search_pb2.SearchFilters(source=args.source, page_domain=args.domain))
+    with rpc.channel(settings.search_addr) as ch:
+        stub = search_pb2_grpc.SearchServiceStub(ch)
+        resp = rpc.call("search", settings.search_addr, stub.Search, request,
+                        settings.rpc_timeout_s)
+    emit(response_dict(resp), args.json, _human)
+    return 0

@@ -1,0 +1,111 @@
+"""`magiclens train | models | promote`: the TrainingService over gRPC."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from magiclens.v1 import training_pb2, training_pb2_grpc
+
+from services.cli import rpc
+from services.cli.errors import CliError, UsageError
+from services.cli.output import emit, table
+from services.cli.settings import ClientSettings
+
+FINAL_RUN_STATES = {"succeeded", "failed"}
+POLL_S = 2.0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="start a training run (training service)")
+    p.add_argument("--config", default="compact", choices=["compact", "base", "large"])
+    p.add_argument("--steps", type=int, default=0, help="0 = the config's default")
+    p.add_argument("--mode", default="frozen", choices=["frozen", "full"])
+    p.add_argument("--wait", action="store_true", help="follow the run until it ends")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=run_train)
+    p = sub.add_parser("models", help="list model versions and their metrics")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=run_models)
+    p = sub.add_parser("promote", help="make a model version the one search serves")
+    p.add_argument("model_version")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=run_promote)
+
+
+def _run_dict(r: training_pb2.TrainingRun) -> dict[str, Any]:
+    return {"run_id": r.run_id, "status": r.status, "model_version": r.model_version,
+            "step": r.step, "total_steps": r.total_steps, "last_loss": r.last_loss,
+            "reason": r.reason}
+
+
+def _model_dict(m: training_pb2.ModelVersion) -> dict[str, Any]:
+    return {"model_version": m.model_version, "config_name": m.config_name,
+            "checkpoint_uri": m.checkpoint_uri, "status": m.status,
+            "metrics": dict(sorted(m.metrics.items()))}
+
+
+def _run_line(d: dict[str, Any]) -> str:
+    line = (f"run {d['run_id']}: {d['status']}, step {d['step']}/{d['total_steps'] or '?'}, "
+            f"loss {d['last_loss']:.4f}, model {d['model_version'] or '-'}")
+    return line + (f" ({d['reason']})" if d["reason"] else "")
+
+
+def _stub(settings: ClientSettings, ch) -> training_pb2_grpc.TrainingServiceStub:
+    return training_pb2_grpc.TrainingServiceStub(ch)
+
+
+def run_train(args: argparse.Namespace, settings: ClientSettings) -> int:
+    if args.steps < 0:
+        raise UsageError(f"--steps must be >= 0 (got {args.steps})")
+    addr = settings.training_addr
+    with rpc.channel(addr) as ch:
+        stub = _stub(settings, ch)
+        run = rpc.call("training", addr, stub.StartTraining, training_pb2.StartTrainingRequest(
+            config_name=args.config, steps=args.steps, mode=args.mode), settings.rpc_timeout_s)
+        while args.wait and run.status not in FINAL_RUN_STATES:
+            if not args.json:
+                print(_run_line(_run_dict(run)), file=sys.stderr, flush=True)
+            time.sleep(POLL_S)
+            run = rpc.call("training", addr, stub.GetRun,
+                           training_pb2.GetRunRequest(run_id=run.run_id), settings.rpc_timeout_s)
+    data = _run_dict(run)
+    emit(data, args.json, _run_line)
+    if args.wait and run.status == "failed":
+        raise CliError(f"training run {run.run_id} failed: {run.reason or 'no reason given'}")
+    return 0
+
+
+def run_models(args: argparse.Namespace, settings: ClientSettings) -> int:
+    addr = settings.training_addr
+    with rpc.channel(addr) as ch:
+        resp = rpc.call("training", addr, _stub(settings, ch).ListModels,
+                        training_pb2.ListModelsRequest(), settings.rpc_timeout_s)
+    data = {"models": [_model_dict(m) for m in resp.models]}
+
+    def human(d: dict[str, Any]) -> str:
+        if not d["models"]:
+            return "no model versions yet"
+        rows = [[m["model_version"], m["config_name"], m["status"],
+                 ", ".join(f"{k}={v:.4g}" for k, v in m["metrics"].items())]
+                for m in d["models"]]
+        return table(rows, ["version", "config", "status", "metrics"])
+
+    emit(data, args.json, human)
+    return 0
+
+
+def run_promote(args: argparse.Namespace, settings: ClientSettings) -> int:
+    version = args.model_version.strip()
+    if not version or len(version) > 200:
+        raise UsageError("give the model version to promote (see `magiclens models`)")
+    addr = settings.training_addr
+    with rpc.channel(addr) as ch:
+        m = rpc.call("training", addr, _stub(settings, ch).PromoteModel,
+                     training_pb2.PromoteModelRequest(model_version=version),
+                     settings.rpc_timeout_s)
+    emit(_model_dict(m), args.json,
+         lambda d: f"model {d['model_version']} is now {d['status']}")
+    return 0

@@ -1,0 +1,27 @@
+"""Where the CLI (and the web gateway) find the services: environment, with local defaults."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from services.runtime.config import BaseServiceSettings
+
+
+def _check_addr(v: str) -> str:
+    host, _, port = v.strip().rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"'{v}' is not host:port")
+    return v.strip()
+
+
+class ClientSettings(BaseServiceSettings):
+    """`MAGICLENS_SEARCH_ADDR`, `MAGICLENS_TRAINING_ADDR`, plus the shared runtime settings."""
+
+    search_addr: str = "127.0.0.1:50055"
+    training_addr: str = "127.0.0.1:50053"
+    rpc_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+
+    @field_validator("search_addr", "training_addr")
+    @classmethod
+    def _addr(cls, v: str) -> str:
+        return _check_addr(v)
