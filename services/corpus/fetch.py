@@ -41,6 +41,7 @@ class SourceUnavailable(RuntimeError):
 class Fetcher:
     cache: Path  # data/cache/sources
     timeout_s: int = 600
+    _apt_updated: bool = False
 
     def _stamp_ok(self, dest: Path) -> bool:
         return (dest / STAMP).is_file()
@@ -65,8 +66,10 @@ class Fetcher:
         debs = sorted(dl.glob(f"{package}_*.deb"))
         if not debs:
             res = self._run(["apt-get", "download", package], dl)
-            if res.returncode != 0 and "andidate" in (res.stderr + res.stdout):
-                # Fresh machines have no package lists yet.
+            if res.returncode != 0 and not self._apt_updated:
+                # Fresh machines have no package lists yet ("no candidate" / "unable to
+                # locate"): refresh them once per build and retry.
+                self._apt_updated = True
                 self._run(["apt-get", "update"], dl)
                 res = self._run(["apt-get", "download", package], dl)
             debs = sorted(dl.glob(f"{package}_*.deb"))
