@@ -1,0 +1,108 @@
+"""Client for the Triton embedding server (tritonclient gRPC), used by the other services.
+
+`EmbeddingClient.embed_targets(images)` / `.embed_queries(images, instructions)` return unit
+vectors and the model version that produced them. Pass `model_version` to pin a version the
+server still holds (blue/green: queries must match the version the index serves).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from services.runtime.errors import UnavailableError
+
+DEFAULT_URL = "127.0.0.1:8001"
+MAX_REQUEST_IMAGES = 16  # the server's max_batch_size
+
+
+class EmbeddingError(Exception):
+    """The server rejected a request (bad input or unknown version); message is one line."""
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    vectors: np.ndarray  # [B, D] float32, unit norm
+    model_version: str
+
+
+def default_url() -> str:
+    return os.environ.get("MAGICLENS_TRITON_URL", DEFAULT_URL)
+
+
+class EmbeddingClient:
+    def __init__(self, url: str | None = None, timeout_s: float = 30.0) -> None:
+        self.url = url or default_url()
+        self.timeout_s = timeout_s
+        self._client = grpcclient.InferenceServerClient(self.url)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def ready(self) -> bool:
+        try:
+            return bool(self._client.is_model_ready("query")
+                        and self._client.is_model_ready("target"))
+        except InferenceServerException:
+            return False
+
+    def _infer(self, model: str, inputs: list, model_version: str,
+               timeout_s: float | None) -> Embeddings:
+        outputs = [grpcclient.InferRequestedOutput("embedding"),
+                   grpcclient.InferRequestedOutput("model_version")]
+        params = {"model_version": model_version} if model_version else None
+        try:
+            res = self._client.infer(model, inputs, outputs=outputs, parameters=params,
+                                     client_timeout=timeout_s or self.timeout_s)
+        except InferenceServerException as exc:
+            lines = [ln.strip() for ln in (exc.message() or str(exc)).splitlines() if ln.strip()]
+            msg = lines[-1] if lines else "embedding server error"  # the exception line
+            status = str(exc.status() or "")
+            if "UNAVAILABLE" in status or "DEADLINE" in status or "Deadline" in msg:
+                raise UnavailableError(f"embedding server {self.url}: {msg}") from None
+            raise EmbeddingError(msg) from None
+        versions = res.as_numpy("model_version").reshape(-1)
+        return Embeddings(res.as_numpy("embedding").astype(np.float32),
+                          versions[0].decode() if len(versions) else "")
+
+    @staticmethod
+    def _bytes_input(name: str, items: list[bytes]) -> grpcclient.InferInput:
+        arr = np.array([[b] for b in items], dtype=np.object_)
+        inp = grpcclient.InferInput(name, list(arr.shape), "BYTES")
+        inp.set_data_from_numpy(arr)
+        return inp
+
+    @staticmethod
+    def _pixels_input(pixels: np.ndarray) -> grpcclient.InferInput:
+        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+        inp = grpcclient.InferInput("pixels", list(pixels.shape), "FP32")
+        inp.set_data_from_numpy(pixels)
+        return inp
+
+    def embed_targets(self, images: list[bytes] | np.ndarray, model_version: str = "",
+                      timeout_s: float | None = None) -> Embeddings:
+        """Encoded image bytes (or preprocessed [B,H,W,3] pixels) -> index embeddings."""
+        _check(len(images))
+        inp = (self._pixels_input(images) if isinstance(images, np.ndarray)
+               else self._bytes_input("image", list(images)))
+        return self._infer("target", [inp], model_version, timeout_s)
+
+    def embed_queries(self, images: list[bytes] | np.ndarray, instructions: list[str],
+                      model_version: str = "", timeout_s: float | None = None) -> Embeddings:
+        """(image, instruction) pairs -> query embeddings."""
+        _check(len(images))
+        if len(instructions) != len(images):
+            raise ValueError("one instruction per image")
+        img = (self._pixels_input(images) if isinstance(images, np.ndarray)
+               else self._bytes_input("image", list(images)))
+        txt = self._bytes_input("instruction", [t.encode("utf-8") for t in instructions])
+        return self._infer("query", [img, txt], model_version, timeout_s)
+
+
+def _check(n: int) -> None:
+    if not 0 < n <= MAX_REQUEST_IMAGES:
+        raise ValueError(f"{n} images per request; expected 1..{MAX_REQUEST_IMAGES}")

@@ -1,0 +1,300 @@
+"""The embedding server: MagicLens `query` and `target` encoders on Triton (PyTriton).
+
+Runs in `.venv-triton` (PyTriton needs numpy<2):
+    .venv-triton/bin/python -m services.embedding.server [--current-file F | --checkpoint DIR]
+
+Why this shape:
+- Triton's dynamic batcher groups concurrent requests; the infer function receives them as a
+  list and runs one padded, jitted batch per model version (see model.BATCH_BUCKETS).
+- The served version comes from a small JSON file (`{"model_version", "checkpoint"}`) that the
+  embedding worker (main env, which reads the registry in Postgres) writes atomically when a
+  ModelPublished event promotes a version. The server polls it, loads the new params beside the
+  old ones and swaps a reference under a lock: a batch already running keeps the params it
+  started with, so a swap fails no request. The previous version stays loaded so the search
+  root can keep embedding queries in the space the shards still serve (blue/green), selected
+  per request with the Triton request parameter `model_version`.
+- Shutdown goes through PyTriton and then reaps any tritonserver/backend children left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import sysconfig
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from services.embedding.model import BadInput, LoadedModel, load_checkpoint
+
+log = logging.getLogger("embedding-server")
+
+QUERY_MODEL = "query"
+TARGET_MODEL = "target"
+VERSION_PARAM = "model_version"
+
+
+class ModelHolder:
+    """The loaded versions (newest last) and which one serves by default."""
+
+    def __init__(self, keep: int = 2) -> None:
+        self.keep = keep
+        self._lock = threading.Lock()
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self.current: str = ""
+
+    def install(self, model: LoadedModel) -> None:
+        with self._lock:
+            self._models[model.model_version] = model
+            self._models.move_to_end(model.model_version)
+            while len(self._models) > self.keep:
+                self._models.popitem(last=False)
+            self.current = model.model_version
+
+    def get(self, version: str = "") -> LoadedModel:
+        with self._lock:
+            if not self._models:
+                raise RuntimeError("no model loaded yet")
+            key = version or self.current
+            if key not in self._models:
+                raise BadInput(f"model version {key!r} is not loaded "
+                               f"(loaded: {', '.join(self._models)})")
+            return self._models[key]
+
+    def versions(self) -> list[str]:
+        with self._lock:
+            return list(self._models)
+
+
+def read_current(path: Path) -> tuple[str, str] | None:
+    """(model_version, checkpoint dir) from the current-model file, or None if absent/bad."""
+    try:
+        obj = json.loads(path.read_text())
+        return str(obj["model_version"]), str(obj["checkpoint"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_current(path: Path, model_version: str, checkpoint: str) -> None:
+    """Atomically point the server at a version (used by the worker and by tests)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"model_version": model_version, "checkpoint": checkpoint}))
+    tmp.replace(path)
+
+
+class Watcher(threading.Thread):
+    """Polls the current-model file; loads and swaps in a new version when it changes."""
+
+    def __init__(self, path: Path, holder: ModelHolder, stop: threading.Event,
+                 interval_s: float = 0.5) -> None:
+        super().__init__(name="model-watcher", daemon=True)
+        self.path, self.holder, self.stop, self.interval_s = path, holder, stop, interval_s
+
+    def load_now(self) -> bool:
+        cur = read_current(self.path)
+        if cur is None or cur[0] == self.holder.current:
+            return False
+        version, ckpt = cur
+        t0 = time.monotonic()
+        try:
+            fresh = load_checkpoint(ckpt, version)
+        except Exception:
+            log.exception("could not load model version %s from %s", version, ckpt)
+            return False
+        try:
+            old = self.holder.get()
+            model = (old.with_params(version, fresh.params)
+                     if old.config_name == fresh.config_name else fresh)
+        except RuntimeError:
+            model = fresh
+        model.warmup()
+        self.holder.install(model)
+        log.info("serving model version %s (loaded in %.1fs)", version, time.monotonic() - t0)
+        return True
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval_s):
+            self.load_now()
+
+
+def _row_bytes(x: np.ndarray) -> bytes:
+    v = x.reshape(-1)[0]
+    return v if isinstance(v, bytes) else bytes(v)
+
+
+def _version_of(req) -> str:
+    params = getattr(req, "parameters", None) or {}
+    return str(params.get(VERSION_PARAM, "") or "")
+
+
+def make_infer(holder: ModelHolder, kind: str):
+    """An infer function over a list of Triton requests (one jitted batch per version)."""
+
+    def infer(requests):
+        groups: dict[str, list[int]] = {}
+        for i, req in enumerate(requests):
+            groups.setdefault(_version_of(req), []).append(i)
+        results: list[dict[str, np.ndarray] | None] = [None] * len(requests)
+        for version, idx in groups.items():
+            model = holder.get(version)  # one reference for the whole batch: swap-safe
+            pixels, tokens, sizes = [], [], []
+            for i in idx:
+                req = requests[i]
+                if "image" in req.data:
+                    px = model.preprocess_images([_row_bytes(r) for r in req["image"]])
+                elif "pixels" in req.data:
+                    px = np.asarray(req["pixels"], np.float32)
+                    s = model.image_size
+                    if px.shape[1:] != (s, s, 3):
+                        raise BadInput(f"pixels must be [B,{s},{s},3]")
+                else:
+                    raise BadInput("give `image` (encoded bytes) or `pixels`")
+                pixels.append(px)
+                sizes.append(px.shape[0])
+                if kind == QUERY_MODEL:
+                    if "instruction" in req.data:
+                        texts = [_row_bytes(r).decode("utf-8") for r in req["instruction"]]
+                    else:
+                        texts = [""] * px.shape[0]
+                    if len(texts) != px.shape[0]:
+                        raise BadInput("one instruction per image")
+                    tokens.append(model.tokens(texts))
+            x = np.concatenate(pixels)
+            emb = (model.encode_query_pixels(x, np.concatenate(tokens)) if kind == QUERY_MODEL
+                   else model.encode_target_pixels(x))
+            start = 0
+            for i, n in zip(idx, sizes, strict=True):
+                results[i] = {"embedding": emb[start:start + n],
+                              "model_version": np.array([[model.model_version.encode()]] * n,
+                                                        dtype=np.object_)}
+                start += n
+        return results
+
+    return infer
+
+
+def _children(pid: int) -> list[int]:
+    """Descendant pids of `pid` (from /proc), deepest last."""
+    kids: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        kids.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def reap_children(timeout_s: float = 5.0) -> int:
+    """Terminate descendants PyTriton left running (tritonserver, python backend stubs)."""
+    pids = _children(os.getpid())
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for p in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, sig)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            alive = [p for p in pids if Path(f"/proc/{p}").exists()
+                     and "(Z)" not in _state(p)]
+            if not alive:
+                return len(pids)
+            time.sleep(0.1)
+        pids = alive
+    return len(pids)
+
+
+def _state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return "(" + stat.rsplit(")", 1)[1].split()[0] + ")"
+    except OSError:
+        return "(Z)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--current-file", type=Path,
+                    default=Path(os.environ.get("MAGICLENS_DATA_DIR", "data"))
+                    / "serving" / "current_model.json")
+    ap.add_argument("--checkpoint", help="serve this checkpoint (writes the current-file)")
+    ap.add_argument("--model-version", default="")
+    ap.add_argument("--grpc-port", type=int, default=int(os.environ.get("TRITON_GRPC_PORT", 8001)))
+    ap.add_argument("--http-port", type=int, default=int(os.environ.get("TRITON_HTTP_PORT", 8000)))
+    ap.add_argument("--metrics-port", type=int,
+                    default=int(os.environ.get("TRITON_METRICS_PORT", 8002)))
+    ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--queue-delay-us", type=int, default=2000)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format='{"ts":"%(asctime)s","service":"embedding-server",'
+                               '"level":"%(levelname)s","msg":"%(message)s"}')
+    # The bundled Python backend must load the libpython of *this* interpreter.
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    os.environ["LD_LIBRARY_PATH"] = libdir + (":" + os.environ["LD_LIBRARY_PATH"]
+                                              if os.environ.get("LD_LIBRARY_PATH") else "")
+    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+    from pytriton.triton import Triton, TritonConfig
+
+    if args.checkpoint:
+        write_current(args.current_file, args.model_version or Path(args.checkpoint).name,
+                      str(Path(args.checkpoint).absolute()))
+    holder = ModelHolder()
+    stop = threading.Event()
+    watcher = Watcher(args.current_file, holder, stop)
+    if not watcher.load_now():
+        print(f"embedding-server: no loadable model in {args.current_file}", file=sys.stderr)
+        return 2
+    size = holder.get().image_size
+    config = ModelConfig(max_batch_size=args.max_batch, batcher=DynamicBatcher(
+        max_queue_delay_microseconds=args.queue_delay_us))
+    image_in = [Tensor(name="image", dtype=np.bytes_, shape=(1,), optional=True),
+                Tensor(name="pixels", dtype=np.float32, shape=(size, size, 3), optional=True)]
+    outputs = [Tensor(name="embedding", dtype=np.float32, shape=(-1,)),
+               Tensor(name="model_version", dtype=np.bytes_, shape=(1,))]
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    triton = Triton(config=TritonConfig(grpc_port=args.grpc_port, http_port=args.http_port,
+                                        metrics_port=args.metrics_port, grpc_address="127.0.0.1",
+                                        http_address="127.0.0.1", exit_timeout_secs=5))
+    try:
+        triton.bind(QUERY_MODEL, make_infer(holder, QUERY_MODEL), [
+            *image_in, Tensor(name="instruction", dtype=np.bytes_, shape=(1,), optional=True)],
+            outputs, config=config)
+        triton.bind(TARGET_MODEL, make_infer(holder, TARGET_MODEL), image_in, outputs,
+                    config=config)
+        triton.run()
+        watcher.start()
+        log.info("ready: grpc %d http %d, model %s", args.grpc_port, args.http_port,
+                 holder.current)
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        try:
+            triton.stop()
+        finally:
+            left = reap_children()
+            log.info("stopped (reaped %d leftover processes)", left)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
