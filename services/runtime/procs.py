@@ -1,0 +1,141 @@
+"""A small process manager for one machine: start the Procfile's services in the background.
+
+Why not honcho/supervisor: `task up` must return while services keep running, with one log
+file per service and PID bookkeeping that `task down` and `task logs` reuse; a Procfile stays
+the single definition (the Kubernetes manifests mirror it).
+
+    python -m services.runtime.procs up [NAME ...] | down | status | logs [NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.runtime import infra
+
+
+@dataclass(frozen=True)
+class ProcSpec:
+    name: str
+    command: str
+
+
+def read_procfile(path: Path) -> list[ProcSpec]:
+    specs = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, command = line.partition(":")
+        if not sep or not name.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"bad Procfile line: {line!r}")
+        specs.append(ProcSpec(name.strip(), command.strip()))
+    return specs
+
+
+class Supervisor:
+    def __init__(self, root: Path, procfile: Path) -> None:
+        self.root = root
+        self.procfile = procfile
+        self.run_dir = Path(os.environ.get("MAGICLENS_DATA_DIR", root / "data")) / "run"
+        self.log_dir = self.run_dir.parent / "logs"
+        self.state_file = self.run_dir / "procs.json"
+
+    def _state(self) -> dict[str, int]:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _save(self, state: dict[str, int]) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.state_file.write_text(json.dumps(state, indent=2))
+
+    def running(self) -> dict[str, int]:
+        return {n: p for n, p in self._state().items() if infra._pid_alive(p)}
+
+    def up(self, names: list[str] | None = None, env: dict[str, str] | None = None) -> list[str]:
+        specs = read_procfile(self.procfile)
+        unknown = set(names or []) - {s.name for s in specs}
+        if unknown:
+            raise SystemExit(f"procs: unknown process(es): {', '.join(sorted(unknown))}")
+        state = self.running()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        started = []
+        for spec in specs:
+            if (names and spec.name not in names) or spec.name in state:
+                continue
+            log = open(self.log_dir / f"{spec.name}.log", "ab")  # noqa: SIM115 - child owns it
+            proc = subprocess.Popen(shlex.split(spec.command), cwd=self.root, stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=env or dict(os.environ), start_new_session=True)
+            log.close()
+            state[spec.name] = proc.pid
+            started.append(spec.name)
+        self._save(state)
+        return started
+
+    def down(self, grace: float = 20.0) -> list[str]:
+        state = self.running()
+        for pid in state.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(infra._pid_alive(p) for p in state.values()):
+            for pid in state.values():
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.1)
+        for pid in state.values():
+            if infra._pid_alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+        self._save({})
+        return sorted(state)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="procs", description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["up", "down", "status", "logs"])
+    parser.add_argument("names", nargs="*")
+    parser.add_argument("--procfile", default="Procfile")
+    args = parser.parse_args(argv)
+    root = infra.project_root()
+    sup = Supervisor(root, root / args.procfile)
+    if args.action == "up":
+        env = dict(os.environ)
+        env.update(infra.up())
+        started = sup.up(args.names or None, env)
+        print(f"procs: started {', '.join(started) or 'nothing (all running)'}; "
+              f"logs in {sup.log_dir}")
+    elif args.action == "down":
+        stopped = sup.down()
+        print(f"procs: stopped {', '.join(stopped) or 'nothing'}")
+    elif args.action == "status":
+        running = sup.running()
+        for spec in read_procfile(sup.procfile):
+            pid = running.get(spec.name)
+            print(f"{spec.name:18} {'running pid ' + str(pid) if pid else 'stopped'}")
+    else:
+        files = [sup.log_dir / f"{n}.log" for n in (args.names or
+                 [s.name for s in read_procfile(sup.procfile)])]
+        files = [str(f) for f in files if f.exists()]
+        if not files:
+            print("procs: no logs yet")
+            return 0
+        os.execvp("tail", ["tail", "-n", "40", "-F", *files])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
