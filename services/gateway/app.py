@@ -1,0 +1,287 @@
+"""The web gateway: static UI plus a small JSON API over the gRPC SearchService and Postgres.
+
+Routes
+  GET  /, /status, /static/<file>      the UI (plain HTML/JS/CSS from static/)
+  GET  /images/<id>                    a pool image's bytes (content type from the stored mime)
+  GET  /api/search?image_id=&q=&k=     search by a pool image
+  POST /api/search?q=&k=               body = raw image bytes (Content-Type image/*), or JSON
+                                       {"image_id"|"image_url", "instruction", "k"}
+  GET  /api/pool?n=                    a random sample of pool images
+  GET  /api/examples                   one-click example queries
+  GET  /api/health                     is search up (for the UI's banner)
+  GET  /api/status                     pipeline counts, models, index status
+Every error is JSON {"error": one line}; search down -> 503.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from magiclens.v1 import common_pb2, search_pb2, search_pb2_grpc
+
+from services.cli import rpc
+from services.cli.cmd_search import response_dict
+from services.cli.cmd_status import index_status
+from services.cli.errors import EXIT_NOT_BUILT, EXIT_USAGE, CliError
+from services.cli.images import MAX_URL_CHARS, parse_image_id
+from services.cli.pipeline import pipeline_status
+from services.gateway import pool
+from services.gateway.config import GatewaySettings
+from services.gateway.examples import ExamplesError, load_examples
+from services.runtime.blobstore import open_blobstore
+from services.runtime.errors import ServiceError
+
+log = logging.getLogger("magiclens.gateway")
+STATIC_DIR = Path(__file__).with_name("static")
+STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
+_STATIC_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,60}\.(html|js|css|svg)$")
+MAX_JSON_BODY = 64 * 1024
+PAGES = {"/": "index.html", "/index.html": "index.html", "/status": "status.html"}
+CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+       "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.extra = status, extra
+
+
+class Gateway:
+    """What the handlers share: settings, the blob store; stateless otherwise."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.blobs = open_blobstore(settings.blob_root)
+
+    # ------------------------------------------------------------------ search
+    def search(self, query: common_pb2.ImageInput, instruction: str, k: int) -> dict[str, Any]:
+        s = self.settings
+        if len(instruction) > s.gateway_max_instruction_chars:
+            raise HttpError(400, f"instruction is longer than "
+                                 f"{s.gateway_max_instruction_chars} characters")
+        if not 1 <= k <= 100:
+            raise HttpError(400, f"k must be between 1 and 100 (got {k})")
+        req = search_pb2.SearchRequest(query=query, instruction=instruction, k=k)
+        try:
+            with rpc.channel(s.search_addr) as ch:
+                resp = rpc.call("search", s.search_addr,
+                                search_pb2_grpc.SearchServiceStub(ch).Search, req,
+                                s.gateway_search_timeout_s)
+        except CliError as exc:
+            if exc.code == EXIT_USAGE:
+                raise HttpError(400, str(exc)) from None
+            unavailable = exc.code == EXIT_NOT_BUILT or "unavailable" in str(exc)
+            raise HttpError(503 if unavailable else 502, str(exc),
+                            search_available=False) from None
+        data = response_dict(resp)
+        for h in data["hits"]:
+            h["src"] = f"/images/{h['image_id']}"
+        return data
+
+    def status(self) -> dict[str, Any]:
+        try:
+            data = pipeline_status(self.settings.database_url)
+            data["database"] = {"available": True}
+        except ServiceError as exc:
+            data = {"database": {"available": False, "error": str(exc)}}
+        data["search"] = index_status(self.settings.search_addr,
+                                      self.settings.gateway_status_timeout_s)
+        return data
+
+
+def _int_param(params: dict[str, list[str]], name: str, default: int) -> int:
+    raw = params.get(name, [""])[0].strip()
+    if not raw:
+        return default
+    if not re.fullmatch(r"-?\d{1,6}", raw):
+        raise HttpError(400, f"{name} must be an integer")
+    return int(raw)
+
+
+def _image_id(raw: Any) -> int:
+    image_id = parse_image_id(str(raw)) if not isinstance(raw, bool) else None
+    if image_id is None:
+        raise HttpError(400, "image_id must be a positive integer")
+    return image_id
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "MagicLensGateway/0.1"
+    protocol_version = "HTTP/1.1"
+    gateway: Gateway  # set on the subclass made by make_server
+
+    # ------------------------------------------------------------------ plumbing
+    def log_message(self, format: str, *args: Any) -> None:
+        log.info("%s %s", self.address_string(), format % args)
+
+    def _send(self, status: int, body: bytes, ctype: str, cache: str = "no-store") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", cache)
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        if ctype.startswith("text/html"):
+            self.send_header("Content-Security-Policy", CSP)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, data: Any) -> None:
+        self._send(status, json.dumps(data, default=str).encode(), "application/json")
+
+    def _read_body(self, limit: int, what: str) -> bytes:
+        length = self.headers.get("Content-Length")
+        if length is None or not length.strip().isdigit():
+            raise HttpError(411, "Content-Length is required")
+        n = int(length)
+        if n > limit:
+            self.close_connection = True  # the unread body must not be parsed as a request
+            raise HttpError(413, f"{what} of {n} bytes is over the {limit} byte limit")
+        return self.rfile.read(n)
+
+    def _dispatch(self, method: str) -> None:
+        parts = urlsplit(self.path)
+        params = parse_qs(parts.query, max_num_fields=20)
+        try:
+            route = getattr(self, f"_{method}_{self._route_name(parts.path)}", None)
+            if route is None:
+                raise HttpError(404 if method == "get" else 405, f"no route {parts.path}")
+            route(parts.path, params)
+        except HttpError as exc:
+            self._json(exc.status, {"error": str(exc), **exc.extra})
+        except ValueError as exc:  # e.g. parse_qs over max_num_fields
+            self._json(400, {"error": f"bad request: {exc}"})
+        except Exception:
+            log.exception("gateway request failed")
+            self._json(500, {"error": "internal error (see the gateway log)"})
+
+    @staticmethod
+    def _route_name(path: str) -> str:
+        if path in PAGES:
+            return "page"
+        if path.startswith("/static/"):
+            return "static"
+        if path.startswith("/images/"):
+            return "image"
+        if path.startswith("/api/") and re.fullmatch(r"/api/[a-z]{1,20}", path):
+            return "api_" + path[5:]
+        return "none"
+
+    def do_GET(self) -> None:
+        self._dispatch("get")
+
+    def do_HEAD(self) -> None:
+        self._dispatch("get")
+
+    def do_POST(self) -> None:
+        self._dispatch("post")
+
+    # ------------------------------------------------------------------ routes
+    def _get_page(self, path: str, params: dict) -> None:
+        self._static_file(PAGES[path])
+
+    def _get_static(self, path: str, params: dict) -> None:
+        self._static_file(path.removeprefix("/static/"))
+
+    def _static_file(self, name: str) -> None:
+        if not _STATIC_NAME.fullmatch(name) or not (STATIC_DIR / name).is_file():
+            raise HttpError(404, "no such file")
+        body = (STATIC_DIR / name).read_bytes()
+        self._send(200, body, STATIC_TYPES[Path(name).suffix], cache="no-cache")
+
+    def _get_image(self, path: str, params: dict) -> None:
+        image_id = _image_id(path.removeprefix("/images/"))
+        try:
+            found = pool.image_bytes(self.gateway.settings.database_url, self.gateway.blobs,
+                                     image_id)
+        except ServiceError as exc:
+            raise HttpError(503, str(exc)) from None
+        except pool.BlobMissing as exc:
+            raise HttpError(404, str(exc)) from None
+        if found is None:
+            raise HttpError(404, f"no image {image_id} in the pool")
+        data, mime = found
+        self._send(200, data, mime, cache="public, max-age=86400, immutable")
+
+    def _get_api_search(self, path: str, params: dict) -> None:
+        if "image_id" not in params:
+            raise HttpError(400, "give image_id (or POST an image)")
+        query = common_pb2.ImageInput(image_id=_image_id(params["image_id"][0]))
+        self._json(200, self.gateway.search(query, params.get("q", [""])[0],
+                                            _int_param(params, "k", 12)))
+
+    def _post_api_search(self, path: str, params: dict) -> None:
+        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        s = self.gateway.settings
+        if ctype.startswith("image/") or ctype == "application/octet-stream":
+            data = self._read_body(s.gateway_max_upload_bytes, "upload")
+            if not data:
+                raise HttpError(400, "the uploaded image is empty")
+            query = common_pb2.ImageInput(image_bytes=data)
+            instruction, k = params.get("q", [""])[0], _int_param(params, "k", 12)
+        elif ctype == "application/json":
+            try:
+                body = json.loads(self._read_body(MAX_JSON_BODY, "JSON body"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise HttpError(400, "body is not valid JSON") from None
+            if not isinstance(body, dict):
+                raise HttpError(400, "body must be a JSON object")
+            if "image_id" in body:
+                query = common_pb2.ImageInput(image_id=_image_id(body["image_id"]))
+            elif isinstance(body.get("image_url"), str) and \
+                    body["image_url"].startswith(("http://", "https://")) and \
+                    len(body["image_url"]) <= MAX_URL_CHARS:
+                query = common_pb2.ImageInput(image_url=body["image_url"])
+            else:
+                raise HttpError(400, "give image_id or an http(s) image_url")
+            instruction = body.get("instruction", "")
+            k = body.get("k", 12)
+            if not isinstance(instruction, str):
+                raise HttpError(400, "instruction must be a string")
+            if isinstance(k, bool) or not isinstance(k, int):
+                raise HttpError(400, "k must be an integer")
+        else:
+            raise HttpError(415, "send an image (Content-Type image/*) or JSON")
+        self._json(200, self.gateway.search(query, instruction, k))
+
+    def _get_api_pool(self, path: str, params: dict) -> None:
+        n = _int_param(params, "n", 24)
+        if not 1 <= n <= pool.MAX_SAMPLE:
+            raise HttpError(400, f"n must be between 1 and {pool.MAX_SAMPLE}")
+        try:
+            images = pool.sample(self.gateway.settings.database_url, n)
+        except ServiceError as exc:
+            raise HttpError(503, str(exc)) from None
+        self._json(200, {"images": images})
+
+    def _get_api_examples(self, path: str, params: dict) -> None:
+        s = self.gateway.settings
+        try:
+            examples = load_examples(s.examples_path, s.gateway_max_instruction_chars)
+        except ExamplesError as exc:
+            raise HttpError(500, f"examples file: {exc}") from None
+        self._json(200, {"examples": examples})
+
+    def _get_api_health(self, path: str, params: dict) -> None:
+        s = self.gateway.settings
+        self._json(200, {"search": index_status(s.search_addr, s.gateway_status_timeout_s)})
+
+    def _get_api_status(self, path: str, params: dict) -> None:
+        self._json(200, self.gateway.status())
+
+
+def make_server(settings: GatewaySettings) -> ThreadingHTTPServer:
+    """A ready-to-serve HTTP server bound to the configured address (port 0: any free port)."""
+    handler = type("BoundHandler", (Handler,), {"gateway": Gateway(settings)})
+    server = ThreadingHTTPServer((settings.gateway_host, settings.gateway_port), handler)
+    server.daemon_threads = True
+    return server

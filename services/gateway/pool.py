@@ -1,0 +1,46 @@
+"""Pool images from PostgreSQL and the blob store: random samples for picking, bytes by id."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.runtime import db
+from services.runtime.blobstore import BlobStore
+
+SERVABLE_MIME = {"image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp"}
+MAX_SAMPLE = 96
+
+
+def sample(database_url: str, n: int) -> list[dict[str, Any]]:
+    """Up to n random usable pool images with where they came from."""
+    n = max(1, min(n, MAX_SAMPLE))
+    with db.connect(database_url, timeout=3) as conn:
+        rows = conn.execute(
+            "SELECT i.image_id, i.width, i.height, coalesce(i.alt_text, '') AS alt_text, "
+            "coalesce(i.caption, '') AS caption, coalesce(p.url, '') AS page_url, "
+            "coalesce(p.title, i.page_title, '') AS page_title FROM images i "
+            "LEFT JOIN pages p ON p.page_id = i.first_page_id "
+            "WHERE i.status IN ('mined', 'annotated') AND i.blob_uri IS NOT NULL "
+            "ORDER BY random() LIMIT %s", (n,)).fetchall()
+    return [dict(r) | {"src": f"/images/{r['image_id']}"} for r in rows]
+
+
+class BlobMissing(LookupError):
+    """The image row exists but its bytes are not in this gateway's blob store."""
+
+
+def image_bytes(database_url: str, blobs: BlobStore, image_id: int) -> tuple[bytes, str] | None:
+    """(bytes, content type) of a pool image, or None when there is no such image."""
+    with db.connect(database_url, timeout=3) as conn:
+        row = conn.execute("SELECT blob_uri, mime_type FROM images WHERE image_id = %s "
+                           "AND status <> 'deleted' AND blob_uri IS NOT NULL",
+                           (image_id,)).fetchone()
+    if row is None:
+        return None
+    try:
+        data = blobs.get(row["blob_uri"])
+    except (FileNotFoundError, ValueError):
+        raise BlobMissing(f"image {image_id}'s bytes are not in this blob store "
+                          "(check MAGICLENS_BLOB_URI)") from None
+    mime = row["mime_type"] if row["mime_type"] in SERVABLE_MIME else "application/octet-stream"
+    return data, mime
