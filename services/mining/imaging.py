@@ -1,0 +1,202 @@
+"""Decide whether downloaded bytes are a usable photo-like image, and hash them.
+
+Rules (each rejection names the rule):
+- format allow-list by magic bytes: JPEG, PNG, WebP, GIF (first frame), BMP; SVG is
+  rasterised with resvg (size-capped, no DOCTYPE/entities, no external references);
+- decompression bombs: the pixel count from the header is checked against a limit *before*
+  decoding, and Pillow's own bomb warning/error is turned into a rejection;
+- `verify()` then a fresh open + `load()` catches truncated and corrupt files;
+- too small (short side < min_side; 1×1–16×16 are called tracking/spacer pixels) and extreme
+  aspect ratios (banners, dividers) are rejected;
+- URL path / class / id / alt tokens such as logo, icon, sprite, ads, banner, pixel,
+  tracking mark icons, logos and ads (checked before downloading).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import re
+import warnings
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import imagehash
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+ALLOWED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp",
+                   "GIF": "image/gif", "BMP": "image/bmp"}
+JUNK_TOKENS = {"logo", "logos", "icon", "icons", "favicon", "sprite", "sprites", "ad", "ads",
+               "advert", "adverts", "advertisement", "banner", "banners", "pixel", "tracking",
+               "tracker", "spacer", "beacon", "badge", "badges", "emoticon"}
+_TOKEN = re.compile(r"[a-z0-9]+")
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class Rejection(ValueError):
+    """The image is not used; the message is the recorded reason."""
+
+
+@dataclass
+class Policy:
+    max_pixels: int = 40_000_000
+    min_side: int = 64
+    max_aspect: float = 4.0
+    max_svg_bytes: int = 1024 * 1024
+    svg_render_px: int = 512
+    max_data_uri_bytes: int = 256 * 1024
+
+
+@dataclass
+class Decoded:
+    data: bytes            # bytes to store (original, or PNG for rasterised SVG)
+    mime: str
+    width: int
+    height: int
+    content_hash: str      # sha256 of the bytes as downloaded
+    phash: int             # signed 64-bit, as Postgres BIGINT stores it
+
+
+def junk_reason(url: str, classes: str, alt: str) -> str | None:
+    """Keyword rule for icons/logos/ads; tokens, so 'uploads' does not match 'ads'."""
+    path = ""
+    if not url.startswith("data:"):
+        parts = urlsplit(url)
+        path = f"{parts.hostname or ''} {unquote(parts.path)}".lower()
+    for where, text in (("URL", path), ("class/id", classes.lower()), ("alt", alt.lower())):
+        hit = JUNK_TOKENS.intersection(_TOKEN.findall(text))
+        if hit:
+            return f"looks like an icon/logo/ad ('{sorted(hit)[0]}' in {where})"
+    return None
+
+
+def declared_size_reason(w: int | None, h: int | None, min_side: int) -> str | None:
+    """Width/height attributes of 1–16 px mark spacers and tracking pixels: skip the download."""
+    if w is not None and h is not None and 0 < min(w, h) <= 16:
+        return f"declared {w}x{h}: spacer/tracking pixel"
+    return None
+
+
+def decode_data_uri(uri: str, max_bytes: int) -> tuple[bytes, str]:
+    head, sep, payload = uri.partition(",")
+    if not sep:
+        raise Rejection("malformed data: URI")
+    if len(payload) > max_bytes * 4 // 3 + 4:
+        raise Rejection(f"data: URI larger than {max_bytes} bytes")
+    mime = head[5:].split(";")[0].lower()
+    try:
+        data = base64.b64decode(payload, validate=False) if ";base64" in head \
+            else unquote(payload).encode()
+    except (binascii.Error, ValueError):
+        raise Rejection("undecodable data: URI") from None
+    return data, mime
+
+
+def sniff(data: bytes) -> str:
+    head = data[:512].lstrip()
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if head[:2] == b"BM":
+        return "BMP"
+    low = head.lower()
+    if low.startswith(b"<svg") or (low.startswith(b"<?xml") and b"<svg" in data[:4096].lower()):
+        return "SVG"
+    if low.startswith((b"<!doctype html", b"<html")):
+        return "HTML"
+    return "unknown"
+
+
+def _rasterise_svg(data: bytes, policy: Policy) -> bytes:
+    import resvg_py
+
+    if len(data) > policy.max_svg_bytes:
+        raise Rejection(f"SVG larger than {policy.max_svg_bytes} bytes")
+    text = data.decode("utf-8", errors="replace")
+    low = text.lower()
+    if "<!doctype" in low or "<!entity" in low:
+        raise Rejection("SVG with DOCTYPE/entities refused")
+    for m in re.finditer(r"href\s*=\s*[\"']\s*([^\"'\s]*)", text, flags=re.I):
+        if not m.group(1).startswith(("#", "data:")):
+            raise Rejection("SVG with external reference refused")
+    if re.search(r"url\(\s*['\"]?(?!#)", text, flags=re.I) or "@import" in low:
+        raise Rejection("SVG with external reference refused")
+    try:
+        png = resvg_py.svg_to_bytes(svg_string=text, width=policy.svg_render_px,
+                                    skip_system_fonts=True)
+    except (ValueError, BaseException) as exc:  # resvg raises panics as BaseException
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise Rejection(f"SVG render failed ({type(exc).__name__})") from None
+    return bytes(png)
+
+
+def _phash(img: Image.Image) -> int:
+    if img.mode in ("RGBA", "LA", "P", "PA"):
+        rgba = img.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, (255, 255, 255))
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        img = flat
+    value = int(str(imagehash.phash(img, hash_size=8)), 16)
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def decode_image(data: bytes, policy: Policy, timings: dict[str, float] | None = None
+                 ) -> Decoded:
+    """Validate and hash; raises Rejection with the rule that failed."""
+    import time
+
+    t0 = time.perf_counter()
+    content_hash = hashlib.sha256(data).hexdigest()
+    kind = sniff(data)
+    store, mime = data, ""
+    if kind == "SVG":
+        store, mime = _rasterise_svg(data, policy), "image/png"
+        kind = "PNG"
+    elif kind == "HTML":
+        raise Rejection("not an image (HTML document)")
+    elif kind not in ALLOWED_FORMATS:
+        raise Rejection("not an image of an allowed format (JPEG/PNG/WebP/GIF/BMP/SVG)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(store), formats=[kind]) as probe:
+                w, h = probe.size
+                if w * h > policy.max_pixels:
+                    raise Rejection(f"decompression bomb: {w}x{h} exceeds {policy.max_pixels} px")
+                probe.verify()
+            img = Image.open(io.BytesIO(store), formats=[kind])
+            img.seek(0)  # GIF/WebP animations: the first frame only
+            img.load()
+    except Rejection:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise Rejection(f"decompression bomb ({exc})"[:200]) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise Rejection(f"corrupt or truncated image ({type(exc).__name__})") from None
+    mime = mime or ALLOWED_FORMATS[kind]
+    if min(w, h) <= 16:
+        raise Rejection(f"{w}x{h}: spacer/tracking pixel")
+    if min(w, h) < policy.min_side:
+        raise Rejection(f"too small: {w}x{h} (short side < {policy.min_side})")
+    if max(w, h) / min(w, h) > policy.max_aspect:
+        raise Rejection(f"aspect ratio {max(w, h) / min(w, h):.1f} > {policy.max_aspect} "
+                        "(banner/divider)")
+    t1 = time.perf_counter()
+    ph = _phash(img)
+    img.close()
+    if timings is not None:
+        timings["decode"] = timings.get("decode", 0.0) + (t1 - t0)
+        timings["hash"] = timings.get("hash", 0.0) + (time.perf_counter() - t1)
+    return Decoded(store, mime, w, h, content_hash, ph)
+
+
+def hamming(a: int, b: int) -> int:
+    return bin((a ^ b) & ((1 << 64) - 1)).count("1")

@@ -1,0 +1,376 @@
+"""Mine one page: fetch, parse, download and validate images, dedupe, store, emit events.
+
+Crash safety comes from the transaction shape. A page is first *registered* (status
+`discovered`, committed on its own), then mined inside the consumer's transaction while that
+transaction holds the page row `FOR UPDATE SKIP LOCKED`:
+- a worker killed mid-page rolls everything back (images, links, pairs, outbox events, the
+  status change); the page is still `discovered`, so redelivery or the reconciler redo it;
+- a second worker (or a reconciler) that meets a locked page skips it — nobody mines twice;
+- blobs are content-addressed, so a half-finished attempt leaves nothing that differs.
+Network and decoding happen before any write; only the final store step writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import psycopg
+from google.protobuf.timestamp_pb2 import Timestamp
+from magiclens.v1 import events_pb2
+from PIL import Image
+from prometheus_client import Counter
+
+from services.mining import archive
+from services.mining.config import MiningSettings
+from services.mining.fetch import Fetcher, FetchError
+from services.mining.htmlparse import Candidate, parse_page
+from services.mining.imaging import (
+    Decoded,
+    Policy,
+    Rejection,
+    declared_size_reason,
+    decode_data_uri,
+    decode_image,
+    hamming,
+    junk_reason,
+)
+from services.mining.netguard import Blocked, Guard
+from services.mining.urls import BadUrl, display, domain, normalise, url_hash
+from services.runtime import db, outbox
+from services.runtime.blobstore import BlobStore, open_blobstore
+from services.runtime.bus import Event
+from services.runtime.topics import IMAGES_MINED, PAIRS_MINED
+
+log = logging.getLogger(__name__)
+
+HTML_TYPES = ("text/html", "application/xhtml+xml")
+IMAGE_TYPES = ("image/", "application/octet-stream", "binary/octet-stream")
+STAGE_SECONDS = Counter("magiclens_mining_stage_seconds_total", "Time per mining stage",
+                        ["stage"])
+PAGES = Counter("magiclens_mining_pages_total", "Pages finished", ["status"])
+IMAGES = Counter("magiclens_mining_images_total", "Images stored (new)")
+REJECTED = Counter("magiclens_mining_rejections_total", "Image candidates rejected")
+
+
+@dataclass
+class Outcome:
+    status: str                       # mined | failed | skipped
+    reason: str = ""
+    http_status: int | None = None
+    title: str = ""
+    images: list[tuple[Candidate, Decoded]] = field(default_factory=list)
+    rejections: list[tuple[str, str]] = field(default_factory=list)  # (src_url, reason)
+
+
+def _warm_up() -> None:
+    """Import the phash DCT (scipy) once, up front, not inside the first page's threads."""
+    import io
+
+    tiny = io.BytesIO()
+    Image.new("RGB", (80, 80), (200, 30, 30)).save(tiny, "PNG")
+    decode_image(tiny.getvalue(), Policy(min_side=1))
+
+
+class Miner:
+    def __init__(self, settings: MiningSettings, blobs: BlobStore | None = None,
+                 worker_id: str | None = None) -> None:
+        self.settings = settings
+        self.blobs = blobs or open_blobstore(settings.blob_root)
+        self.worker_id = worker_id or settings.mining_worker_id or \
+            f"{socket.gethostname()}:{os.getpid()}"
+        self.guard = Guard(settings.allowed_hosts(), settings.mining_allow_private)
+        self.fetcher = Fetcher(
+            self.guard, connect_timeout_s=settings.mining_connect_timeout_s,
+            read_timeout_s=settings.mining_read_timeout_s,
+            deadline_s=settings.mining_fetch_deadline_s,
+            max_redirects=settings.mining_max_redirects,
+            per_host_concurrency=settings.mining_per_host_concurrency,
+            per_host_delay_s=settings.mining_per_host_delay_s,
+            user_agent=settings.mining_user_agent)
+        self.policy = Policy(max_pixels=settings.mining_max_image_pixels,
+                             min_side=settings.mining_min_side,
+                             max_aspect=settings.mining_max_aspect,
+                             max_svg_bytes=settings.mining_max_svg_bytes,
+                             svg_render_px=settings.mining_svg_render_px,
+                             max_data_uri_bytes=settings.mining_max_data_uri_bytes)
+        # Pillow's own guard: warn above the limit (turned into an error), refuse above 2x.
+        Image.MAX_IMAGE_PIXELS = settings.mining_max_image_pixels
+        self.pool = ThreadPoolExecutor(settings.mining_fetch_threads,
+                                       thread_name_prefix="mining-fetch")
+        self._reg: psycopg.Connection | None = None
+        _warm_up()
+        self._lock = threading.Lock()
+        self.timings: dict[str, float] = {"fetch": 0.0, "decode": 0.0, "hash": 0.0, "db": 0.0}
+        self.counts = {"pages": 0, "images": 0, "rejections": 0}
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.fetcher.close()
+        if self._reg is not None:
+            self._reg.close()
+
+    def _add_time(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self.timings[stage] = self.timings.get(stage, 0.0) + seconds
+        STAGE_SECONDS.labels(stage).inc(seconds)
+
+    # ------------------------------------------------------------------ registration
+    def register(self, url: str, source: str, split: str, status: str = "discovered",
+                 reason: str | None = None) -> None:
+        """Insert the page row in its own committed transaction (idempotent)."""
+        if self._reg is None or self._reg.closed:
+            self._reg = db.connect(self.settings.database_url, autocommit=True)
+        self._reg.execute(
+            "INSERT INTO pages (url, url_hash, domain, source, split, status, status_reason) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (url, url_hash(url), domain(url), (source or "web")[:100],
+             split if split in ("train", "heldout") else "train", status, reason))
+
+    # ------------------------------------------------------------------ handler
+    def handle(self, conn: psycopg.Connection, event: Event) -> None:
+        """Consumer handler; idempotent by page status, safe to run in several workers."""
+        msg = event.message
+        try:
+            url = normalise(msg.url)
+        except BadUrl as exc:
+            log.warning("page event refused", extra={"url": msg.url[:200], "reason": str(exc)})
+            return
+        self.register(url, msg.source, msg.split)
+        row = conn.execute("SELECT * FROM pages WHERE url_hash = %s FOR UPDATE SKIP LOCKED",
+                           (url_hash(url),)).fetchone()
+        if row is None:
+            return  # another worker holds it right now
+        retry_failed = (row["status"] == "failed" and not event.synthetic
+                        and row["attempts"] < self.settings.mining_max_attempts)
+        if row["status"] not in ("discovered", "fetching") and not retry_failed:
+            return
+        html = msg.html.encode("utf-8", errors="replace") if msg.html else None
+        outcome = self.mine(conn, url, html)
+        t0 = time.perf_counter()
+        self.store(conn, row, outcome)
+        self._add_time("db", time.perf_counter() - t0)
+        PAGES.labels(outcome.status).inc()
+        with self._lock:
+            self.counts["pages"] += 1
+        log.info("page done", extra={"url": url, "status": outcome.status,
+                                     "reason": outcome.reason, "images": len(outcome.images),
+                                     "rejected": len(outcome.rejections)})
+
+    def reconcile(self) -> Iterator[Event]:
+        """Pages that Postgres says are still pending (their events may be lost)."""
+        with db.connect(self.settings.database_url) as conn:
+            rows = conn.execute(
+                "SELECT url, source, split FROM pages WHERE status IN ('discovered', 'fetching') "
+                "AND updated_at < now() - make_interval(secs => %s) ORDER BY page_id LIMIT 500",
+                (self.settings.mining_reconcile_min_age_s,)).fetchall()
+        for r in rows:
+            yield Event(self.settings.mining_pages_topic, r["url"], "",
+                        events_pb2.PageDiscovered(url=r["url"], source=r["source"],
+                                                  split=r["split"]))
+
+    # ------------------------------------------------------------------ mining (no writes)
+    def _page_html(self, conn: psycopg.Connection, url: str) -> tuple[bytes, int | None, str]:
+        found = archive.lookup(conn, [url]).get(url)
+        if found is not None:
+            ctype, uri = found
+            if not ctype.startswith(HTML_TYPES):
+                raise FetchError(f"unexpected content-type '{ctype}'")
+            body = self.blobs.get(uri)
+            cap = self.settings.mining_max_html_bytes
+            return body[:cap], 200, (f"HTML truncated at {cap} bytes" if len(body) > cap else "")
+        resp = self.fetcher.get(url, max_bytes=self.settings.mining_max_html_bytes,
+                                accept=HTML_TYPES, truncate=True)
+        note = f"HTML truncated at {len(resp.body)} bytes" if resp.truncated else ""
+        return resp.body, resp.status, note
+
+    def mine(self, conn: psycopg.Connection, url: str, html: bytes | None) -> Outcome:
+        t0 = time.perf_counter()
+        note, http_status = "", None
+        try:
+            if html is not None:
+                cap = self.settings.mining_max_html_bytes
+                if len(html) > cap:
+                    html, note = html[:cap], f"HTML truncated at {cap} bytes"
+            else:
+                html, http_status, note = self._page_html(conn, url)
+        except Blocked as exc:
+            return Outcome("skipped", str(exc))
+        except FetchError as exc:
+            status = "skipped" if str(exc).startswith("unexpected content-type") else "failed"
+            return Outcome(status, str(exc))
+        finally:
+            self._add_time("fetch", time.perf_counter() - t0)
+        parsed = parse_page(html, url, self.settings.mining_max_images_per_page)
+        out = Outcome("mined", note, http_status, parsed.title)
+        out.rejections += [(r.url, r.reason) for r in parsed.rejected]
+        todo: list[Candidate] = []
+        for c in parsed.candidates:
+            reason = junk_reason(c.url, c.classes, c.alt) or \
+                declared_size_reason(c.declared_w, c.declared_h, self.policy.min_side)
+            if reason:
+                out.rejections.append((c.url, reason))
+            else:
+                todo.append(c)
+        archived = archive.lookup(conn, [c.url for c in todo if not c.url.startswith("data:")])
+        results = list(self.pool.map(lambda c: self._image(c, archived.get(c.url)), todo))
+        seen: dict[str, int] = {}
+        for c, res in zip(todo, results, strict=True):
+            if isinstance(res, str):
+                out.rejections.append((c.url, res))
+            elif res.content_hash in seen:
+                out.rejections.append((c.url, f"same image as position {seen[res.content_hash]}"))
+            else:
+                seen[res.content_hash] = c.position
+                out.images.append((c, res))
+        return out
+
+    def _image(self, c: Candidate, archived: tuple[str, str] | None) -> Decoded | str:
+        """Bytes → Decoded, or the rejection reason (never raises for bad input)."""
+        t0 = time.perf_counter()
+        try:
+            if c.url.startswith("data:"):
+                data, _ = decode_data_uri(c.url, self.policy.max_data_uri_bytes)
+            elif archived is not None:
+                ctype, uri = archived
+                if not ctype.startswith(IMAGE_TYPES):
+                    return f"not an image (content-type '{ctype}')"
+                data = self.blobs.get(uri)
+                if len(data) > self.settings.mining_max_image_bytes:
+                    return f"too large ({len(data)} bytes)"
+            else:
+                resp = self.fetcher.get(c.url, max_bytes=self.settings.mining_max_image_bytes,
+                                        accept=IMAGE_TYPES)
+                data = resp.body
+        except Rejection as exc:
+            return str(exc)
+        except Blocked as exc:
+            return str(exc)
+        except FetchError as exc:
+            msg = str(exc)
+            if msg.startswith("unexpected content-type"):
+                return "not an image (" + msg.removeprefix("unexpected ") + ")"
+            return msg
+        finally:
+            self._add_time("fetch", time.perf_counter() - t0)
+        timings: dict[str, float] = {}
+        try:
+            return decode_image(data, self.policy, timings)
+        except Rejection as exc:
+            return str(exc)
+        except Exception as exc:  # a decoder bug must not lose the rest of the page
+            log.warning("image decoder failed", extra={"url": display(c.url), "error": repr(exc)})
+            return f"decoder error ({type(exc).__name__})"
+        finally:
+            for stage, s in timings.items():
+                self._add_time(stage, s)
+
+    # ------------------------------------------------------------------ store (one transaction)
+    def store(self, conn: psycopg.Connection, page: dict, out: Outcome) -> None:
+        page_id = page["page_id"]
+        if out.status != "mined":
+            conn.execute("UPDATE pages SET status = %s, status_reason = %s, attempts = attempts "
+                         "+ 1, updated_at = now(), mined_by = %s WHERE page_id = %s",
+                         (out.status, out.reason[:1000], self.worker_id, page_id))
+            return
+        thr = self.settings.mining_phash_threshold
+        ts = Timestamp()
+        ts.FromDatetime(page["discovered_at"])
+        uris = {d.content_hash: self.blobs.put(d.data) for _, d in out.images}
+        linked: dict[int, tuple[int, int]] = {}  # image_id -> (position, phash)
+        new_images = 0
+        # Sorted by content hash: concurrent workers take unique-index locks in one order.
+        for c, d in sorted(out.images, key=lambda cd: cd[1].content_hash):
+            image_id, new = self._image_row(conn, page_id, c, d, uris[d.content_hash], thr,
+                                            out.title)
+            if image_id in linked:
+                out.rejections.append((c.url, f"near-duplicate of image {image_id} on this page"))
+                continue
+            conn.execute(
+                "INSERT INTO page_images (page_id, image_id, position, src_url, alt_text, "
+                "title_text, caption, context_text) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT DO NOTHING",
+                (page_id, image_id, c.position, display(c.url), c.alt, c.title, c.caption,
+                 c.context))
+            linked[image_id] = (c.position, d.phash)
+            if new:
+                new_images += 1
+                outbox.enqueue(conn, IMAGES_MINED, image_id, events_pb2.ImageMined(
+                    image_id=image_id, page_id=page_id, blob_uri=uris[d.content_hash],
+                    content_hash=d.content_hash, width=d.width, height=d.height,
+                    page_discovered_at=ts))
+        for src, reason in out.rejections:
+            conn.execute("INSERT INTO image_rejections (page_id, src_url, reason) "
+                         "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                         (page_id, display(src), reason[:1000]))
+        pair_ids = self._pairs(conn, page_id, linked, thr)
+        if pair_ids:
+            outbox.enqueue(conn, PAIRS_MINED, page_id,
+                           events_pb2.PairsMined(page_id=page_id, pair_ids=pair_ids))
+        conn.execute("UPDATE pages SET status = 'mined', status_reason = %s, title = %s, "
+                     "http_status = %s, attempts = attempts + 1, mined_at = now(), "
+                     "updated_at = now(), mined_by = %s WHERE page_id = %s",
+                     (out.reason or None, out.title or None, out.http_status, self.worker_id,
+                      page_id))
+        IMAGES.inc(new_images)
+        REJECTED.inc(len(out.rejections))
+        with self._lock:
+            self.counts["images"] += new_images
+            self.counts["rejections"] += len(out.rejections)
+
+    def _image_row(self, conn: psycopg.Connection, page_id: int, c: Candidate, d: Decoded,
+                   uri: str, thr: int, page_title: str) -> tuple[int, bool]:
+        """(image_id, created): an exact or near duplicate links the existing image."""
+        row = conn.execute("SELECT image_id FROM images WHERE content_hash = %s",
+                           (d.content_hash,)).fetchone()
+        if row:
+            return row["image_id"], False
+        near = conn.execute(
+            "SELECT image_id FROM images WHERE phash IS NOT NULL AND "
+            "bit_count((phash # %s)::bit(64)) <= %s "
+            "ORDER BY bit_count((phash # %s)::bit(64)), image_id LIMIT 1",
+            (d.phash, thr, d.phash)).fetchone()
+        if near:
+            return near["image_id"], False
+        row = conn.execute(
+            "INSERT INTO images (content_hash, phash, source_url, first_page_id, blob_uri, "
+            "mime_type, width, height, alt_text, title_text, caption, context_text, page_title) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (content_hash) DO NOTHING RETURNING image_id",
+            (d.content_hash, d.phash, display(c.url), page_id, uri, d.mime, d.width, d.height,
+             c.alt, c.title, c.caption, c.context, page_title or None)).fetchone()
+        if row:
+            return row["image_id"], True
+        row = conn.execute("SELECT image_id FROM images WHERE content_hash = %s",
+                           (d.content_hash,)).fetchone()
+        return row["image_id"], False
+
+    def _pairs(self, conn: psycopg.Connection, page_id: int,
+               linked: dict[int, tuple[int, int]], thr: int) -> list[int]:
+        """Ordered pairs of the page's images, nearest on the page first, capped."""
+        items = sorted(linked.items(), key=lambda kv: kv[1][0])
+        cands = []
+        for qa, (qpos, qph) in items:
+            for ta, (tpos, tph) in items:
+                if qa == ta:
+                    continue
+                dist = hamming(qph, tph)
+                if dist <= thr:
+                    continue  # near-duplicates teach nothing
+                cands.append((abs(qpos - tpos), min(qpos, tpos), qpos, qa, ta, dist))
+        cands.sort()
+        pair_ids = []
+        for *_, qa, ta, dist in cands[: self.settings.mining_max_pairs_per_page]:
+            row = conn.execute(
+                "INSERT INTO pairs (page_id, query_image_id, target_image_id, similarity) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING pair_id",
+                (page_id, qa, ta, 1.0 - dist / 64.0)).fetchone()
+            if row:
+                pair_ids.append(row["pair_id"])
+        return pair_ids

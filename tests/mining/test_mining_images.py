@@ -1,0 +1,166 @@
+"""Image validation: formats, corrupt/truncated files, decompression bombs, SVG, junk rules."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+
+import pytest
+from mining_support import noise_image
+from PIL import Image
+
+from services.mining.imaging import (
+    Policy,
+    Rejection,
+    decode_data_uri,
+    decode_image,
+    hamming,
+    junk_reason,
+)
+
+POLICY = Policy(max_pixels=4_000_000)
+
+
+def _encoded(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt,mime", [("PNG", "image/png"), ("JPEG", "image/jpeg"),
+                                      ("WEBP", "image/webp"), ("BMP", "image/bmp"),
+                                      ("GIF", "image/gif")])
+def test_allowed_formats_decode_and_hash(fmt, mime):
+    data = noise_image("fmt", 200, 150, fmt)
+    d = decode_image(data, POLICY)
+    assert (d.mime, d.width, d.height) == (mime, 200, 150)
+    assert len(d.content_hash) == 64 and -(1 << 63) <= d.phash < (1 << 63)
+    assert d.data == data  # originals are stored as downloaded
+
+
+def test_animated_gif_uses_the_first_frame():
+    frames = [Image.open(io.BytesIO(noise_image(f"g{i}", 100, 100))).convert("P")
+              for i in range(3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=50)
+    first = decode_image(buf.getvalue(), POLICY)
+    alone = decode_image(_encoded(frames[0], "GIF"), POLICY)
+    assert hamming(first.phash, alone.phash) <= 2
+
+
+def test_reencoded_copy_is_a_near_duplicate_and_other_images_are_not():
+    a = decode_image(noise_image("same", 256, 256), POLICY)
+    b = decode_image(noise_image("same", 256, 256, "JPEG", quality=70), POLICY)
+    c = decode_image(noise_image("other", 256, 256), POLICY)
+    assert a.content_hash != b.content_hash
+    assert hamming(a.phash, b.phash) <= 4 < hamming(a.phash, c.phash)
+
+
+def _png_with_header(w: int, h: int) -> bytes:
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return (struct.pack(">I", len(payload)) + kind + payload
+                + struct.pack(">I", zlib.crc32(kind + payload)))
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b""))
+
+
+def test_decompression_bomb_is_rejected_from_the_header():
+    with pytest.raises(Rejection, match="decompression bomb"):
+        decode_image(_png_with_header(60000, 60000), POLICY)
+
+
+def test_pillow_bomb_warning_is_turned_into_a_rejection(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    with pytest.raises(Rejection, match="decompression bomb"):
+        decode_image(noise_image("bomb", 150, 100), Policy(max_pixels=10**9))
+
+
+@pytest.mark.parametrize("name,data,why", [
+    ("truncated jpeg", noise_image("t", 300, 300, "JPEG")[:2000], "corrupt or truncated"),
+    ("truncated png", noise_image("t", 300, 300)[:3000], "corrupt or truncated"),
+    ("garbage after magic", b"\x89PNG\r\n\x1a\n" + b"\x13" * 500, "corrupt or truncated"),
+    ("png header lies", _png_with_header(500, 500), "corrupt or truncated"),
+    ("html", b"<!DOCTYPE html><html><body>404</body></html>", "not an image"),
+    ("text", b"just some text", "not an image of an allowed format"),
+    ("empty", b"", "not an image of an allowed format"),
+    ("tiff", _encoded(Image.new("RGB", (100, 100)), "TIFF"), "not an image of an allowed"),
+])
+def test_broken_and_non_images_are_rejected(name, data, why):
+    with pytest.raises(Rejection, match=why):
+        decode_image(data, POLICY)
+
+
+@pytest.mark.parametrize("w,h,why", [(1, 1, "tracking pixel"), (40, 40, "too small"),
+                                     (900, 100, "aspect ratio 9.0"),
+                                     (64, 400, "aspect ratio 6.2")])
+def test_size_and_aspect_rules(w, h, why):
+    with pytest.raises(Rejection, match=why):
+        decode_image(_encoded(Image.new("RGB", (w, h), (10, 200, 30)), "PNG"), POLICY)
+
+
+SVG = ('<svg xmlns="http://www.w3.org/2000/svg" width="100" height="80" viewBox="0 0 100 80">'
+       '<rect width="100" height="80" fill="#3a6"/><circle cx="50" cy="40" r="30" fill="#fc0"/>'
+       '</svg>')
+
+
+def test_svg_is_rasterised_to_png():
+    d = decode_image(SVG.encode(), POLICY)
+    assert d.mime == "image/png" and (d.width, d.height) == (512, 410)
+    assert Image.open(io.BytesIO(d.data)).format == "PNG"
+
+
+@pytest.mark.parametrize("svg,why", [
+    (SVG.replace("<circle", '<image href="http://169.254.169.254/x.png" width="9" height="9"/>'
+                 '<circle'), "external reference"),
+    (SVG.replace("<circle", '<image xlink:href="file:///etc/passwd"/><circle'),
+     "external reference"),
+    ('<?xml version="1.0"?><!DOCTYPE svg [<!ENTITY a "aaaa">]>' + SVG, "DOCTYPE"),
+    (SVG.replace('fill="#3a6"', 'style="fill:url(http://evil.example/p.svg#g)"'),
+     "external reference"),
+    ("<svg>" + "<g>" * 10 + "not closed", "SVG render failed"),
+])
+def test_unsafe_or_broken_svg_is_refused(svg, why):
+    with pytest.raises(Rejection, match=why):
+        decode_image(svg.encode(), POLICY)
+
+
+def test_oversized_svg_is_refused():
+    big = SVG.replace("</svg>", "<!--" + "x" * 2_000_000 + "--></svg>")
+    with pytest.raises(Rejection, match="SVG larger than"):
+        decode_image(big.encode(), POLICY)
+
+
+@pytest.mark.parametrize("url,classes,alt,hit", [
+    ("https://x.org/static/site-logo.png", "", "", "logo"),
+    ("https://x.org/img/icons/star.png", "", "", "icons"),
+    ("https://ads.x.org/serve/banner_728.gif", "", "", "ads"),
+    ("https://x.org/serve/banner_728.gif", "", "", "banner"),
+    ("https://x.org/spacer.gif", "", "", "spacer"),
+    ("https://x.org/t.gif?pixel=1", "", "", None),            # query strings are not read
+    ("https://x.org/p/1.png", "ad-slot", "", "ad"),
+    ("https://x.org/p/2.png", "", "Company logo", "logo"),
+    ("https://x.org/uploads/2024/heads.jpg", "", "Bighead lads", None),  # tokens, not substrings
+    ("https://x.org/img/iconic-bridge.jpg", "photo", "", None),
+])
+def test_junk_keyword_rule(url, classes, alt, hit):
+    reason = junk_reason(url, classes, alt)
+    assert (reason is None) if hit is None else (f"'{hit}'" in reason)
+
+
+def test_data_uris():
+    png = noise_image("d", 100, 100)
+    uri = "data:image/png;base64," + base64.b64encode(png).decode()
+    assert decode_data_uri(uri, 1_000_000) == (png, "image/png")
+    with pytest.raises(Rejection, match="larger than"):
+        decode_data_uri(uri, 1000)
+    with pytest.raises(Rejection, match="malformed"):
+        decode_data_uri("data:image/png;base64", 1000)
+
+
+def test_own_pixel_limit_applies_before_pillow_would_decode(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10**12)  # Pillow would happily decode
+    with pytest.raises(Rejection, match="decompression bomb: 30000x30000 exceeds"):
+        decode_image(_png_with_header(30000, 30000), POLICY)
