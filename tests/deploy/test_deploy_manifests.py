@@ -1,0 +1,314 @@
+"""The kustomize overlays render, validate, follow our policies and match the code's contracts.
+
+Rendering needs a kubectl binary (`kubectl kustomize`); without one these tests skip with the
+reason. Everything else is offline: Kubernetes schemas from PyPI's kubernetes-validate, and
+structural checks of the operator CRs (deploy/policy.py says why).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from deploy import catalog, gen_base, policy, tool  # noqa: E402
+from services.runtime.topics import ALL_TOPICS  # noqa: E402
+
+ENVS = ("dev", "prod")
+
+
+def _render(env: str) -> str:
+    try:
+        tool.kubectl_path()
+    except tool.ToolError as exc:
+        pytest.skip(f"{exc} (needed to render overlays)")
+    return tool.render(env)
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[policy.Doc]]:
+    return {env: policy.load_docs(_render(env)) for env in ENVS}
+
+
+def _find(docs, kind, name):
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert found, f"{kind}/{name} not rendered"
+    return found[0]
+
+
+def _workloads(docs):
+    return [d for d in docs if d["kind"] in policy.WORKLOAD_KINDS]
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_overlay_passes_schemas_crs_and_policies(rendered, env):
+    docs = rendered[env]
+    assert {d["metadata"]["name"] for d in _workloads(docs)} == set(catalog.BY_NAME)
+    assert policy.schema_problems(docs) == []
+    assert policy.custom_resource_problems(docs) == []
+    assert policy.policy_problems(docs) == []
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_kafka_topics_equal_the_topic_table(rendered, env):
+    topics = {(d["spec"]["topicName"], d["spec"]["partitions"])
+              for d in rendered[env] if d["kind"] == "KafkaTopic"}
+    assert topics == {(t.name, t.partitions) for t in ALL_TOPICS}
+
+
+def test_generated_base_is_up_to_date():
+    assert gen_base.main(["--check"]) == 0, "run `python -m deploy.gen_base`"
+
+
+def test_ports_match_docs_runtime_table():
+    """Ports in the workload table are the ones docs/runtime.md promises."""
+    doc = (ROOT / "docs" / "runtime.md").read_text()
+    row = {m.group(1).strip(): m.group(2) for m in
+           re.finditer(r"^\| ([a-z ()/]+?) \| ([^|]+) \|", doc, re.MULTILINE)}
+    assert row["mining"].startswith("50051") and "9151" in doc
+    expected = {"mining": (50051, 9151), "triplegen": (50052, 9152),
+                "training": (50053, 9153), "embedding": (50054, 9154),
+                "search-root": (50055, 9155), "search-shard": (50060, 9160)}
+    for name, (grpc_port, metrics) in expected.items():
+        w = catalog.BY_NAME[name]
+        assert (w.grpc_port, w.metrics_port) == (grpc_port, metrics), name
+    for line, needle in (("search root", "50055 | 9155"), ("search shard i", "50060+i"),
+                         ("web gateway", "HTTP 8080"), ("triplegen", "50052 | 9152")):
+        assert needle in doc.split(f"| {line} |", 1)[1].splitlines()[0], line
+    assert catalog.BY_NAME["gateway"].http_port == 8080
+    triton = catalog.BY_NAME["embedding-triton"]
+    assert (triton.http_port, dict(triton.extra_ports)["triton-grpc"]) == (8000, 8001)
+
+
+def test_dev_runs_single_replicas(rendered):
+    docs = rendered["dev"]
+    assert all(d["spec"]["replicas"] == 1 for d in _workloads(docs))
+    assert all(d["spec"]["maxReplicaCount"] == 1 for d in docs if d["kind"] == "ScaledObject")
+    assert _find(docs, "ConfigMap", _cm_name(docs))["data"]["MAGICLENS_NUM_SHARDS"] == "1"
+
+
+def _cm_name(docs):
+    return next(d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"
+                and d["metadata"]["name"].startswith(catalog.CONFIG_MAP))
+
+
+def test_prod_shape(rendered):
+    docs = rendered["prod"]
+    shards = _find(docs, "StatefulSet", "search-shard")
+    assert shards["spec"]["replicas"] == 4
+    assert shards["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"][
+        "storage"] == "100Gi"
+    assert _find(docs, "ConfigMap", _cm_name(docs))["data"]["MAGICLENS_NUM_SHARDS"] == "4"
+    headless = _find(docs, "Service", "search-shard")["spec"]
+    assert headless["clusterIP"] == "None"
+    for name in ("embedding-triton", "training"):
+        pod = _find(docs, "Deployment", name)["spec"]["template"]["spec"]
+        ctr = pod["containers"][0]
+        assert ctr["resources"]["limits"]["nvidia.com/gpu"] == "1", name
+        assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"]), name
+        assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}, name
+        assert "cuda" in ctr["image"], name
+    assert _find(docs, "Deployment", "mining")["spec"]["replicas"] > 1
+    assert _find(docs, "Deployment", "triplegen")["spec"]["replicas"] > 1
+    assert _find(docs, "KafkaNodePool", "dual-role")["spec"]["replicas"] == 3
+    assert _find(docs, "Cluster", catalog.PG_CLUSTER)["spec"]["instances"] == 3
+    assert all(d["spec"]["replicas"] == 3 for d in docs if d["kind"] == "KafkaTopic")
+    hpa = _find(docs, "HorizontalPodAutoscaler", "search-root")["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 8)
+    assert hpa["metrics"][0]["resource"]["name"] == "cpu"
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_keda_scales_workers_on_their_consumer_group(rendered, env):
+    scaled = {d["metadata"]["name"]: d for d in rendered[env] if d["kind"] == "ScaledObject"}
+    assert set(scaled) == {"mining", "triplegen"}
+    for name, so in scaled.items():
+        group, topic = catalog.BY_NAME[name].keda
+        meta = so["spec"]["triggers"][0]["metadata"]
+        assert (meta["consumerGroup"], meta["topic"]) == (group, topic)
+        assert meta["bootstrapServers"] == catalog.KAFKA_BOOTSTRAP
+        # The runtime's Consumer names its group magiclens-<name> (services/runtime/bus.py).
+        assert group == f"magiclens-{name}"
+        # Tansu locally, Kafka in clusters: never rely on `latest` (see the platform brief).
+        assert meta["offsetResetPolicy"] == "earliest"
+
+
+def test_network_policies_allow_exactly_the_catalog_calls(rendered):
+    docs = rendered["dev"]
+    nps = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "NetworkPolicy"}
+    deny = nps["magiclens-default-deny"]
+    assert deny["policyTypes"] == ["Ingress", "Egress"] and "ingress" not in deny
+    root = nps["search-root"]
+    egress = {(r["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+               r["ports"][0]["port"]) for r in root["egress"]}
+    assert egress == {("search-shard", 50060), ("embedding", 50054)}
+    shard_from = {r["from"][0].get("podSelector", {}).get("matchLabels", {}).get(
+        "app.kubernetes.io/name") for r in nps["search-shard"]["ingress"]}
+    assert "search-root" in shard_from and "gateway" not in shard_from
+    assert nps["outbox-relay"]["ingress"] == [] and nps["outbox-relay"]["egress"] == []
+    internet = nps["magiclens-allow-internet"]["egress"][0]["to"][0]["ipBlock"]
+    assert "10.0.0.0/8" in internet["except"]  # the crawler cannot reach cluster addresses
+    mining_labels = _find(docs, "Deployment", "mining")["spec"]["template"]["metadata"]["labels"]
+    assert mining_labels.get("magiclens.io/internet-client") == "true"
+    root_labels = _find(docs, "Deployment", "search-root")["spec"]["template"]["metadata"][
+        "labels"]
+    assert "magiclens.io/internet-client" not in root_labels
+
+
+def test_shard_index_comes_from_the_pod_ordinal(rendered):
+    ctr = _find(rendered["prod"], "StatefulSet", "search-shard")["spec"]["template"]["spec"][
+        "containers"][0]
+    env = {e["name"]: e for e in ctr["env"]}
+    assert env["MAGICLENS_SHARD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.labels['apps.kubernetes.io/pod-index']"
+    cm = _find(rendered["prod"], "ConfigMap", _cm_name(rendered["prod"]))["data"]
+    assert cm["MAGICLENS_SHARD_ADDRESS_TEMPLATE"].format(i=3) == "search-shard-3.search-shard:50060"
+
+
+def test_migrations_run_before_each_database_client(rendered):
+    for d in _workloads(rendered["prod"]):
+        w = catalog.BY_NAME[d["metadata"]["name"]]
+        inits = d["spec"]["template"]["spec"].get("initContainers", [])
+        if w.migrate and catalog.POSTGRES in w.uses:
+            assert inits[0]["command"] == ["python", "-m", "services.runtime.db"], w.name
+            assert inits[0]["image"] == d["spec"]["template"]["spec"]["containers"][0]["image"]
+        else:
+            assert not inits, w.name
+
+
+# ---------------------------------------------------------------- the checks can fail
+
+def _mutated(docs, kind, name, fn):
+    out = copy.deepcopy(docs)
+    fn(_find(out, kind, name))
+    return out
+
+
+@pytest.mark.parametrize("mutation,needle", [
+    (lambda d: d["spec"]["template"]["spec"]["containers"][0]["resources"].pop("limits"),
+     "no limits.cpu"),
+    (lambda d: d["spec"]["template"]["spec"]["containers"][0].update(
+        image="ghcr.io/magiclens/magiclens-service:latest"), "not pinned"),
+    (lambda d: d["spec"]["template"]["spec"]["containers"][0].update(
+        image="ghcr.io/magiclens/magiclens-service"), "not pinned"),
+    (lambda d: d["spec"]["template"]["spec"]["containers"][0].pop("readinessProbe"),
+     "no readinessProbe"),
+    (lambda d: d["spec"]["template"]["spec"]["containers"][0]["securityContext"].update(
+        runAsNonRoot=False), "runAsNonRoot"),
+    (lambda d: d["spec"]["template"]["spec"]["containers"][0]["securityContext"].update(
+        readOnlyRootFilesystem=False), "readOnlyRootFilesystem"),
+    (lambda d: d["spec"]["template"]["metadata"]["annotations"].clear(), "prometheus"),
+    (lambda d: d["spec"]["template"]["spec"]["containers"][0]["env"].append(
+        {"name": "AWS_SECRET_ACCESS_KEY", "value": "x"}), "is a literal"),
+])
+def test_policy_flags_a_bad_workload(rendered, mutation, needle):
+    docs = _mutated(rendered["dev"], "Deployment", "mining", mutation)
+    problems = policy.policy_problems(docs)
+    assert any(needle in p and "mining" in p for p in problems), problems
+
+
+def test_policy_flags_missing_pdb_netpol_and_shard_mismatch(rendered):
+    docs = [d for d in copy.deepcopy(rendered["dev"])
+            if not (d["kind"] in ("PodDisruptionBudget", "NetworkPolicy")
+                    and d["metadata"]["name"] == "triplegen")]
+    _find(docs, "StatefulSet", "search-shard")["spec"]["replicas"] = 3
+    problems = policy.policy_problems(docs)
+    assert any("triplegen: no PodDisruptionBudget" in p for p in problems)
+    assert any("triplegen: no NetworkPolicy of its own" in p for p in problems)
+    assert any("MAGICLENS_NUM_SHARDS=1 but" in p for p in problems)
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"colour": "blue"}, "colour"),  # strict: unknown fields are errors
+    ({"livenessProbe": {"grpc": {"port": "grpc"}}}, "not of type 'integer'"),  # grpc: a number
+])
+def test_schema_check_is_strict(rendered, change, needle):
+    docs = _mutated(rendered["dev"], "Deployment", "gateway",
+                    lambda d: d["spec"]["template"]["spec"]["containers"][0].update(change))
+    problems = policy.schema_problems([_find(docs, "Deployment", "gateway")])
+    assert len(problems) == len(policy.K8S_VERSIONS) and all(needle in p for p in problems)
+
+
+def test_custom_resource_check_catches_broken_crs(rendered):
+    docs = copy.deepcopy(rendered["dev"])
+    topic = next(d for d in docs if d["kind"] == "KafkaTopic")
+    topic["spec"]["partitions"] = 0
+    topic["metadata"]["labels"]["strimzi.io/cluster"] = "other"
+    so = _find(docs, "ScaledObject", "mining")
+    so["spec"]["triggers"][0]["metadata"]["topic"] = "magiclens.nope.v1"
+    so["spec"]["scaleTargetRef"]["name"] = "nope"
+    _find(docs, "Cluster", catalog.PG_CLUSTER)["spec"]["storage"]["size"] = "lots"
+    docs.append({"apiVersion": "keda.sh/v1alpha1", "kind": "TriggerAuthentication",
+                 "metadata": {"name": "x"}, "spec": {}})
+    problems = "\n".join(policy.custom_resource_problems(docs))
+    for needle in ("spec.partitions must be", "names no Kafka", "magiclens.nope.v1 has no",
+                   "scaleTargetRef nope", "spec.storage.size", "unchecked custom resource"):
+        assert needle in problems
+
+
+# ---------------------------------------------------------------- secrets and the tool
+
+def test_committed_secrets_are_placeholders_and_deploy_refuses_them(rendered, tmp_path):
+    assert policy.placeholder_secrets(rendered["dev"]), "the committed S3 env file changed"
+    env_file = ROOT / "deploy" / "k8s" / "base" / "secrets" / "s3.env"
+    for line in env_file.read_text().splitlines():
+        key, _, value = line.partition("=")
+        if "KEY" in key:
+            assert value == policy.PLACEHOLDER, key
+    res = _tool(["deploy", "--env", "dev", "--context", "any"], tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0 and "REPLACE_ME placeholders" in res.stderr
+
+
+def test_secrets_file_replaces_the_placeholders(tmp_path):
+    _render("dev")
+    real = tmp_path / "s3.env"
+    real.write_text("AWS_ENDPOINT_URL=http://minio.storage:9000\nAWS_ACCESS_KEY_ID=k\n"
+                    "AWS_SECRET_ACCESS_KEY=s\nAWS_REGION=eu-west-1\n")
+    docs = policy.load_docs(tool.render("dev", real))
+    assert policy.placeholder_secrets(docs) == []
+    assert policy.policy_problems(docs) == []  # the renamed Secret is still referenced
+    assert not list((ROOT / "deploy").rglob("s3.env.*")), "real secrets leaked into the tree"
+
+
+def _tool(args, tmp_path, **env):
+    full = dict(os.environ, KUBECONFIG=str(tmp_path / "empty-kubeconfig"), **env)
+    (tmp_path / "empty-kubeconfig").write_text("apiVersion: v1\nkind: Config\n")
+    return subprocess.run([sys.executable, "-m", "deploy.tool", *args], cwd=ROOT, env=full,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_unknown_context_is_one_line(tmp_path):
+    _render("dev")
+    res = _tool(["down", "--env", "dev", "--context", "no-such-cluster"], tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.strip() == ("deploy: kube context 'no-such-cluster' not found in "
+                                  f"kubeconfig ({tmp_path / 'empty-kubeconfig'})")
+
+
+def test_missing_kubectl_is_one_line(tmp_path):
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    res = subprocess.run([sys.executable, "-m", "deploy.tool", "render", "--env", "dev"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={"PATH": str(bare), "KUBECTL": str(bare / "kubectl"),
+                              "HOME": str(tmp_path)})
+    assert res.returncode == 2
+    assert res.stderr.startswith("deploy: kubectl not found") and res.stderr.count("\n") == 1
+
+
+def test_render_task_writes_the_review_file(tmp_path):
+    _render("prod")
+    out = tmp_path / "prod.yaml"
+    res = _tool(["render", "--env", "prod", "--out", str(out)], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert policy.load_docs(out.read_text()) and "wrote" in res.stdout
