@@ -1,0 +1,1 @@
+"""Triple generation: annotate mined images, filter pairs, write instructions, store triples."""

@@ -1,0 +1,146 @@
+"""`python -m services.triplegen [serve|process|export|review|stats]`.
+
+serve (default): Kafka consumer (ImageMined, PairsMined) + reconciler + outbox relay + gRPC.
+process: do all pending work once from Postgres state, without Kafka (batch runs, demos).
+export --out FILE.jsonl: active triples in the trainer's JSONL format.
+review [--out DIR] [-n 24]: HTML page + PNG contact sheet of random triples.
+stats: keep rate, drop reasons, lexical diversity (JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from services.runtime import db
+from services.runtime.config import load_settings, run_main
+from services.runtime.logs import setup_logging
+from services.triplegen.config import TripleGenSettings
+
+log = logging.getLogger("triplegen")
+
+
+def serve(settings: TripleGenSettings) -> int:
+    from magiclens.v1 import triplegen_pb2_grpc
+
+    from services.runtime.bus import Consumer
+    from services.runtime.outbox import check_dependencies
+    from services.runtime.service import Service
+    from services.runtime.topics import IMAGES_MINED, PAIRS_MINED
+    from services.triplegen.handlers import make_handler, make_reconciler
+    from services.triplegen.server import TripleGenServicer
+    from services.triplegen.service import build_context
+
+    svc = Service("triplegen", settings)
+    check_dependencies(settings)
+    svc.prepare()
+    ctx = build_context(settings)
+    svc.add_consumer(Consumer(
+        "triplegen", settings.kafka_bootstrap_servers, settings.database_url,
+        [IMAGES_MINED, PAIRS_MINED], make_handler(ctx),
+        reconciler=make_reconciler(settings.database_url, settings.triplegen_reconcile_limit),
+        reconcile_interval_s=settings.reconcile_interval_s))
+    svc.add_outbox_relay()
+    svc.add_grpc([(triplegen_pb2_grpc.add_TripleGenServiceServicer_to_server,
+                   TripleGenServicer(settings.database_url, settings.triplegen_writer),
+                   "magiclens.v1.TripleGenService")])
+    return svc.run_forever()
+
+
+def process(settings: TripleGenSettings) -> int:
+    """Drain pending work page by page (each page one transaction), no Kafka needed."""
+    from services.triplegen import pipeline
+    from services.triplegen.handlers import make_reconciler
+    from services.triplegen.service import build_context
+
+    db.migrate(settings.database_url)
+    ctx = build_context(settings)
+    reconcile = make_reconciler(settings.database_url, settings.triplegen_reconcile_limit)
+    total: dict[str, int] = {}
+    conn = db.connect(settings.database_url)
+    try:
+        while True:
+            events = list(reconcile())
+            if not events:
+                break
+            progressed = False
+            for ev in events:
+                with conn.transaction():
+                    if ev.topic.endswith("images.mined.v1"):
+                        n = pipeline.annotate_images(conn, ctx, [ev.message.image_id])
+                        counts = {"images": n}
+                    else:
+                        counts = pipeline.process_pairs(conn, ctx, ev.message.page_id,
+                                                        list(ev.message.pair_ids))
+                for k, v in counts.items():
+                    total[k] = total.get(k, 0) + v
+                    progressed = progressed or (v > 0 and k not in ("pairs_retry",))
+                log.info("processed", extra={"key": ev.key, **counts})
+            if not progressed:
+                break
+    finally:
+        conn.close()
+    print(json.dumps(total))
+    return 0
+
+
+def stats_cmd(settings: TripleGenSettings) -> int:
+    from services.triplegen.diversity import diversity
+    from services.triplegen.server import stats
+
+    with db.connect(settings.database_url) as conn:
+        s = stats(conn)
+        texts = [r["instruction"] for r in conn.execute(
+            "SELECT instruction FROM triples WHERE status = 'active'")]
+        s["relations"] = {r["relation"]: r["n"] for r in conn.execute(
+            "SELECT relation, count(*) AS n FROM triples WHERE status = 'active' "
+            "GROUP BY 1 ORDER BY 2 DESC")}
+    s["diversity"] = diversity(texts)
+    print(json.dumps(s, indent=1))
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="python -m services.triplegen")
+    sub = ap.add_subparsers(dest="cmd")
+    sub.add_parser("serve")
+    sub.add_parser("process")
+    sub.add_parser("stats")
+    ex = sub.add_parser("export")
+    ex.add_argument("--out", required=True, type=Path)
+    ex.add_argument("--writer", choices=("metadata", "llm"))
+    ex.add_argument("--split")
+    rv = sub.add_parser("review")
+    rv.add_argument("--out", type=Path, default=None)
+    rv.add_argument("-n", type=int, default=24)
+    rv.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    settings = load_settings(TripleGenSettings)
+    setup_logging("triplegen", settings.log_level)
+    if args.cmd in (None, "serve"):
+        return serve(settings)
+    if args.cmd == "process":
+        return process(settings)
+    if args.cmd == "stats":
+        return stats_cmd(settings)
+    if args.cmd == "export":
+        from services.triplegen.export import export_jsonl
+
+        n = export_jsonl(settings.database_url, args.out, args.writer, args.split)
+        print(f"exported {n} triples to {args.out}")
+        return 0
+    if args.cmd == "review":
+        from services.triplegen.review import render
+
+        out = args.out or settings.data_dir / "review"
+        print(json.dumps(render(settings.database_url, settings.blob_root, out, args.n,
+                                args.seed)))
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(run_main("triplegen", main) or 0)

@@ -1,0 +1,254 @@
+"""The LLM writer: any OpenAI-compatible `/v1/chat/completions` endpoint, prompted the way the
+MagicLens paper prompted PaLM2 (page title, then [alt][entities][caption] of the query and
+target image, few-shot demonstrations ending "So the instruction can be: ...").
+
+Operational rules: per-request timeout; retries with exponential backoff (honouring
+Retry-After) on 429, 5xx, timeouts, connection errors and malformed bodies; at most
+`concurrency` requests in flight; answers cached by prompt hash (model + prompt) in Postgres
+so replays and reruns make no second call; every answer passes validate.check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import httpx
+
+from services.triplegen.meta import ImageMeta, clean
+from services.triplegen.validate import check
+from services.triplegen.writers.base import Instruction, PairContext, WriteResult
+
+log = logging.getLogger(__name__)
+
+VERSION = "llm-v1"
+PROMPT_VERSION = "magiclens-fewshot-v1"
+MAX_RESPONSE_BYTES = 256 * 1024
+MAX_BACKOFF_S = 30.0
+
+SYSTEM = ("You write image-search instructions. Given two images from the same web page, a "
+          "query image (Q) and a target image (T), write one short instruction that a person "
+          "holding Q would type to find T. Describe the relation (what changes, what stays, "
+          "what links them); never copy T's exact title, file name or URL. Think in one or two "
+          "sentences, then finish with: So the instruction can be: <instruction>")
+
+FEW_SHOT = [
+    ("Both images are from a website titled [Famous landmarks of India]; "
+     "Q Image: [Gateway of India][triumphal arch, palace][The Gateway of India in Mumbai was "
+     "built in 1924.]; T Image: [Charminar][mosque, palace][The Charminar in Hyderabad was "
+     "constructed in 1591.]",
+     "Both are monuments in India and T is much older than Q. So the instruction can be: "
+     "find an older landmark in the same country"),
+    ("Both images are from a website titled [Health worker: skin tones and genders]; "
+     "Q Image: [health worker: light skin tone][lab coat][health worker, light skin tone]; "
+     "T Image: [woman health worker: dark skin tone][lab coat][woman health worker, dark skin "
+     "tone]",
+     "T shows the same job as a woman with much darker skin. So the instruction can be: "
+     "make it a woman with dark skin"),
+    ("Both images are from a website titled [Bullet train across emoji styles]; "
+     "Q Image: [bullet train][passenger car][Bullet train in Fluent 3D]; "
+     "T Image: [bullet train][][Bullet train in OpenMoji line art: black-and-white line "
+     "drawings without any fill]",
+     "Same train, but T is an uncoloured outline drawing. So the instruction can be: "
+     "show it as a black-and-white line drawing"),
+    ("Both images are from a website titled [Flags of Eastern Europe]; "
+     "Q Image: [Flag of Belarus][][Belarus; capital: Minsk. It borders Lithuania, Latvia, "
+     "Poland, Russia, Ukraine.]; T Image: [Flag of Ukraine][][Ukraine; capital: Kyiv.]",
+     "T is the flag of a neighbour of Belarus. So the instruction can be: "
+     "the flag of a country bordering this one, whose capital is Kyiv"),
+]
+_ANSWER_RE = re.compile(r"so the instruction (?:can|could|would|should) be\s*[:：]?\s*(.+)",
+                        re.I | re.S)
+
+
+def describe(m: ImageMeta) -> str:
+    ents = ", ".join(str(d.get("label")) for d in m.labels[:3]
+                     if float(d.get("score", 0)) >= 0.1)
+    cap = clean(" ".join(x for x in (m.caption, m.context) if x), 300)
+    return f"[{clean(m.alt, 120)}][{ents}][{cap}]"
+
+
+def build_prompt(ctx: PairContext) -> list[dict[str, str]]:
+    msgs = [{"role": "system", "content": SYSTEM}]
+    for user, answer in FEW_SHOT:
+        msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+    msgs.append({"role": "user", "content":
+                 f"Both images are from a website titled [{clean(ctx.page_title, 150)}]; "
+                 f"Q Image: {describe(ctx.query)}; T Image: {describe(ctx.target)}"})
+    return msgs
+
+
+def parse_answer(text: str) -> str:
+    """The instruction after 'So the instruction can be:', else the last non-empty line."""
+    m = _ANSWER_RE.search(text or "")
+    ans = m.group(1) if m else ((text or "").strip().splitlines()[-1:] and \
+        (text or "").strip().splitlines()[-1]) or ""
+    ans = clean(ans.strip().splitlines()[0] if ans.strip() else "", 400)
+    return ans.strip(" \"'“”‘’`*").rstrip(".").strip()
+
+
+class TransientError(Exception):
+    """Worth retrying: 429, 5xx, timeouts, connection errors, malformed bodies."""
+
+
+class PermanentError(Exception):
+    """Not worth retrying: 4xx other than 429, refusals."""
+
+
+@dataclass
+class LlmConfig:
+    base_url: str
+    model: str
+    api_key: str = ""
+    timeout_s: float = 30.0
+    max_retries: int = 4
+    backoff_s: float = 1.0
+    concurrency: int = 4
+    temperature: float = 0.7
+
+
+Cache = Callable[[Sequence[str]], dict[str, str]]
+
+
+class LlmWriter:
+    name = "llm"
+    version = VERSION
+    prompt_version = PROMPT_VERSION
+
+    def __init__(self, cfg: LlmConfig, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.cfg = cfg
+        self.model = cfg.model
+        self._sleep = sleep
+        self._client = httpx.Client(timeout=httpx.Timeout(cfg.timeout_s),
+                                    headers={"Authorization": f"Bearer {cfg.api_key}"}
+                                    if cfg.api_key else {})
+        self._sem = threading.Semaphore(cfg.concurrency)
+        self.calls = 0  # HTTP requests made (for tests and metrics)
+        self.cache_get: Callable[[list[str]], dict[str, str]] = lambda keys: {}
+        self.cache_put: Callable[[dict[str, str]], None] = lambda items: None
+
+    @classmethod
+    def from_settings(cls, s) -> LlmWriter:
+        return cls(LlmConfig(s.llm_base_url, s.llm_model, s.llm_api_key, s.llm_timeout_s,
+                             s.llm_max_retries, s.llm_backoff_s, s.llm_concurrency,
+                             s.llm_temperature))
+
+    def url(self) -> str:
+        base = self.cfg.base_url.rstrip("/")
+        return base + ("/chat/completions" if base.endswith("/v1") else "/v1/chat/completions")
+
+    def prompt_hash(self, msgs: list[dict[str, str]]) -> str:
+        blob = json.dumps({"model": self.cfg.model, "v": PROMPT_VERSION, "m": msgs},
+                          sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    # -------------------------------------------------------------- HTTP
+    def _once(self, msgs: list[dict[str, str]]) -> str:
+        body = {"model": self.cfg.model, "messages": msgs, "temperature": self.cfg.temperature,
+                "max_tokens": 200}
+        with self._sem:
+            self.calls += 1
+            try:
+                resp = self._client.post(self.url(), json=body)
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                raise TransientError(f"{type(exc).__name__}") from None
+        if resp.status_code == 429 or resp.status_code >= 500:
+            err = TransientError(f"HTTP {resp.status_code}")
+            err.retry_after = resp.headers.get("retry-after")  # type: ignore[attr-defined]
+            raise err
+        if resp.status_code >= 400:
+            raise PermanentError(f"HTTP {resp.status_code}")
+        if len(resp.content) > MAX_RESPONSE_BYTES:
+            raise PermanentError("response too large")
+        try:
+            content = resp.json()["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise TransientError("malformed response body") from None
+        if not isinstance(content, str):
+            raise TransientError("malformed response body")
+        return content
+
+    def complete(self, msgs: list[dict[str, str]]) -> str:
+        """One chat completion with retries and exponential backoff."""
+        attempt = 0
+        while True:
+            try:
+                return self._once(msgs)
+            except TransientError as exc:
+                if attempt >= self.cfg.max_retries:
+                    raise
+                delay = self.cfg.backoff_s * (2 ** attempt)
+                ra = getattr(exc, "retry_after", None)
+                if ra and str(ra).replace(".", "", 1).isdigit():
+                    delay = max(delay, float(ra))
+                attempt += 1
+                log.info("llm retry", extra={"error": str(exc), "attempt": attempt,
+                                             "delay_s": round(delay, 2)})
+                self._sleep(min(delay, MAX_BACKOFF_S))
+
+    # -------------------------------------------------------------- writer interface
+    def write(self, pairs: Sequence[PairContext]) -> list[WriteResult]:
+        prompts = [build_prompt(p) for p in pairs]
+        keys = [self.prompt_hash(m) for m in prompts]
+        cached = self.cache_get(keys)
+        todo = [i for i, k in enumerate(keys) if k not in cached]
+        answers: dict[int, str | Exception] = {}
+
+        def run(i: int) -> None:
+            try:
+                answers[i] = self.complete(prompts[i])
+            except (TransientError, PermanentError) as exc:
+                answers[i] = exc
+
+        if todo:
+            with ThreadPoolExecutor(max_workers=self.cfg.concurrency) as pool:
+                list(pool.map(run, todo))
+        fresh = {keys[i]: a for i, a in answers.items() if isinstance(a, str)}
+        self.cache_put(fresh)
+        out = []
+        for i, ctx in enumerate(pairs):
+            raw = cached.get(keys[i], answers.get(i))
+            if isinstance(raw, TransientError):
+                out.append(WriteResult(ctx.pair_id, error=f"llm: {raw}", retryable=True))
+                continue
+            if isinstance(raw, Exception):
+                out.append(WriteResult(ctx.pair_id, error=f"llm: {raw}"))
+                continue
+            text = parse_answer(raw or "")
+            if text:
+                text = text[0].upper() + text[1:]
+            why = check(text, ctx.target)
+            if why:
+                out.append(WriteResult(ctx.pair_id, error=f"invalid llm output: {why}"))
+                continue
+            scores = {"from_cache": 1.0 if keys[i] in cached else 0.0}
+            if ctx.similarity is not None:
+                scores["similarity"] = round(float(ctx.similarity), 4)
+            out.append(WriteResult(ctx.pair_id, [Instruction(text, "llm", scores)]))
+        return out
+
+
+def pg_cache(conn, model: str) -> tuple[Callable, Callable]:
+    """(get, put) over the llm_cache table, used inside the caller's transaction."""
+
+    def get(keys: list[str]) -> dict[str, str]:
+        if not keys:
+            return {}
+        rows = conn.execute("SELECT prompt_hash, response FROM llm_cache "
+                            "WHERE prompt_hash = ANY(%s)", (list(keys),)).fetchall()
+        return {r["prompt_hash"]: r["response"] for r in rows}
+
+    def put(items: dict[str, str]) -> None:
+        for k, v in items.items():
+            conn.execute("INSERT INTO llm_cache (prompt_hash, model, prompt_version, response) "
+                         "VALUES (%s, %s, %s, %s) ON CONFLICT (prompt_hash) DO NOTHING",
+                         (k, model, PROMPT_VERSION, v[:MAX_RESPONSE_BYTES]))
+
+    return get, put
