@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import posixpath
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
 from services.corpus.model import Page, stable_hash
 
@@ -47,12 +48,13 @@ def _rel(from_page: str, target: str) -> str:
 def render_page(page: Page, refs: dict[str, ImgRef], alts: dict[str, str], base_url: str,
                 nav: list[tuple[str, str]]) -> str:
     mode = page_mode(page)
+    root = urlparse(base_url).path or "/"  # the site may live below a path prefix
 
     def url(target: str) -> str:
         if mode == "base":
             return target  # resolved against <base href="/">
         if stable_hash("abs:" + page.id) % 4 == 0:
-            return "/" + target  # root-relative
+            return root + target  # root-relative
         return _rel(page.path, target)
 
     def figure(aid: str, caption: str, text: str) -> str:
@@ -80,7 +82,7 @@ def render_page(page: Page, refs: dict[str, ImgRef], alts: dict[str, str], base_
             f'<link rel="canonical" href="{_esc(base_url + page.path)}">',
             f"<style>{CSS}</style>"]
     if mode == "base":
-        head.insert(0, '<base href="/">')
+        head.insert(0, f'<base href="{_esc(root)}">')
     body = [f"<h1>{_esc(page.title)}</h1>"]
     body += [f"<p>{_esc(p)}</p>" for p in page.intro]
     body += [figure(f.asset_id, f.caption, f.text) for f in page.figures]

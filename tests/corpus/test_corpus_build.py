@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import urljoin
 
 import pytest
 from bs4 import BeautifulSoup
@@ -25,7 +26,7 @@ from services.corpus.build import HELDOUT_PERCENT, build, is_heldout
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("CORPUS_CACHE", REPO / "data" / "cache"))
-BASE = "http://corpus.test:8765/"
+BASE = "http://corpus.test:8765/mirror/"  # a path prefix exercises <base href>
 
 
 def _tree_hashes(root: Path) -> dict[str, str]:
@@ -95,6 +96,19 @@ def test_corpus_html_forms(built: tuple[Path, Path], manifest: dict) -> None:
         seen["data-src"] += sum(1 for i in imgs if i.get("data-src"))
         seen["base"] += bool(soup.find("base", href=True))
         seen["p"] += len(soup.find_all("p"))
+        # Every image reference resolves (per <base href> if present) to a file in the site.
+        page_url = BASE + page["file"].removeprefix("site/")
+        base_tag = soup.find("base", href=True)
+        doc_base = urljoin(page_url, base_tag["href"]) if base_tag else page_url
+        refs = [i.get("data-src") or i["src"] for i in imgs]
+        refs += [c.split()[0] for t in soup.find_all(["img", "source"]) if t.get("srcset")
+                 for c in t["srcset"].split(",")]
+        for ref in refs:
+            if ref.startswith("data:"):
+                continue
+            url = urljoin(doc_base, ref)
+            assert url.startswith(BASE), url
+            assert (root / url.removeprefix(BASE)).is_file(), (page["id"], ref)
     assert all(v > 0 for v in seen.values()), seen
     for name in ("index.html", "credits.html", "sitemap.xml", "robots.txt"):
         assert (root / name).is_file()
