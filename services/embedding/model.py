@@ -9,7 +9,6 @@ identical to training. Imports only numpy/jax/flax/PIL: it runs in both environm
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,17 +17,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 
+from services.embedding.inputs import MAX_INSTRUCTION_CHARS, BadInput, decode_image
 from trainer.checkpoints import load_params, save_params
 from trainer.models.magiclens import abstract_params, build_model, pretrained_params
 
-MAX_IMAGE_BYTES = 20 * 1024 * 1024
-MAX_IMAGE_PIXELS = 40_000_000  # decompression-bomb guard (Pillow's default warns at ~89M)
-MIN_IMAGE_SIDE = 8
-MAX_INSTRUCTION_CHARS = 1000
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)  # jit shapes; a batch is padded to the next bucket
-ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"}
+BATCH_BUCKETS = (1, 4, 16)  # jit shapes; a batch is padded to the next bucket
 
 
 def enable_compile_cache() -> None:
@@ -43,33 +37,6 @@ def enable_compile_cache() -> None:
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
-class BadInput(ValueError):
-    """A client input the model cannot take (bad image, too long instruction)."""
-
-
-def decode_image(data: bytes) -> Image.Image:
-    """Bytes -> RGB PIL image, refusing oversized, tiny, bomb-like or unknown formats."""
-    if not data:
-        raise BadInput("empty image")
-    if len(data) > MAX_IMAGE_BYTES:
-        raise BadInput(f"image is {len(data)} bytes; limit {MAX_IMAGE_BYTES}")
-    try:
-        img = Image.open(io.BytesIO(data))
-        if img.format not in ALLOWED_FORMATS:
-            raise BadInput(f"unsupported image format {img.format}")
-        w, h = img.size
-        if w * h > MAX_IMAGE_PIXELS:
-            raise BadInput(f"image is {w}x{h}; limit {MAX_IMAGE_PIXELS} pixels")
-        if min(w, h) < MIN_IMAGE_SIDE:
-            raise BadInput(f"image is {w}x{h}; each side must be >= {MIN_IMAGE_SIDE}")
-        img.load()
-    except BadInput:
-        raise
-    except Exception as exc:  # PIL raises many types for corrupt data
-        raise BadInput(f"cannot decode image ({type(exc).__name__})") from None
-    return img.convert("RGB")
 
 
 def bucket(n: int) -> int:

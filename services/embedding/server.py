@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from services.embedding.current import read_current, write_current
 from services.embedding.model import BadInput, LoadedModel, load_checkpoint
 
 log = logging.getLogger("embedding-server")
@@ -72,23 +72,6 @@ class ModelHolder:
     def versions(self) -> list[str]:
         with self._lock:
             return list(self._models)
-
-
-def read_current(path: Path) -> tuple[str, str] | None:
-    """(model_version, checkpoint dir) from the current-model file, or None if absent/bad."""
-    try:
-        obj = json.loads(path.read_text())
-        return str(obj["model_version"]), str(obj["checkpoint"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def write_current(path: Path, model_version: str, checkpoint: str) -> None:
-    """Atomically point the server at a version (used by the worker and by tests)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"model_version": model_version, "checkpoint": checkpoint}))
-    tmp.replace(path)
 
 
 class Watcher(threading.Thread):

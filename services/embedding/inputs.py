@@ -1,0 +1,42 @@
+"""Validation of client inputs to the encoders (light: no jax), shared by server and root."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+MAX_IMAGE_PIXELS = 40_000_000  # decompression-bomb guard (Pillow's default warns at ~89M)
+MIN_IMAGE_SIDE = 8
+MAX_INSTRUCTION_CHARS = 1000
+ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"}
+
+
+class BadInput(ValueError):
+    """A client input the model cannot take (bad image, too long instruction)."""
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Bytes -> RGB PIL image, refusing oversized, tiny, bomb-like or unknown formats."""
+    if not data:
+        raise BadInput("empty image")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise BadInput(f"image is {len(data)} bytes; limit {MAX_IMAGE_BYTES}")
+    try:
+        img = Image.open(io.BytesIO(data))
+        if img.format not in ALLOWED_FORMATS:
+            raise BadInput(f"unsupported image format {img.format}")
+        w, h = img.size
+        if w * h > MAX_IMAGE_PIXELS:
+            raise BadInput(f"image is {w}x{h}; limit {MAX_IMAGE_PIXELS} pixels")
+        if min(w, h) < MIN_IMAGE_SIDE:
+            raise BadInput(f"image is {w}x{h}; each side must be >= {MIN_IMAGE_SIDE}")
+        img.load()
+    except BadInput:
+        raise
+    except Exception as exc:  # PIL raises many types for corrupt data
+        raise BadInput(f"cannot decode image ({type(exc).__name__})") from None
+    return img.convert("RGB")
+
+

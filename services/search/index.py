@@ -1,0 +1,231 @@
+"""One shard's vector index: a ScaNN searcher over unit vectors with ids, safe to mutate
+while it is being searched, and snapshotted to disk.
+
+Why: ScaNN's searches release the GIL and are thread-safe, but its Python wrapper mutates
+docid maps in upsert/delete without a lock, so writes take a write lock and searches a
+read lock. Below `brute_threshold` vectors an exact brute-force ScaNN searcher is both exact
+and faster than partitioning (threshold measured in bench/search.py); above it the searcher
+is a spherical k-means tree (spherical: vectors upserted later still route to the right
+leaves) + asymmetric hashing + exact reordering.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import threading
+from collections.abc import Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scann
+
+DEFAULT_BRUTE_THRESHOLD = 20_000
+MANIFEST = "manifest.json"
+
+
+class RWLock:
+    """Many readers or one writer; writers are not starved (new readers wait for them)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._waiting_writers = 0
+
+    @contextmanager
+    def read(self):
+        with self._cond:
+            while self._writer or self._waiting_writers:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self):
+        with self._cond:
+            self._waiting_writers += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._waiting_writers -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    brute_threshold: int = DEFAULT_BRUTE_THRESHOLD
+    leaves_to_search_frac: float = 0.1  # of sqrt(n) leaves
+    reorder: int = 200
+    aq_threshold: float = 0.2
+
+
+def build_searcher(ids: np.ndarray, vectors: np.ndarray, params: IndexParams, k: int = 10):
+    """A ScaNN searcher over `vectors` (unit rows) named by `ids`; returns (searcher, kind)."""
+    n = len(ids)
+    docids = [str(int(i)) for i in ids]
+    if n == 0:
+        return None, "empty"
+    b = scann.scann_ops_pybind.builder(np.ascontiguousarray(vectors, np.float32), k,
+                                       "dot_product")
+    if n < params.brute_threshold:
+        return b.score_brute_force().build(docids=docids), "brute_force"
+    leaves = max(2, int(math.sqrt(n)))
+    search = max(2, int(leaves * params.leaves_to_search_frac))
+    s = (b.tree(num_leaves=leaves, num_leaves_to_search=search,
+                training_sample_size=min(n, 250_000), spherical=True)
+         .score_ah(2, anisotropic_quantization_threshold=params.aq_threshold)
+         .reorder(params.reorder).build(docids=docids))
+    return s, "tree_ah"
+
+
+class ShardIndex:
+    """Vectors of one model version. `search` may run from many threads; `upsert`/`delete`
+    serialise on the write lock."""
+
+    def __init__(self, model_version: str, dim: int, params: IndexParams | None = None) -> None:
+        self.model_version = model_version
+        self.dim = dim
+        self.params = params or IndexParams()
+        self.lock = RWLock()
+        self._searcher = None
+        self.kind = "empty"
+        self._ids: set[int] = set()
+        self.attrs: dict[int, tuple[str, str]] = {}  # id -> (source, page_domain) for filters
+
+    # ---------------------------------------------------------------- build / mutate
+    @classmethod
+    def build(cls, model_version: str, ids: np.ndarray, vectors: np.ndarray,
+              params: IndexParams | None = None) -> ShardIndex:
+        ids = np.asarray(ids, np.int64)
+        vectors = _check_vectors(vectors, len(ids))
+        idx = cls(model_version, vectors.shape[1] if len(ids) else 0, params)
+        idx._searcher, idx.kind = build_searcher(ids, vectors, idx.params)
+        idx._ids = set(int(i) for i in ids)
+        return idx
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def ids(self) -> set[int]:
+        with self.lock.read():
+            return set(self._ids)
+
+    def upsert(self, ids: Iterable[int], vectors: np.ndarray) -> None:
+        ids = [int(i) for i in ids]
+        if not ids:
+            return
+        vectors = _check_vectors(vectors, len(ids))
+        with self.lock.write():
+            if self._searcher is None:
+                self.dim = vectors.shape[1]
+                self._searcher, self.kind = build_searcher(np.asarray(ids), vectors, self.params)
+            else:
+                if vectors.shape[1] != self.dim:
+                    raise ValueError(f"vector dim {vectors.shape[1]} != index dim {self.dim}")
+                # upsert of an existing docid replaces it
+                self._searcher.upsert(docids=[str(i) for i in ids], database=vectors)
+            self._ids.update(ids)
+
+    def delete(self, ids: Iterable[int]) -> int:
+        with self.lock.write():
+            present = [int(i) for i in ids if int(i) in self._ids]
+            if present and self._searcher is not None:
+                self._searcher.delete(docids=[str(i) for i in present])
+                self._ids.difference_update(present)
+            return len(present)
+
+    def needs_rebuild(self, built_size: int) -> bool:
+        """Brute force that outgrew the threshold, or a tree whose size doubled/halved."""
+        n = len(self)
+        if self.kind == "brute_force":
+            return n >= self.params.brute_threshold
+        return self.kind == "tree_ah" and (n > 2 * built_size or n < built_size / 2)
+
+    # ---------------------------------------------------------------- search
+    def search(self, query: np.ndarray, k: int, exclude: Iterable[int] = (),
+               keep=None) -> list[tuple[int, float]]:
+        """Top-k (id, score) by dot product, without `exclude`, keeping ids where keep(id)."""
+        exclude = set(int(i) for i in exclude)
+        q = np.asarray(query, np.float32).reshape(-1)
+        with self.lock.read():
+            if self._searcher is None or not self._ids:
+                return []
+            if q.shape[0] != self.dim:
+                raise ValueError(f"query dim {q.shape[0]} != index dim {self.dim}")
+            fetch = k + len(exclude) + (10 * k if keep is not None else 0)
+            fetch = min(fetch, len(self._ids))
+            ids, scores = self._searcher.search(q, final_num_neighbors=fetch)
+        out = []
+        for d, s in zip(ids, scores, strict=True):
+            i = int(d)
+            if i in exclude or (keep is not None and not keep(i)):
+                continue
+            out.append((i, float(s)))
+            if len(out) == k:
+                break
+        return out
+
+    # ---------------------------------------------------------------- snapshots
+    def snapshot(self, directory: Path) -> Path:
+        """Write the searcher + manifest to `directory` atomically (tmp dir + rename)."""
+        directory = Path(directory)
+        tmp = directory.with_name(directory.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        with self.lock.read():
+            if self._searcher is not None:
+                self._searcher.serialize(str(tmp / "scann"))
+            ids = np.array(sorted(self._ids), np.int64)
+            manifest = {"model_version": self.model_version, "dim": self.dim, "kind": self.kind,
+                        "num_vectors": len(ids), "params": self.params.__dict__}
+        np.save(tmp / "ids.npy", ids, allow_pickle=False)
+        (tmp / MANIFEST).write_text(json.dumps(manifest))
+        old = directory.with_name(directory.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if directory.exists():
+            directory.rename(old)
+        tmp.rename(directory)
+        shutil.rmtree(old, ignore_errors=True)
+        return directory
+
+    @classmethod
+    def restore(cls, directory: Path) -> ShardIndex | None:
+        directory = Path(directory)
+        try:
+            manifest = json.loads((directory / MANIFEST).read_text())
+            ids = np.load(directory / "ids.npy", allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        idx = cls(manifest["model_version"], int(manifest["dim"]),
+                  IndexParams(**manifest.get("params", {})))
+        idx.kind = manifest["kind"]
+        if len(ids):
+            idx._searcher = scann.scann_ops_pybind.load_searcher(str(directory / "scann"))
+        idx._ids = set(int(i) for i in ids)
+        return idx
+
+
+def _check_vectors(vectors: np.ndarray, n: int) -> np.ndarray:
+    vectors = np.asarray(vectors, np.float32)
+    if n == 0:
+        return vectors.reshape(0, vectors.shape[-1] if vectors.ndim == 2 else 0)
+    if vectors.ndim != 2 or vectors.shape[0] != n:
+        raise ValueError(f"expected [{n}, D] vectors, got {vectors.shape}")
+    if not np.all(np.isfinite(vectors)):
+        raise ValueError("vectors must be finite")
+    return np.ascontiguousarray(vectors)

@@ -1,0 +1,253 @@
+"""A search shard: owns the vectors of images with image_id % N == i for the serving version.
+
+    python -m services.search.shard --index default --num-shards 2 --shard 0
+
+Lifecycle: restore the snapshot from disk (if it is of the serving version), else build from
+Postgres; then reconcile with Postgres (upsert missing, delete gone) and serve. EmbeddingReady
+events upsert/delete as they arrive; a periodic sync repairs anything missed. When the
+promoted version changes, a new index is built beside the old one once the new version covers
+the partition (blue/green), then swapped in; the old one serves until then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import numpy as np
+from magiclens.v1 import events_pb2, search_pb2, search_pb2_grpc
+from prometheus_client import Gauge, Histogram
+from pydantic import Field
+
+from services.runtime import db
+from services.runtime.bus import Consumer, Event
+from services.runtime.config import BaseServiceSettings, load_settings, run_main
+from services.runtime.logs import setup_logging
+from services.runtime.service import Service
+from services.runtime.topics import EMBEDDINGS_READY, MODELS_PUBLISHED
+from services.search import store
+from services.search.index import DEFAULT_BRUTE_THRESHOLD, IndexParams, ShardIndex
+
+log = logging.getLogger("search-shard")
+
+FRESHNESS = Histogram("magiclens_index_freshness_seconds",
+                      "Page discovery to searchable in this shard",
+                      buckets=(0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400))
+VECTORS = Gauge("magiclens_shard_vectors", "Vectors in the serving index")
+MAX_K = 1000
+
+
+class ShardSettings(BaseServiceSettings):
+    index: str = "default"
+    shard: int = Field(default=0, ge=0)
+    num_shards: int = Field(default=1, ge=1, le=1024)
+    brute_threshold: int = Field(default=DEFAULT_BRUTE_THRESHOLD, ge=1)
+    leaves_frac: float = Field(default=0.1, gt=0, le=1)
+    sync_interval_s: float = Field(default=30.0, gt=0)
+    version_check_s: float = Field(default=2.0, gt=0)
+    bluegreen_min_coverage: float = Field(default=0.98, ge=0, le=1)
+
+
+class Shard:
+    def __init__(self, settings: ShardSettings) -> None:
+        self.s = settings
+        self.params = IndexParams(brute_threshold=settings.brute_threshold,
+                                  leaves_to_search_frac=settings.leaves_frac)
+        self.dir = (Path(settings.data_dir) / "index" / settings.index
+                    / f"shard-{settings.shard}-of-{settings.num_shards}")
+        self.index = ShardIndex("", 0, self.params)
+        self.built_size = 0
+        self.next_version = ""
+        self.restored = False
+        self._swap = threading.Lock()
+        self._building = threading.Lock()
+        self._dirty = False
+
+    # ---------------------------------------------------------------- state
+    def start(self) -> None:
+        with db.connect(self.s.database_url) as conn:
+            serving = store.serving_version(conn)
+        version = serving[0] if serving else ""
+        snap = ShardIndex.restore(self.dir / "current")
+        if snap is not None and snap.model_version == version and version:
+            snap.params = self.params
+            self.index, self.built_size, self.restored = snap, len(snap), True
+            log.info("restored snapshot", extra={"vectors": len(snap), "version": version})
+        elif version:
+            self.index = self._build(version)
+        self.sync()
+        self.snapshot()
+
+    def _build(self, version: str) -> ShardIndex:
+        t0 = time.monotonic()
+        with db.connect(self.s.database_url) as conn:
+            ids = sorted(store.partition_ids(conn, version, self.s.shard, self.s.num_shards))
+            ids_a, vecs, attrs = store.load_embeddings(conn, version, ids)
+        idx = ShardIndex.build(version, ids_a, vecs, self.params)
+        idx.attrs = attrs
+        self.built_size = len(idx)
+        log.info("built index", extra={"version": version, "vectors": len(idx), "kind": idx.kind,
+                                       "seconds": round(time.monotonic() - t0, 2)})
+        return idx
+
+    def sync(self) -> tuple[int, int]:
+        """Make the index equal Postgres' view of this partition (the repair path)."""
+        idx = self.index
+        if not idx.model_version:
+            return 0, 0
+        with db.connect(self.s.database_url) as conn:
+            want = store.partition_ids(conn, idx.model_version, self.s.shard, self.s.num_shards)
+            have = idx.ids()
+            add = sorted(want - have)
+            ids, vecs, attrs = store.load_embeddings(conn, idx.model_version, add)
+        if len(ids):
+            idx.attrs.update(attrs)
+            idx.upsert(ids, vecs)
+        gone = idx.delete(have - want)
+        if len(ids) or gone:
+            self._dirty = True
+            log.info("synced", extra={"added": len(ids), "deleted": gone})
+        VECTORS.set(len(idx))
+        if idx.needs_rebuild(self.built_size):
+            self.index = self._build(idx.model_version)
+            self._dirty = True
+        return len(ids), gone
+
+    def snapshot(self) -> None:
+        if self.index.model_version:
+            self.index.snapshot(self.dir / "current")
+            self._dirty = False
+
+    def snapshot_if_dirty(self) -> None:
+        if self._dirty:
+            self.snapshot()
+
+    def check_version(self) -> None:
+        """Blue/green: build the promoted version beside the serving one, then swap."""
+        with db.connect(self.s.database_url) as conn:
+            serving = store.serving_version(conn)
+            if serving is None or serving[0] == self.index.model_version:
+                self.next_version = ""
+                return
+            version = serving[0]
+            self.next_version = version
+            cov = store.coverage(conn, version, self.s.shard, self.s.num_shards)
+        if cov < self.s.bluegreen_min_coverage and self.index.model_version:
+            return  # keep serving the old index until the new version covers the partition
+        if not self._building.acquire(blocking=False):
+            return
+        try:
+            fresh = self._build(version)
+            with self._swap:
+                self.index = fresh
+            self.next_version = ""
+            self.sync()
+            self.snapshot()
+            log.info("swapped to new model version", extra={"version": version})
+        finally:
+            self._building.release()
+
+    # ---------------------------------------------------------------- events
+    def handle(self, conn, event: Event) -> None:
+        msg = event.message
+        if isinstance(msg, events_pb2.ModelPublished):
+            return  # the periodic version check reads serving_models (set by the worker)
+        if not isinstance(msg, events_pb2.EmbeddingReady):
+            return
+        if msg.image_id % self.s.num_shards != self.s.shard:
+            return
+        idx = self.index
+        if msg.model_version != idx.model_version:
+            return  # another version: the blue/green build reads it from Postgres
+        if not store.image_live(conn, msg.image_id):
+            if idx.delete([msg.image_id]):
+                self._dirty = True
+            return
+        ids, vecs, attrs = store.load_embeddings(conn, msg.model_version, [msg.image_id])
+        if not len(ids):
+            return
+        idx.attrs.update(attrs)
+        idx.upsert(ids, vecs)
+        self._dirty = True
+        VECTORS.set(len(idx))
+        if msg.HasField("page_discovered_at"):
+            discovered = msg.page_discovered_at.ToDatetime(tzinfo=UTC)
+            FRESHNESS.observe(max(0.0, (datetime.now(UTC) - discovered).total_seconds()))
+            store.record_freshness(conn, msg.image_id, msg.model_version, self.s.shard,
+                                   discovered)
+
+
+class ShardServicer(search_pb2_grpc.ShardServiceServicer):
+    def __init__(self, shard: Shard) -> None:
+        self.shard = shard
+
+    def SearchShard(self, request, context):  # noqa: N802
+        idx = self.shard.index
+        k = request.k or 10
+        if not 1 <= k <= MAX_K:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"k must be in 1..{MAX_K}")
+        q = np.asarray(request.query, np.float32)
+        if idx.model_version and q.shape[0] != idx.dim:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"query has {q.shape[0]} dims; index has {idx.dim}")
+        f = request.filters
+        keep = None
+        if f.source or f.page_domain:
+            def keep(i: int, a=idx.attrs, f=f) -> bool:
+                src, dom = a.get(i, ("", ""))
+                return (not f.source or src == f.source) and (
+                    not f.page_domain or dom == f.page_domain)
+        hits = idx.search(q, k, request.exclude_image_ids, keep) if len(q) else []
+        return search_pb2.SearchShardResponse(
+            hits=[search_pb2.ShardHit(image_id=i, score=s) for i, s in hits],
+            model_version=idx.model_version)
+
+    def GetShardStatus(self, request, context):  # noqa: N802
+        s = self.shard
+        return search_pb2.ShardStatus(shard=s.s.shard, model_version=s.index.model_version,
+                                      num_vectors=len(s.index), next_model_version=s.next_version)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="MagicLens search shard")
+    ap.add_argument("--index")
+    ap.add_argument("--num-shards", type=int)
+    ap.add_argument("--shard", type=int)
+    args = ap.parse_args(argv)
+    overrides = {k: v for k, v in (("index", args.index), ("num_shards", args.num_shards),
+                                   ("shard", args.shard)) if v is not None}
+    settings = load_settings(ShardSettings, **overrides)
+    if settings.shard >= settings.num_shards:
+        from services.runtime.errors import ConfigError
+        raise ConfigError(f"--shard {settings.shard} must be < --num-shards {settings.num_shards}")
+    if "MAGICLENS_GRPC_PORT" not in os.environ:
+        settings.grpc_port = 50060 + settings.shard
+    setup_logging(f"search-shard-{settings.shard}", settings.log_level)
+    service = Service(f"search-shard-{settings.shard}", settings)
+    service.prepare()
+    shard = Shard(settings)
+    shard.start()
+    service.add_grpc([(search_pb2_grpc.add_ShardServiceServicer_to_server, ShardServicer(shard),
+                       "magiclens.v1.ShardService")])
+    name = f"search-shard-{settings.index}-{settings.shard}-of-{settings.num_shards}"
+    service.add_consumer(Consumer(name, settings.kafka_bootstrap_servers, settings.database_url,
+                                  [EMBEDDINGS_READY, MODELS_PUBLISHED], shard.handle))
+    service.every(settings.sync_interval_s, shard.sync)
+    service.every(settings.version_check_s, shard.check_version)
+    service.every(max(5.0, settings.sync_interval_s), shard.snapshot_if_dirty)
+    port = service.grpc.port if service.grpc else 0
+    log.info("shard ready", extra={"port": port, "vectors": len(shard.index),
+                                   "restored": shard.restored})
+    code = service.run_forever()
+    shard.snapshot_if_dirty()
+    return code
+
+
+if __name__ == "__main__":
+    run_main("search-shard", main)

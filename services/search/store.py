@@ -1,0 +1,104 @@
+"""Postgres reads and writes the search tier needs (one place for its SQL)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import numpy as np
+import psycopg
+
+LIVE = "i.status NOT IN ('rejected', 'deleted')"
+DEPLOYMENT = "default"
+
+
+def serving_version(conn: psycopg.Connection, name: str = DEPLOYMENT) -> tuple[str, str] | None:
+    """(model_version, checkpoint_uri) that should serve, or None before any promotion."""
+    row = conn.execute("SELECT model_version, checkpoint_uri FROM serving_models WHERE name = %s",
+                       (name,)).fetchone()
+    return (row["model_version"], row["checkpoint_uri"]) if row else None
+
+
+def set_serving_version(conn: psycopg.Connection, model_version: str, checkpoint_uri: str,
+                        name: str = DEPLOYMENT) -> None:
+    conn.execute(
+        "INSERT INTO serving_models (name, model_version, checkpoint_uri) VALUES (%s, %s, %s) "
+        "ON CONFLICT (name) DO UPDATE SET model_version = EXCLUDED.model_version, "
+        "checkpoint_uri = EXCLUDED.checkpoint_uri, updated_at = now()",
+        (name, model_version, checkpoint_uri))
+
+
+def _vectors(rows: list[dict], dim_hint: int = 0) -> np.ndarray:
+    if not rows:
+        return np.zeros((0, dim_hint), np.float32)
+    return np.stack([np.frombuffer(bytes(r["embedding"]), dtype="<f4") for r in rows])
+
+
+def partition_ids(conn: psycopg.Connection, version: str, shard: int, num_shards: int
+                  ) -> set[int]:
+    """Live images of this shard's partition that have an embedding of `version`."""
+    rows = conn.execute(
+        f"SELECT e.image_id FROM image_embeddings e JOIN images i USING (image_id) "
+        f"WHERE e.model_version = %s AND e.image_id %% %s = %s AND {LIVE}",
+        (version, num_shards, shard)).fetchall()
+    return {r["image_id"] for r in rows}
+
+
+def load_embeddings(conn: psycopg.Connection, version: str, ids: list[int]
+                    ) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[str, str]]]:
+    """(ids, vectors, attrs) for the given image ids (attrs: source, page domain for filters)."""
+    if not ids:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32), {}
+    rows = conn.execute(
+        "SELECT e.image_id, e.embedding, COALESCE(p.source, '') AS source, "
+        "COALESCE(p.domain, '') AS domain FROM image_embeddings e "
+        "JOIN images i USING (image_id) LEFT JOIN pages p ON p.page_id = i.first_page_id "
+        "WHERE e.model_version = %s AND e.image_id = ANY(%s) ORDER BY e.image_id",
+        (version, ids)).fetchall()
+    attrs = {r["image_id"]: (r["source"], r["domain"]) for r in rows}
+    return np.array([r["image_id"] for r in rows], np.int64), _vectors(rows), attrs
+
+
+def image_live(conn: psycopg.Connection, image_id: int) -> bool:
+    row = conn.execute(f"SELECT 1 FROM images i WHERE image_id = %s AND {LIVE}",
+                       (image_id,)).fetchone()
+    return row is not None
+
+
+def coverage(conn: psycopg.Connection, version: str, shard: int, num_shards: int) -> float:
+    """Fraction of this partition's live images embedded with `version`."""
+    row = conn.execute(
+        f"SELECT count(*) AS n, count(e.image_id) AS done FROM images i "
+        f"LEFT JOIN image_embeddings e ON e.image_id = i.image_id AND e.model_version = %s "
+        f"WHERE i.image_id %% %s = %s AND {LIVE}", (version, num_shards, shard)).fetchone()
+    return 1.0 if row["n"] == 0 else row["done"] / row["n"]
+
+
+def record_freshness(conn: psycopg.Connection, image_id: int, version: str, shard: int,
+                     discovered: datetime | None) -> None:
+    conn.execute(
+        "INSERT INTO index_freshness (image_id, model_version, shard, page_discovered_at) "
+        "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        (image_id, version, shard, discovered))
+
+
+def freshness_p50(conn: psycopg.Connection, version: str, window: int = 1000) -> float:
+    """Median seconds from page discovery to searchable over the latest `window` images."""
+    row = conn.execute(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY s) AS p50 FROM ("
+        " SELECT EXTRACT(EPOCH FROM searchable_at - page_discovered_at) AS s"
+        " FROM index_freshness WHERE model_version = %s AND page_discovered_at IS NOT NULL"
+        " ORDER BY searchable_at DESC LIMIT %s) t", (version, window)).fetchone()
+    return float(row["p50"] or 0.0)
+
+
+def hit_context(conn: psycopg.Connection, ids: list[int]) -> dict[int, dict]:
+    """Image URL and page context for result ids."""
+    if not ids:
+        return {}
+    rows = conn.execute(
+        "SELECT i.image_id, i.source_url, COALESCE(p.url, '') AS page_url, "
+        "COALESCE(i.page_title, p.title, '') AS page_title, COALESCE(i.alt_text, '') AS alt, "
+        "COALESCE(i.caption, '') AS caption, COALESCE(i.context_text, '') AS context_text "
+        "FROM images i LEFT JOIN pages p ON p.page_id = i.first_page_id "
+        "WHERE i.image_id = ANY(%s)", (ids,)).fetchall()
+    return {r["image_id"]: r for r in rows}
