@@ -283,12 +283,31 @@ class Miner:
         ts = Timestamp()
         ts.FromDatetime(page["discovered_at"])
         uris = {d.content_hash: self.blobs.put(d.data) for _, d in out.images}
+        # 1. In page order, decide what each candidate is: an existing image (exact or near
+        #    duplicate), a near-duplicate of an earlier candidate here, or a new image.
+        plan: list[tuple[Candidate, Decoded, int | None]] = []  # image_id None = new
+        fresh: list[Decoded] = []
+        for c, d in sorted(out.images, key=lambda cd: cd[0].position):
+            twin = next((f for f in fresh if hamming(f.phash, d.phash) <= thr), None)
+            if twin is not None:
+                out.rejections.append((c.url, "near-duplicate of an earlier image on this page"))
+                continue
+            existing = self._existing(conn, d, thr)
+            plan.append((c, d, existing))
+            if existing is None:
+                fresh.append(d)
+        # 2. Insert new images in content-hash order, so concurrent workers take the unique
+        #    index's locks in one order (no deadlocks); a lost race links the winner's row.
+        ids: dict[str, tuple[int, bool]] = {}
+        by_hash = {d.content_hash: (c, d) for c, d, existing in plan if existing is None}
+        for h in sorted(by_hash):
+            c, d = by_hash[h]
+            ids[h] = self._insert_image(conn, page_id, c, d, uris[h], out.title)
+        # 3. Link in page order; announce images this transaction created.
         linked: dict[int, tuple[int, int]] = {}  # image_id -> (position, phash)
         new_images = 0
-        # Sorted by content hash: concurrent workers take unique-index locks in one order.
-        for c, d in sorted(out.images, key=lambda cd: cd[1].content_hash):
-            image_id, new = self._image_row(conn, page_id, c, d, uris[d.content_hash], thr,
-                                            out.title)
+        for c, d, existing in plan:
+            image_id, new = (existing, False) if existing is not None else ids[d.content_hash]
             if image_id in linked:
                 out.rejections.append((c.url, f"near-duplicate of image {image_id} on this page"))
                 continue
@@ -324,20 +343,22 @@ class Miner:
             self.counts["images"] += new_images
             self.counts["rejections"] += len(out.rejections)
 
-    def _image_row(self, conn: psycopg.Connection, page_id: int, c: Candidate, d: Decoded,
-                   uri: str, thr: int, page_title: str) -> tuple[int, bool]:
-        """(image_id, created): an exact or near duplicate links the existing image."""
+    def _existing(self, conn: psycopg.Connection, d: Decoded, thr: int) -> int | None:
+        """An image already stored with these bytes, or with a phash within `thr` bits."""
         row = conn.execute("SELECT image_id FROM images WHERE content_hash = %s",
                            (d.content_hash,)).fetchone()
         if row:
-            return row["image_id"], False
+            return row["image_id"]
         near = conn.execute(
             "SELECT image_id FROM images WHERE phash IS NOT NULL AND "
             "bit_count((phash # %s)::bit(64)) <= %s "
             "ORDER BY bit_count((phash # %s)::bit(64)), image_id LIMIT 1",
             (d.phash, thr, d.phash)).fetchone()
-        if near:
-            return near["image_id"], False
+        return near["image_id"] if near else None
+
+    def _insert_image(self, conn: psycopg.Connection, page_id: int, c: Candidate, d: Decoded,
+                      uri: str, page_title: str) -> tuple[int, bool]:
+        """(image_id, created by this transaction)."""
         row = conn.execute(
             "INSERT INTO images (content_hash, phash, source_url, first_page_id, blob_uri, "
             "mime_type, width, height, alt_text, title_text, caption, context_text, page_title) "
