@@ -200,7 +200,8 @@ def eval_loss_fn(model: MagicLens, cfg: TrainConfig, embed: Callable, loss_fn: C
 
 def _run_loop(step_fn, trainable, opt_state, get_batch, start: int, steps: int, batch: int,
               desc: str, on_step: Callable[[int, Any, Any], None] | None = None) -> tuple:
-    bar = tqdm(total=steps, initial=start, desc=desc, unit="step", dynamic_ncols=True)
+    bar = tqdm(total=steps, initial=start, desc=desc, unit="step", dynamic_ncols=True,
+               mininterval=1.0)
     losses_out: list[float] = []
     t0 = time.perf_counter()
     for done, s in enumerate(range(start, steps), start=1):
@@ -222,11 +223,12 @@ def train(cfg: TrainConfig, triples: TripleSource, workdir: str | Path, *,
           captions: list[tuple[str, str]] | None = None,
           eval_triples: TripleSource | None = None,
           backbone: tuple[Any, Any] | None = None, model_config: Any = None,
-          init_params: Any = None) -> TrainResult:
+          init_params: Any = None, stop_at: int | None = None) -> TrainResult:
     """Train, checkpoint (resumable) and export; returns the export path and metrics.
 
     `init_params` starts from given full params (e.g. a released checkpoint); otherwise the
-    backbone's offline pretrained weights (compact) or a seeded init.
+    backbone's offline pretrained weights (compact) or a seeded init. `stop_at` ends this
+    invocation early after checkpointing (a later call with the same workdir resumes).
     """
     workdir = Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -289,16 +291,21 @@ def train(cfg: TrainConfig, triples: TripleSource, workdir: str | Path, *,
     step_fn = make_step(model, cfg, opt, embed, losses.info_nce_query_negatives, mesh,
                         n_batch, len(consts))
 
+    end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
+
     def on_step(s: int, tr, os_):
-        if s % cfg.checkpoint_every == 0 or s == cfg.steps:
+        if s % cfg.checkpoint_every == 0 or s == end:
             mngr.save(s, args=ocp.args.StandardSave({"trainable": tr, "opt_state": os_}),
-                      force=s == cfg.steps)
+                      force=s == end)
 
     trainable, opt_state, loss_hist = _run_loop(step_fn, trainable, opt_state, get_batch, start,
-                                                cfg.steps, cfg.batch_size, f"fusion/{cfg.mode}",
+                                                end, cfg.batch_size, f"fusion/{cfg.mode}",
                                                 on_step)
     mngr.wait_until_finished()
     mngr.close()
+    if end < cfg.steps:
+        return TrainResult(workdir / "checkpoints", {"train/steps": float(end)}, loss_hist,
+                           align_losses)
 
     final = merge(params, jax.device_get(trainable["model"]))
     metrics: dict[str, float] = {"train/steps": float(cfg.steps)}

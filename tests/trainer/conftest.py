@@ -6,6 +6,8 @@ embedding-bag text tower, linear projections) exercising the same MagicLens code
 
 from __future__ import annotations
 
+import os
+import tempfile
 import zlib
 
 import flax.linen as nn
@@ -13,6 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+# Identical step functions are compiled by several tests (each train() call jits afresh):
+# a persistent compilation cache turns the repeats into cache hits.
+jax.config.update("jax_compilation_cache_dir", os.environ.get(
+    "MAGICLENS_JAX_CACHE", os.path.join(tempfile.gettempdir(), "magiclens-jax-cache")))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 class StandInBackbone(nn.Module):
