@@ -8,21 +8,26 @@ from __future__ import annotations
 
 import importlib.util
 
-BACKENDS = {
-    "search": ("services.search.__main__", "the search service (services/search)"),
-    "training": ("services.training.__main__", "the training service (services/training)"),
-    "ingest": ("services.ingest.__main__", "page ingestion (services/ingest)"),
-    "mining": ("services.mining.miner", "the miner (services/mining)"),
-    "eval": ("trainer.eval.__main__", "the evaluation harness's command (trainer/eval)"),
+BACKENDS: dict[str, tuple[tuple[str, ...], str]] = {
+    "search": (("services.search.root", "services.search.__main__"),
+               "the search service (services/search)"),
+    "training": (("services.training.__main__", "services.training.server"),
+                 "the training service (services/training)"),
+    "ingest": (("services.ingest.__main__",), "page ingestion (services/ingest)"),
+    "mining": (("services.mining.miner",), "the miner (services/mining)"),
+    "eval": (("trainer.eval.__main__",), "the evaluation harness's command (trainer/eval)"),
 }
 
 
-def is_built(name: str) -> bool:
-    module = BACKENDS[name][0]
+def _exists(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         return False
+
+
+def is_built(name: str) -> bool:
+    return any(_exists(m) for m in BACKENDS[name][0])
 
 
 def describe(name: str) -> str:

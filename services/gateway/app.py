@@ -129,6 +129,10 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", cache)
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Referrer-Policy", "no-referrer")
+        if self.command == "POST" and not getattr(self, "_body_read", False):
+            # An unread request body must never be parsed as the next request.
+            self.close_connection = True
+            self.send_header("Connection", "close")
         if ctype.startswith("text/html"):
             self.send_header("Content-Security-Policy", CSP)
         self.end_headers()
@@ -144,11 +148,13 @@ class Handler(BaseHTTPRequestHandler):
             raise HttpError(411, "Content-Length is required")
         n = int(length)
         if n > limit:
-            self.close_connection = True  # the unread body must not be parsed as a request
             raise HttpError(413, f"{what} of {n} bytes is over the {limit} byte limit")
-        return self.rfile.read(n)
+        body = self.rfile.read(n)
+        self._body_read = True
+        return body
 
     def _dispatch(self, method: str) -> None:
+        self._body_read = False
         parts = urlsplit(self.path)
         params = parse_qs(parts.query, max_num_fields=20)
         try:

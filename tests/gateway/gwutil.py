@@ -1,0 +1,61 @@
+"""Shared helpers for the gateway tests: a pool in a private database, a running gateway."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from services.cli.cmd_index import index_folder
+from services.cli.settings import ClientSettings
+from services.gateway.app import make_server
+from services.gateway.config import GatewaySettings
+
+PHOTOS = {"astronaut": "an astronaut in a spacesuit", "coffee": "a cup of coffee",
+          "chelsea": "a tabby cat", "rocket": "a rocket on the launch pad",
+          "camera": "a photographer with a camera", "moon": "the surface of the moon"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_pool(database_url: str, root: Path) -> dict[str, int]:
+    """Index real photos through the CLI's index path; returns {name: image_id}."""
+    folder = root / "photos"
+    folder.mkdir(parents=True)
+    for name in PHOTOS:
+        arr = np.asarray(getattr(skimage.data, name)())
+        Image.fromarray(arr).save(folder / f"{name}.jpg", quality=90)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DATABASE_URL", database_url)
+        mp.setenv("MAGICLENS_BLOB_URI", f"file://{root / 'blobs'}")
+        captions = {f"{name}.jpg": text for name, text in PHOTOS.items()}
+        result = index_folder(ClientSettings(), folder, captions, "Test photos", "upload",
+                              False, False)
+    return {r["file"].removesuffix(".jpg"): r["image_id"] for r in result["results"]}
+
+
+@contextmanager
+def running_gateway(**overrides: object) -> Iterator[str]:
+    """A gateway on a free port in this process; yields its base URL."""
+    settings = GatewaySettings(gateway_port=0, **overrides)
+    server = make_server(settings)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
