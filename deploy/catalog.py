@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 REGISTRY = "ghcr.io/magiclens"
 SERVICE_IMAGE = f"{REGISTRY}/magiclens-service"  # Dockerfile target `service` (env/main.lock)
 TRITON_IMAGE = f"{REGISTRY}/magiclens-embedding-triton"  # target `embedding-triton`
+# Where the embedding worker tells its pod's Triton server which model version to serve.
+CURRENT_MODEL_FILE = "/data/embedding/current.json"
 IMAGE_TAG = "0.1.0"  # overlays pin the released tag with kustomize `images:`
 
 KAFKA_CLUSTER = "magiclens-kafka"  # Strimzi Kafka CR; bootstrap Service below
@@ -26,6 +28,18 @@ MONITORING_NAMESPACE = "monitoring"  # where Prometheus runs (scrapes metrics po
 
 # Capabilities a workload may need outside the service mesh of our own pods.
 POSTGRES, KAFKA, S3, INTERNET = "postgres", "kafka", "s3", "internet"
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    """A second container in the pod, sharing its volumes (e.g. /data) and localhost."""
+
+    name: str
+    module: str
+    image: str = SERVICE_IMAGE
+    requests: tuple[str, str] = ("250m", "512Mi")
+    limits: tuple[str, str] = ("1", "2Gi")
+    env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,13 @@ class Workload:
     startup_s: int = 60  # how long the first health check may take
     data_volume_gi: int = 2  # emptyDir under MAGICLENS_DATA_DIR (PVC for StatefulSets)
     env: dict[str, str] = field(default_factory=dict)
+    args: tuple[str, ...] = ()
+    container: str = ""  # main container name (default: the workload name)
+    sidecar: Sidecar | None = None
+
+    @property
+    def container_name(self) -> str:
+        return self.container or self.name
 
     @property
     def probe_port(self) -> int | None:
@@ -67,28 +88,30 @@ WORKLOADS: tuple[Workload, ...] = (
     Workload("training", "services.training", grpc_port=50053, metrics_port=9153,
              uses=frozenset({POSTGRES, KAFKA, S3}),
              requests=("2", "8Gi"), limits=("8", "32Gi"), data_volume_gi=50, startup_s=120),
-    Workload("embedding", "services.embedding", grpc_port=50054, metrics_port=9154,
-             uses=frozenset({POSTGRES, KAFKA, S3}),
-             calls=(("embedding-triton", 8001),),
-             requests=("500m", "1Gi"), limits=("2", "4Gi")),
-    # The Triton Inference Server (PyTriton, its own image from env/triton.lock). Triton's own
-    # ports: HTTP 8000 (health), gRPC 8001 (inference), metrics 8002.
-    Workload("embedding-triton", "services.embedding.triton", image=TRITON_IMAGE,
+    # One pod per Triton replica: the Triton server (PyTriton, own image from env/triton.lock;
+    # HTTP 8000 health, gRPC 8001 inference, metrics 8002) and, beside it, the embedding worker
+    # (main env) that consumes events and writes the pod's current-model file on /data.
+    Workload("embedding", "services.embedding.server", image=TRITON_IMAGE,
+             container="embedding-server",
+             args=("--current-file", CURRENT_MODEL_FILE),
              http_port=8000, http_health_path="/v2/health/ready", metrics_port=8002,
              extra_ports=(("triton-grpc", 8001),),
              uses=frozenset({POSTGRES, KAFKA, S3}),
-             requests=("2", "6Gi"), limits=("4", "12Gi"), migrate=False, startup_s=300,
-             data_volume_gi=10),
+             requests=("2", "6Gi"), limits=("4", "12Gi"), startup_s=300, data_volume_gi=10,
+             sidecar=Sidecar("embedding-worker", "services.embedding.worker",
+                             env=(("MAGICLENS_TRITON_URL", "127.0.0.1:8001"),))),
     Workload("search-shard", "services.search.shard", kind="StatefulSet",
              grpc_port=50060, metrics_port=9160,
              uses=frozenset({POSTGRES, KAFKA, S3}),
              requests=("1", "4Gi"), limits=("2", "8Gi"), startup_s=600, data_volume_gi=20),
     Workload("search-root", "services.search.root", grpc_port=50055, metrics_port=9155,
              uses=frozenset({POSTGRES}),
-             calls=(("search-shard", 50060), ("embedding", 50054)),
+             calls=(("search-shard", 50060), ("embedding", 8001)),
              requests=("250m", "512Mi"), limits=("1", "1Gi")),
-    Workload("gateway", "services.gateway", http_port=8080, public=True,
-             uses=frozenset({S3}), calls=(("search-root", 50055),),
+    Workload("gateway", "services.gateway", http_port=8080, http_health_path="/api/health",
+             public=True, uses=frozenset({POSTGRES, S3}),
+             calls=(("search-root", 50055), ("training", 50053)),
+             env={"MAGICLENS_GATEWAY_HOST": "0.0.0.0", "MAGICLENS_GATEWAY_PORT": "8080"},
              requests=("100m", "256Mi"), limits=("500m", "512Mi"), migrate=False),
     # No server of its own (no health or metrics endpoint yet): see deploy/README.md.
     Workload("outbox-relay", "services.runtime.outbox", uses=frozenset({POSTGRES, KAFKA})),

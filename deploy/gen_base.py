@@ -52,11 +52,9 @@ def _env(w: c.Workload) -> list[dict[str, Any]]:
         env.append({"name": "MAGICLENS_GRPC_PORT", "value": str(w.grpc_port)})
     if w.metrics_port and w.grpc_port:  # Triton serves its own metrics on 8002
         env.append({"name": "MAGICLENS_METRICS_PORT", "value": str(w.metrics_port)})
-    if w.http_port and not w.grpc_port:
-        env.append({"name": "MAGICLENS_HTTP_PORT", "value": str(w.http_port)})
     if w.kind == "StatefulSet":
         # The pod ordinal as a label (Kubernetes >= 1.28): search-shard-3 -> shard 3.
-        env.append({"name": "MAGICLENS_SHARD_INDEX", "valueFrom": {"fieldRef": {
+        env.append({"name": "MAGICLENS_SHARD", "valueFrom": {"fieldRef": {
             "fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}}})
     env.extend({"name": k, "value": v} for k, v in sorted(w.env.items()))
     return env
@@ -113,9 +111,13 @@ def pod_template(w: c.Workload) -> dict[str, Any]:
         volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}})
     image = f"{w.image}:{c.IMAGE_TAG}"
     main = {
-        "name": w.name, "image": image, "imagePullPolicy": "IfNotPresent",
-        "command": ["python", "-m", w.module],
-        "ports": _ports(w), "env": _env(w), "envFrom": _env_from(w),
+        "name": w.container_name, "image": image, "imagePullPolicy": "IfNotPresent",
+        "command": ["python", "-m", w.module, *w.args],
+        "ports": _ports(w),
+        # The Triton server has no database client (the worker beside it reads Postgres).
+        "env": [e for e in _env(w) if not (w.image == c.TRITON_IMAGE
+                                           and e["name"] == "DATABASE_URL")],
+        "envFrom": _env_from(w),
         "resources": _resources(w.requests, w.limits),
         **_probes(w),
         "securityContext": _container_security(),
@@ -147,6 +149,23 @@ def pod_template(w: c.Workload) -> dict[str, Any]:
             "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
         }]
     spec["containers"] = [main]
+    if w.sidecar is not None:
+        sc = w.sidecar
+        own = {k for k, _ in sc.env}
+        spec["containers"].append({
+            "name": sc.name, "image": f"{sc.image}:{c.IMAGE_TAG}",
+            "imagePullPolicy": "IfNotPresent", "command": ["python", "-m", sc.module],
+            "env": [e for e in _env(w) if e["name"] not in own and e["name"] not in (
+                "MAGICLENS_GRPC_PORT", "MAGICLENS_METRICS_PORT")]
+            + [{"name": k, "value": v} for k, v in sc.env],
+            "envFrom": _env_from(w),
+            "resources": _resources(sc.requests, sc.limits),
+            "securityContext": _container_security(),
+            "volumeMounts": [m for m in mounts if m["name"] != "shm"],
+        })
+    if w.migrate and c.POSTGRES in w.uses and image.startswith(c.TRITON_IMAGE):
+        # The Triton image has no database client: migrate with the service image.
+        spec["initContainers"][0]["image"] = f"{c.SERVICE_IMAGE}:{c.IMAGE_TAG}"
     spec["volumes"] = volumes
     return {"metadata": {"labels": _pod_labels(w), "annotations": annotations}, "spec": spec}
 

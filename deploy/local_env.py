@@ -51,13 +51,68 @@ def _local_overrides(data_dir: Path, database_url: str, kafka: str) -> dict[str,
 
 
 def _localize_address(value: str, services: set[str]) -> str:
-    """`search-root:50055` -> `127.0.0.1:50055`; the shard template gets per-shard ports."""
-    if value == "search-shard-{i}.search-shard:50060":
-        return "127.0.0.1:{port}"  # the root formats it with i and port=50060+i
-    m = re.fullmatch(r"([a-z0-9-]+)(\.[a-z0-9.-]+)?:(\d+)", value)
-    if m and m.group(1) in services:
-        return f"127.0.0.1:{m.group(3)}"
-    return value
+    """`search-root:50055` -> `127.0.0.1:50055`; shard i (pod search-shard-i) -> 50060+i.
+
+    Comma-separated lists (MAGICLENS_SHARDS) are mapped entry by entry."""
+    out = []
+    for part in value.split(","):
+        m = re.fullmatch(r"([a-z0-9-]+?)(?:-(\d+))?(\.[a-z0-9.-]+)?:(\d+)", part)
+        if m and m.group(1) == "search-shard" and m.group(2) is not None:
+            out.append(f"127.0.0.1:{SHARD_PORT_BASE + int(m.group(2))}")
+        elif m and m.group(1) in services and m.group(2) is None:
+            out.append(f"127.0.0.1:{m.group(4)}")
+        else:
+            out.append(part)
+    return ",".join(out)
+
+
+def _container_processes(d: policy.Doc, ctr: policy.Doc, by_container: bool,
+                         config: dict[str, dict[str, str]], services: set[str],
+                         overrides: dict[str, str]) -> list[LocalProcess]:
+    out: list[LocalProcess] = []
+    base: dict[str, str] = {}
+    for ref in ctr.get("envFrom", []):
+        if "configMapRef" in ref:
+            base.update(config[ref["configMapRef"]["name"]])
+    replicas = d["spec"].get("replicas", 1) if d["kind"] == "StatefulSet" else 1
+    for i in range(replicas):
+        env = dict(base)
+        for e in ctr.get("env", []):
+            src = e.get("valueFrom", {})
+            if "value" in e:
+                env[e["name"]] = e["value"]
+            elif "configMapKeyRef" in src:
+                ref = src["configMapKeyRef"]
+                env[e["name"]] = config[ref["name"]][ref["key"]]
+            elif "secretKeyRef" in src:
+                env[e["name"]] = ""  # resolved from the local overrides below
+            elif "fieldRef" in src and "pod-index" in src["fieldRef"]["fieldPath"]:
+                env[e["name"]] = str(i)
+            else:
+                raise ValueError(f"{d['metadata']['name']}: cannot resolve env {e['name']}")
+        for k in DROPPED_SECRET_KEYS:
+            env.pop(k, None)
+        env.update({k: v for k, v in overrides.items() if k in env or k in base
+                    or k == "MAGICLENS_BLOB_URI"})
+        env = {k: _localize_address(v, services) for k, v in env.items()}
+        # Pods listen on all interfaces; a local process stays on loopback.
+        env = {k: "127.0.0.1" if k.endswith("_HOST") and v == "0.0.0.0" else v
+               for k, v in env.items()}
+        name = ctr["name"] if by_container else d["metadata"]["name"]
+        if d["kind"] == "StatefulSet":
+            env["MAGICLENS_GRPC_PORT"] = str(SHARD_PORT_BASE + i)
+            env["MAGICLENS_METRICS_PORT"] = str(SHARD_METRICS_BASE + i)
+            name = f"{name}-{i}"
+        missing = [k for k, v in env.items() if v == ""]
+        if missing:
+            raise ValueError(f"{name}: no local value for {', '.join(missing)}")
+        command = [_interpreter(ctr["image"]) if ctr["command"][0] == "python"
+                   else ctr["command"][0], *ctr["command"][1:]]
+        if "--current-file" in command:  # the pod's shared /data -> the local data dir
+            j = command.index("--current-file") + 1
+            command[j] = command[j].replace("/data", overrides["MAGICLENS_DATA_DIR"], 1)
+        out.append(LocalProcess(name, command, env))
+    return out
 
 
 def processes(env_name: str = "dev", *, database_url: str | None = None,
@@ -74,43 +129,10 @@ def processes(env_name: str = "dev", *, database_url: str | None = None,
     for d in docs:
         if d.get("kind") not in policy.WORKLOAD_KINDS:
             continue
-        ctr = d["spec"]["template"]["spec"]["containers"][0]
-        base: dict[str, str] = {}
-        for ref in ctr.get("envFrom", []):
-            if "configMapRef" in ref:
-                base.update(config[ref["configMapRef"]["name"]])
-        replicas = d["spec"].get("replicas", 1) if d["kind"] == "StatefulSet" else 1
-        for i in range(replicas):
-            env = dict(base)
-            for e in ctr.get("env", []):
-                src = e.get("valueFrom", {})
-                if "value" in e:
-                    env[e["name"]] = e["value"]
-                elif "configMapKeyRef" in src:
-                    ref = src["configMapKeyRef"]
-                    env[e["name"]] = config[ref["name"]][ref["key"]]
-                elif "secretKeyRef" in src:
-                    env[e["name"]] = ""  # resolved from the local overrides below
-                elif "fieldRef" in src and "pod-index" in src["fieldRef"]["fieldPath"]:
-                    env[e["name"]] = str(i)
-                else:
-                    raise ValueError(f"{d['metadata']['name']}: cannot resolve env {e['name']}")
-            for k in DROPPED_SECRET_KEYS:
-                env.pop(k, None)
-            env.update({k: v for k, v in overrides.items() if k in env or k in base
-                        or k == "MAGICLENS_BLOB_URI"})
-            env = {k: _localize_address(v, services) for k, v in env.items()}
-            name = d["metadata"]["name"]
-            if d["kind"] == "StatefulSet":
-                env["MAGICLENS_GRPC_PORT"] = str(SHARD_PORT_BASE + i)
-                env["MAGICLENS_METRICS_PORT"] = str(SHARD_METRICS_BASE + i)
-                name = f"{name}-{i}"
-            missing = [k for k, v in env.items() if v == ""]
-            if missing:
-                raise ValueError(f"{name}: no local value for {', '.join(missing)}")
-            command = [_interpreter(ctr["image"]) if ctr["command"][0] == "python"
-                       else ctr["command"][0], *ctr["command"][1:]]
-            out.append(LocalProcess(name, command, env))
+        containers = d["spec"]["template"]["spec"]["containers"]
+        for ctr in containers:
+            out += _container_processes(d, ctr, len(containers) > 1, config, services,
+                                        overrides)
     return out
 
 

@@ -21,9 +21,12 @@ import yaml
 
 K8S_VERSIONS = ("1.28.0", "1.37.0")  # 1.28: first with the pod-index label on StatefulSets
 WORKLOAD_KINDS = ("Deployment", "StatefulSet")
-# Workloads without any server to probe. The outbox relay only polls PostgreSQL and publishes;
-# a dead relay exits (the container restarts). It needs a health/metrics port to be probed.
-PROBE_EXEMPT = {"outbox-relay": "no server: services.runtime.outbox exposes no health port"}
+# Containers without any server to probe (names). They only consume/poll and publish; a dead
+# one exits and the container restarts. They need a health/metrics port to be probed.
+PROBE_EXEMPT = {
+    "outbox-relay": "no server: services.runtime.outbox exposes no health port",
+    "embedding-worker": "no server: services.embedding.worker exposes no health port",
+}
 # Secrets that an operator in the cluster creates (not rendered by kustomize).
 OPERATOR_SECRETS = {"magiclens-pg-app": ("postgresql.cnpg.io/v1", "Cluster", "magiclens-pg")}
 PLACEHOLDER = "REPLACE_ME"
@@ -258,7 +261,7 @@ def policy_problems(docs: list[Doc]) -> list[str]:
                     p.append(f"{cn}: Secret {ref['name']} (env {env['name']}) is not rendered")
             if role != "main":
                 continue
-            if name in PROBE_EXEMPT:
+            if ctr["name"] in PROBE_EXEMPT:
                 continue
             for probe in ("readinessProbe", "livenessProbe"):
                 pr = ctr.get(probe)
@@ -279,16 +282,24 @@ def policy_problems(docs: list[Doc]) -> list[str]:
 
 
 def _shard_count_problems(docs: list[Doc]) -> list[str]:
-    """MAGICLENS_NUM_SHARDS (what the root expects) must equal the shard StatefulSet size."""
+    """The shards' MAGICLENS_NUM_SHARDS and the root's MAGICLENS_SHARDS list must both match
+    the shard StatefulSet: shard i is pod search-shard-i of the headless Service."""
     shards = [d for d in _by_kind(docs, "StatefulSet") if d["metadata"]["name"] == "search-shard"]
     cms = [d for d in _by_kind(docs, "ConfigMap")
            if "MAGICLENS_NUM_SHARDS" in (d.get("data") or {})]
     if not shards or not cms:
         return ["search-shard StatefulSet or MAGICLENS_NUM_SHARDS missing from the output"]
-    want = int(cms[0]["data"]["MAGICLENS_NUM_SHARDS"])
+    data = cms[0]["data"]
     have = shards[0]["spec"].get("replicas", 1)
-    return [] if want == have else [
-        f"MAGICLENS_NUM_SHARDS={want} but StatefulSet/search-shard has {have} replicas"]
+    p = []
+    if int(data["MAGICLENS_NUM_SHARDS"]) != have:
+        p.append(f"MAGICLENS_NUM_SHARDS={data['MAGICLENS_NUM_SHARDS']} but "
+                 f"StatefulSet/search-shard has {have} replicas")
+    want = ",".join(f"search-shard-{i}.search-shard:50060" for i in range(have))
+    if data.get("MAGICLENS_SHARDS") != want:
+        p.append(f"MAGICLENS_SHARDS={data.get('MAGICLENS_SHARDS')!r} but {have} shards need "
+                 f"{want!r}")
+    return p
 
 
 def placeholder_secrets(docs: list[Doc]) -> list[str]:

@@ -44,8 +44,10 @@ def _procs(dev_text, infra=None, tmp_path=None):
 
 def test_every_dev_workload_resolves_to_local_addresses(dev_text, tmp_path):
     procs = _procs(dev_text, tmp_path=tmp_path)
-    assert set(procs) == {w.name if w.kind == "Deployment" else f"{w.name}-0"
-                          for w in catalog.WORKLOADS}
+    want = {w.name if w.kind == "Deployment" else f"{w.name}-0" for w in catalog.WORKLOADS
+            if w.sidecar is None}
+    want |= {"embedding-server", "embedding-worker"}  # the two containers of the Triton pod
+    assert set(procs) == want
     for name, p in procs.items():
         for key, value in p.env.items():
             assert "magiclens-kafka" not in value and ".search-shard" not in value, (name, key)
@@ -54,12 +56,15 @@ def test_every_dev_workload_resolves_to_local_addresses(dev_text, tmp_path):
         assert p.env["MAGICLENS_DATA_DIR"] == str(tmp_path)
     assert procs["mining"].env["MAGICLENS_GRPC_PORT"] == "50051"
     assert procs["mining"].env["DATABASE_URL"].startswith("postgresql://")
-    assert procs["search-shard-0"].env["MAGICLENS_SHARD_INDEX"] == "0"
-    assert procs["search-root"].env["MAGICLENS_SHARD_ADDRESS_TEMPLATE"].format(
-        i=1, port=50061) == "127.0.0.1:50061"
+    assert procs["search-shard-0"].env["MAGICLENS_SHARD"] == "0"
+    assert procs["search-root"].env["MAGICLENS_SHARDS"] == "127.0.0.1:50060"
+    assert procs["search-root"].env["MAGICLENS_TRITON_URL"] == "127.0.0.1:8001"
     assert procs["outbox-relay"].command[1:] == ["-m", "services.runtime.outbox"]
-    assert procs["embedding-triton"].command[0].endswith(".venv-triton/bin/python")
-    assert "DATABASE_URL" not in procs["gateway"].env  # it has no database access in-cluster
+    server = procs["embedding-server"]
+    assert server.command[0].endswith(".venv-triton/bin/python")
+    assert server.command[-1] == str(tmp_path / "embedding" / "current.json")
+    assert "DATABASE_URL" not in server.env and "DATABASE_URL" in procs["embedding-worker"].env
+    assert procs["gateway"].env["MAGICLENS_GATEWAY_HOST"] == "127.0.0.1"
 
 
 def _free_port() -> int:

@@ -76,7 +76,7 @@ def test_ports_match_docs_runtime_table():
            re.finditer(r"^\| ([a-z ()/]+?) \| ([^|]+) \|", doc, re.MULTILINE)}
     assert row["mining"].startswith("50051") and "9151" in doc
     expected = {"mining": (50051, 9151), "triplegen": (50052, 9152),
-                "training": (50053, 9153), "embedding": (50054, 9154),
+                "training": (50053, 9153),
                 "search-root": (50055, 9155), "search-shard": (50060, 9160)}
     for name, (grpc_port, metrics) in expected.items():
         w = catalog.BY_NAME[name]
@@ -85,7 +85,10 @@ def test_ports_match_docs_runtime_table():
                          ("web gateway", "HTTP 8080"), ("triplegen", "50052 | 9152")):
         assert needle in doc.split(f"| {line} |", 1)[1].splitlines()[0], line
     assert catalog.BY_NAME["gateway"].http_port == 8080
-    triton = catalog.BY_NAME["embedding-triton"]
+    # The embedding pod is Triton (HTTP 8000, gRPC 8001, its metrics 8002) + the worker; the
+    # 50054 "facade" of the docs table does not exist as a process.
+    triton = catalog.BY_NAME["embedding"]
+    assert "Triton gRPC 8001, HTTP 8000" in doc
     assert (triton.http_port, dict(triton.extra_ports)["triton-grpc"]) == (8000, 8001)
 
 
@@ -110,9 +113,10 @@ def test_prod_shape(rendered):
     assert _find(docs, "ConfigMap", _cm_name(docs))["data"]["MAGICLENS_NUM_SHARDS"] == "4"
     headless = _find(docs, "Service", "search-shard")["spec"]
     assert headless["clusterIP"] == "None"
-    for name in ("embedding-triton", "training"):
+    for name in ("embedding", "training"):
         pod = _find(docs, "Deployment", name)["spec"]["template"]["spec"]
         ctr = pod["containers"][0]
+        assert ctr["name"] == catalog.BY_NAME[name].container_name
         assert ctr["resources"]["limits"]["nvidia.com/gpu"] == "1", name
         assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"]), name
         assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}, name
@@ -150,7 +154,7 @@ def test_network_policies_allow_exactly_the_catalog_calls(rendered):
     root = nps["search-root"]
     egress = {(r["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
                r["ports"][0]["port"]) for r in root["egress"]}
-    assert egress == {("search-shard", 50060), ("embedding", 50054)}
+    assert egress == {("search-shard", 50060), ("embedding", 8001)}
     shard_from = {r["from"][0].get("podSelector", {}).get("matchLabels", {}).get(
         "app.kubernetes.io/name") for r in nps["search-shard"]["ingress"]}
     assert "search-root" in shard_from and "gateway" not in shard_from
@@ -168,10 +172,11 @@ def test_shard_index_comes_from_the_pod_ordinal(rendered):
     ctr = _find(rendered["prod"], "StatefulSet", "search-shard")["spec"]["template"]["spec"][
         "containers"][0]
     env = {e["name"]: e for e in ctr["env"]}
-    assert env["MAGICLENS_SHARD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+    assert env["MAGICLENS_SHARD"]["valueFrom"]["fieldRef"]["fieldPath"] == \
         "metadata.labels['apps.kubernetes.io/pod-index']"
     cm = _find(rendered["prod"], "ConfigMap", _cm_name(rendered["prod"]))["data"]
-    assert cm["MAGICLENS_SHARD_ADDRESS_TEMPLATE"].format(i=3) == "search-shard-3.search-shard:50060"
+    assert cm["MAGICLENS_SHARDS"].split(",")[3] == "search-shard-3.search-shard:50060"
+    assert cm["MAGICLENS_TRITON_URL"] == "embedding:8001"
 
 
 def test_migrations_run_before_each_database_client(rendered):
@@ -180,7 +185,8 @@ def test_migrations_run_before_each_database_client(rendered):
         inits = d["spec"]["template"]["spec"].get("initContainers", [])
         if w.migrate and catalog.POSTGRES in w.uses:
             assert inits[0]["command"] == ["python", "-m", "services.runtime.db"], w.name
-            assert inits[0]["image"] == d["spec"]["template"]["spec"]["containers"][0]["image"]
+            assert inits[0]["image"].split(":")[0] in (catalog.SERVICE_IMAGE,
+                                                       f"{catalog.SERVICE_IMAGE}-cuda")
         else:
             assert not inits, w.name
 
@@ -225,6 +231,8 @@ def test_policy_flags_missing_pdb_netpol_and_shard_mismatch(rendered):
     assert any("triplegen: no PodDisruptionBudget" in p for p in problems)
     assert any("triplegen: no NetworkPolicy of its own" in p for p in problems)
     assert any("MAGICLENS_NUM_SHARDS=1 but" in p for p in problems)
+    assert any("MAGICLENS_SHARDS='search-shard-0.search-shard:50060' but 3 shards" in p
+               for p in problems)
 
 
 @pytest.mark.parametrize("change,needle", [
