@@ -28,7 +28,6 @@ from deploy import catalog, gen_base, policy
 
 ROOT = Path(__file__).resolve().parent.parent
 OVERLAYS = ROOT / "deploy" / "k8s" / "overlays"
-ENVS = ("dev", "prod")
 REQUIRED_CRDS = {
     "kafkas.kafka.strimzi.io": "Strimzi (https://strimzi.io)",
     "kafkanodepools.kafka.strimzi.io": "Strimzi >= 0.36",
@@ -68,29 +67,40 @@ def _run(cmd: list[str], *, stdin: str | None = None, check: bool = True,
     return res
 
 
+def envs() -> list[str]:
+    """Overlay names: every folder under deploy/k8s/overlays (dev, prod, your own)."""
+    return sorted(p.name for p in OVERLAYS.iterdir() if (p / "kustomization.yaml").is_file())
+
+
 def _overlay(env: str) -> Path:
-    if env not in ENVS:
-        raise ToolError(f"ENV must be one of {', '.join(ENVS)}, not {env!r}")
+    if env not in envs():
+        raise ToolError(f"ENV must be one of {', '.join(envs())}, not {env!r}")
     return OVERLAYS / env
 
 
-def render(env: str, secrets: Path | None = None) -> str:
-    """`kubectl kustomize` of the overlay; with `secrets`, the S3 Secret's values replaced."""
+def render(env: str, secrets: Path | None = None, db_secret: Path | None = None) -> str:
+    """`kubectl kustomize` of the overlay. With `secrets` (S3) or `db_secret` (an external
+    database's `uri`, for the external-postgres component) those Secrets' values replaced."""
     kubectl = kubectl_path()
     overlay = _overlay(env)
-    if secrets is None:
+    replace = {name: path for name, path in (("magiclens-s3", secrets),
+                                             ("magiclens-pg-app", db_secret)) if path}
+    if not replace:
         return _run([kubectl, "kustomize", str(overlay)]).stdout
-    if not secrets.is_file():
-        raise ToolError(f"secrets file {secrets} does not exist")
     with tempfile.TemporaryDirectory(prefix="magiclens-render-") as tmp:
         # A throwaway kustomization on top of the overlay: the real credentials never enter
-        # the repository tree, and the Secret keeps its name (hash suffix recomputed).
-        shutil.copy(secrets, Path(tmp) / "s3.env")
+        # the repository tree, and each Secret keeps its name (hash suffix recomputed).
+        gens = ""
+        for name, path in replace.items():
+            if not path.is_file():
+                raise ToolError(f"secrets file {path} does not exist")
+            shutil.copy(path, Path(tmp) / f"{name}.env")
+            gens += (f"  - name: {name}\n    behavior: replace\n    envs: [{name}.env]\n")
+            if name == "magiclens-pg-app":  # fixed name, as in the external-postgres component
+                gens += "    options: {disableNameSuffixHash: true}\n"
         (Path(tmp) / "kustomization.yaml").write_text(
             "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
-            f"resources: [{os.path.relpath(overlay, tmp)}]\n"
-            "secretGenerator:\n  - name: magiclens-s3\n    behavior: replace\n"
-            "    envs: [s3.env]\n")
+            f"resources: [{os.path.relpath(overlay, tmp)}]\nsecretGenerator:\n{gens}")
         return _run([kubectl, "kustomize", "--load-restrictor", "LoadRestrictionsNone",
                      tmp]).stdout
 
@@ -202,10 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--context", default=os.environ.get("KUBE_CONTEXT", ""))
     ap.add_argument("--out", type=Path, help="render: write here instead of stdout")
     ap.add_argument("--secrets", type=Path, help="env file with the real S3 credentials")
+    ap.add_argument("--db-secret", type=Path,
+                    help="env file `uri=postgresql://...` (external-postgres component)")
     ap.add_argument("--timeout", type=int, default=900, help="seconds to wait for readiness")
     args = ap.parse_args(argv)
     try:
-        text = render(args.env, args.secrets)
+        text = render(args.env, args.secrets, args.db_secret)
         if args.command == "render":
             if args.out:
                 args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -225,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
             placeholders = policy.placeholder_secrets(docs)
             if placeholders:
                 raise ToolError(f"Secret values are still {policy.PLACEHOLDER} placeholders "
-                                f"({', '.join(placeholders)}); pass --secrets FILE")
+                                f"({', '.join(placeholders)}); pass --secrets FILE "
+                                "(and --db-secret FILE for an external database)")
         kubectl = kubectl_path()
         check_context(kubectl, args.context)
         ns = namespace_of(docs)

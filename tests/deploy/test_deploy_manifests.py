@@ -320,3 +320,30 @@ def test_render_task_writes_the_review_file(tmp_path):
     res = _tool(["render", "--env", "prod", "--out", str(out)], tmp_path)
     assert res.returncode == 0, res.stderr
     assert policy.load_docs(out.read_text()) and "wrote" in res.stdout
+
+
+def test_external_postgres_component(tmp_path):
+    """An overlay with the component: no CNPG Cluster, DATABASE_URL from a generated Secret,
+    database egress to an outside address, and still every check passes."""
+    _render("dev")
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    k8s = ROOT / "deploy" / "k8s"
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources: [{os.path.relpath(k8s / 'overlays' / 'dev', overlay)}]\n"
+        f"components: [{os.path.relpath(k8s / 'components' / 'external-postgres', overlay)}]\n")
+    res = subprocess.run([tool.kubectl_path(), "kustomize", str(overlay)], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    docs = policy.load_docs(res.stdout)
+    assert not [d for d in docs if d["kind"] == "Cluster"]
+    secret = next(d for d in docs if d["kind"] == "Secret"
+                  and d["metadata"]["name"].startswith(catalog.PG_SECRET))
+    mining = _find(docs, "Deployment", "mining")["spec"]["template"]["spec"]["containers"][0]
+    ref = next(e for e in mining["env"] if e["name"] == "DATABASE_URL")["valueFrom"]
+    assert ref["secretKeyRef"] == {"name": secret["metadata"]["name"], "key": "uri"}
+    egress = _find(docs, "NetworkPolicy", "magiclens-allow-postgres")["spec"]["egress"]
+    assert egress[0]["to"][0]["ipBlock"]["cidr"] == "0.0.0.0/0"
+    assert policy.policy_problems(docs) == [] and policy.custom_resource_problems(docs) == []
+    assert f"{secret['metadata']['name']}/uri" in policy.placeholder_secrets(docs)
