@@ -41,6 +41,7 @@ def serve(settings: TripleGenSettings) -> int:
     svc.add_consumer(Consumer(
         "triplegen", settings.kafka_bootstrap_servers, settings.database_url,
         [IMAGES_MINED, PAIRS_MINED], make_handler(ctx),
+        group_id=settings.triplegen_consumer_group or None,
         reconciler=make_reconciler(settings.database_url, settings.triplegen_reconcile_limit),
         reconcile_interval_s=settings.reconcile_interval_s))
     svc.add_outbox_relay()

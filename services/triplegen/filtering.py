@@ -19,8 +19,8 @@ FILTER_VERSION = "filter-v1"
 
 @dataclass(frozen=True)
 class FilterConfig:
-    sim_min: float = 0.25
-    sim_max: float = 0.95
+    sim_min: float = 0.30
+    sim_max: float = 0.98
     min_side: int = 32
 
 
