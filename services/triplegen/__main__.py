@@ -53,6 +53,7 @@ def serve(settings: TripleGenSettings) -> int:
 
 def process(settings: TripleGenSettings) -> int:
     """Drain pending work page by page (each page one transaction), no Kafka needed."""
+    from services.runtime.topics import IMAGES_MINED
     from services.triplegen import pipeline
     from services.triplegen.handlers import make_reconciler
     from services.triplegen.service import build_context
@@ -68,14 +69,19 @@ def process(settings: TripleGenSettings) -> int:
             if not events:
                 break
             progressed = False
-            for ev in events:
+            images = [ev.message.image_id for ev in events if ev.topic == IMAGES_MINED.name]
+            for k in range(0, len(images), 32):  # annotate in full batches
                 with conn.transaction():
-                    if ev.topic.endswith("images.mined.v1"):
-                        n = pipeline.annotate_images(conn, ctx, [ev.message.image_id])
-                        counts = {"images": n}
-                    else:
-                        counts = pipeline.process_pairs(conn, ctx, ev.message.page_id,
-                                                        list(ev.message.pair_ids))
+                    n = pipeline.annotate_images(conn, ctx, images[k:k + 32])
+                total["images"] = total.get("images", 0) + n
+                progressed = progressed or n > 0
+                log.info("annotated", extra={"images": n})
+            for ev in events:
+                if ev.topic == IMAGES_MINED.name:
+                    continue
+                with conn.transaction():
+                    counts = pipeline.process_pairs(conn, ctx, ev.message.page_id,
+                                                    list(ev.message.pair_ids))
                 for k, v in counts.items():
                     total[k] = total.get(k, 0) + v
                     progressed = progressed or (v > 0 and k not in ("pairs_retry",))

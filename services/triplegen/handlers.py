@@ -21,7 +21,8 @@ def make_handler(ctx: pipeline.Context):
     def handle(conn: psycopg.Connection, event: Event) -> None:
         msg = event.message
         if event.topic == IMAGES_MINED.name:
-            n = pipeline.annotate_images(conn, ctx, [msg.image_id])
+            # Batch with the page's other unannotated images: one forward pass, not many.
+            n = pipeline.annotate_images(conn, ctx, pipeline.with_siblings(conn, msg.image_id))
             log.debug("annotated", extra={"image_id": msg.image_id, "n": n})
         elif event.topic == PAIRS_MINED.name:
             counts = pipeline.process_pairs(conn, ctx, msg.page_id, list(msg.pair_ids))

@@ -98,6 +98,16 @@ def annotate_images(conn: psycopg.Connection, ctx: Context, image_ids: Sequence[
     return len(good)
 
 
+def with_siblings(conn: psycopg.Connection, image_id: int, limit: int = 31) -> list[int]:
+    """The image plus up to `limit` unannotated images first seen on the same page."""
+    rows = conn.execute(
+        "SELECT i.image_id FROM images i LEFT JOIN image_annotations a USING (image_id) "
+        "WHERE i.first_page_id = (SELECT first_page_id FROM images WHERE image_id = %s) "
+        "AND i.image_id <> %s AND i.status = 'mined' AND a.image_id IS NULL "
+        "ORDER BY i.image_id LIMIT %s", (image_id, image_id, limit)).fetchall()
+    return [image_id] + [r["image_id"] for r in rows]
+
+
 # ------------------------------------------------------------------ metadata
 
 def _pair_rows(conn: psycopg.Connection, pair_ids: Sequence[int], statuses: tuple[str, ...]):
