@@ -110,7 +110,7 @@ WORKLOADS: tuple[Workload, ...] = (
              requests=("250m", "512Mi"), limits=("1", "1Gi")),
     Workload("gateway", "services.gateway", http_port=8080, http_health_path="/api/health",
              public=True, uses=frozenset({POSTGRES, S3}),
-             calls=(("search-root", 50055), ("training", 50053)),
+             calls=(("search-root", 50055),),
              env={"MAGICLENS_GATEWAY_HOST": "0.0.0.0", "MAGICLENS_GATEWAY_PORT": "8080"},
              requests=("100m", "256Mi"), limits=("500m", "512Mi"), migrate=False),
     # No server of its own (no health or metrics endpoint yet): see deploy/README.md.
