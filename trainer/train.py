@@ -208,7 +208,9 @@ def _run_loop(step_fn, trainable, opt_state, get_batch, start: int, steps: int, 
         trainable, opt_state, loss = step_fn(trainable, opt_state, *get_batch(s))
         loss_v = float(loss)
         losses_out.append(loss_v)
-        rate = done * batch / max(time.perf_counter() - t0, 1e-9)
+        if done == 1:  # exclude the compiling first step from the throughput figure
+            t0 = time.perf_counter()
+        rate = (done - 1) * batch / max(time.perf_counter() - t0, 1e-9)
         bar.set_postfix(loss=f"{loss_v:.4f}", triples_per_s=f"{rate:.1f}")
         bar.update(1)
         if on_step is not None:
