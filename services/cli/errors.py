@@ -11,16 +11,17 @@ EXIT_NOT_BUILT = 3    # the backend this subcommand needs does not exist in this
 class CliError(Exception):
     """A failure the user should read as one line; `code` is the process exit status."""
 
-    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+    def __init__(self, message: str, code: int = EXIT_FAILED, grpc_code: str = "") -> None:
         super().__init__(" ".join(str(message).split()))
         self.code = code
+        self.grpc_code = grpc_code  # the gRPC status name when a call failed, for the gateway
 
 
 class UsageError(CliError):
-    def __init__(self, message: str) -> None:
-        super().__init__(message, EXIT_USAGE)
+    def __init__(self, message: str, grpc_code: str = "") -> None:
+        super().__init__(message, EXIT_USAGE, grpc_code)
 
 
 class NotBuiltError(CliError):
-    def __init__(self, message: str) -> None:
-        super().__init__(message, EXIT_NOT_BUILT)
+    def __init__(self, message: str, grpc_code: str = "") -> None:
+        super().__init__(message, EXIT_NOT_BUILT, grpc_code)

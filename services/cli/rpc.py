@@ -35,19 +35,24 @@ def call(service: str, addr: str, fn: Callable[..., T], request: object, timeout
         code = exc.code() if hasattr(exc, "code") else None
         details = (exc.details() if hasattr(exc, "details") else "") or ""
         details = " ".join(details.split())[:300]
+        name = code.name if code is not None else "UNKNOWN"
         if code in _UNREACHABLE:
             if code == grpc.StatusCode.UNAVAILABLE and not backends.is_built(service):
                 raise NotBuiltError(
                     f"{backends.describe(service)} is not built yet, and nothing answers at "
-                    f"{addr}") from None
+                    f"{addr}", name) from None
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise CliError(f"{service} service at {addr} did not answer within "
-                               f"{timeout:g}s") from None
-            raise CliError(unavailable_message(service, addr)) from None
+                               f"{timeout:g}s", grpc_code=name) from None
+            raise CliError(unavailable_message(service, addr), grpc_code=name) from None
         if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE):
-            raise UsageError(f"{service} service rejected the request: {details}") from None
+            raise UsageError(f"{service} service rejected the request: {details}",
+                             name) from None
+        if code == grpc.StatusCode.NOT_FOUND:
+            raise CliError(f"{service} service: {details or 'not found'}",
+                           grpc_code=name) from None
         if code == grpc.StatusCode.UNIMPLEMENTED:
             raise NotBuiltError(f"{service} service at {addr} does not implement this call "
-                                f"yet{': ' + details if details else ''}") from None
-        name = code.name if code is not None else "error"
-        raise CliError(f"{service} service at {addr} failed ({name}): {details}") from None
+                                f"yet{': ' + details if details else ''}", name) from None
+        raise CliError(f"{service} service at {addr} failed ({name}): {details}",
+                       grpc_code=name) from None

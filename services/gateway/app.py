@@ -43,6 +43,9 @@ STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; ch
                 ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
 _STATIC_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,60}\.(html|js|css|svg)$")
 MAX_JSON_BODY = 64 * 1024
+_HTTP_FOR_GRPC = {"UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504, "NOT_FOUND": 404,
+                  "INVALID_ARGUMENT": 400, "OUT_OF_RANGE": 400, "RESOURCE_EXHAUSTED": 429,
+                  "UNIMPLEMENTED": 501}
 PAGES = {"/": "index.html", "/index.html": "index.html", "/status": "status.html"}
 CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
@@ -76,11 +79,13 @@ class Gateway:
                                 search_pb2_grpc.SearchServiceStub(ch).Search, req,
                                 s.gateway_search_timeout_s)
         except CliError as exc:
+            status = _HTTP_FOR_GRPC.get(exc.grpc_code, 502)
             if exc.code == EXIT_USAGE:
-                raise HttpError(400, str(exc)) from None
-            unavailable = exc.code == EXIT_NOT_BUILT or "unavailable" in str(exc)
-            raise HttpError(503 if unavailable else 502, str(exc),
-                            search_available=False) from None
+                status = 400
+            elif exc.code == EXIT_NOT_BUILT and exc.grpc_code != "UNIMPLEMENTED":
+                status = 503
+            extra = {"search_available": False} if status == 503 else {}
+            raise HttpError(status, str(exc), **extra) from None
         data = response_dict(resp)
         for h in data["hits"]:
             h["src"] = f"/images/{h['image_id']}"

@@ -46,3 +46,11 @@ def test_search_json_shape(infra_servers, monkeypatch, capsys):
     assert scores == sorted(scores, reverse=True)
     assert set(data["hits"][0]) == {"image_id", "image_url", "score", "page_url", "page_title",
                                     "alt_text", "caption"}
+
+
+def test_search_unknown_image_is_one_line(infra_servers, monkeypatch, capsys):
+    addr, _ = live_search(infra_servers.database_url)
+    monkeypatch.setenv("MAGICLENS_SEARCH_ADDR", addr)
+    assert main(["search", "--image", str(2**62), "-q", "x"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("magiclens: search service: ")

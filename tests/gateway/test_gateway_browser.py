@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlencode
 
+import httpx
 import pytest
 from gwutil import build_pool, free_port, running_gateway
 
@@ -82,6 +83,14 @@ def test_ui_renders_results_from_the_real_search_root(infra_servers):
                                        "k": 12})
         dom = chromium(url, budget_ms=20000)
         chromium(url, screenshot=SHOTS / "ui.png", budget_ms=20000)
+        image = httpx.get(f"{base}/images/{row['image_id']}", timeout=30)
+        assert image.status_code == 200 and image.headers["content-type"].startswith("image/")
+        up = httpx.post(f"{base}/api/search", params={"q": "", "k": 3}, content=image.content,
+                        headers={"Content-Type": image.headers["content-type"]}, timeout=60)
+        assert up.status_code == 200 and 1 <= len(up.json()["hits"]) <= 3, up.text
+        assert row["image_id"] not in [h["image_id"] for h in up.json()["hits"]]  # itself
+        gone = httpx.get(f"{base}/api/search", params={"image_id": 2**62}, timeout=30)
+        assert gone.status_code == 404, gone.text
     results = re.findall(r'class="card result" data-image-id="(\d+)"', dom)
     assert 1 <= len(results) <= 12, dom[:3000]
     scores = [float(s) for s in re.findall(r'<span class="score">([-\d.]+)</span>', dom)]
