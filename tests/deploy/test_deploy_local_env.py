@@ -141,6 +141,39 @@ def test_mining_serves_with_the_dev_environment(dev_text, infra_servers, tmp_pat
     assert problem is None, f"mining not SERVING ({problem}; exit {code}): {err[-2000:]}"
 
 
+def test_search_shard_and_root_serve_with_the_dev_environment(dev_text, infra_servers,
+                                                              tmp_path, unique):
+    """Root and shard 0 with the dev pods' env (ports moved to free ones, the root pointed at
+    that shard). Only health: a Search needs a promoted model and Triton."""
+    for mod in ("root", "shard"):
+        if not (ROOT / "services" / "search" / f"{mod}.py").is_file():
+            pytest.skip(f"services/search/{mod}.py does not exist yet")
+    procs = _procs(dev_text, infra_servers, tmp_path)
+    shard_port, root_port = _free_port(), _free_port()
+    running = {
+        "search-shard-0": _start(procs["search-shard-0"], MAGICLENS_GRPC_PORT=str(shard_port),
+                                 MAGICLENS_METRICS_PORT=str(_free_port()),
+                                 MAGICLENS_INDEX=f"deploy{unique}"),
+        "search-root": _start(procs["search-root"], MAGICLENS_GRPC_PORT=str(root_port),
+                              MAGICLENS_METRICS_PORT=str(_free_port()),
+                              MAGICLENS_SHARDS=f"127.0.0.1:{shard_port}"),
+    }
+    ports = {"search-shard-0": shard_port, "search-root": root_port}
+    problems = dict.fromkeys(running, "not started")
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and any(problems.values()):
+            for name, port in ports.items():
+                if problems[name] and running[name].poll() is None:
+                    problems[name] = smoke.grpc_health(f"127.0.0.1:{port}", timeout=2)
+            if all(p.poll() is not None for p in running.values()):
+                break
+            time.sleep(0.5)
+    finally:
+        logs = {name: _stop(p)[1][-1500:] for name, p in running.items()}
+    assert not any(problems.values()), f"{problems}: {logs}"
+
+
 def test_smoke_reports_serving_and_unreachable_targets(capsys):
     from services.runtime.grpc_server import GrpcServer
 
