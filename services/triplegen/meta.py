@@ -199,14 +199,23 @@ class ImageMeta:
         m = _FLAG_OF_RE.match(clean(self.alt, 100) or clean(self.caption, 100))
         return m.group(1).strip() if m else None
 
+    def _own_facts(self) -> str:
+        """The part of the surrounding text about this image's own country: pages put many
+        figures next to each other, so a capital in the context may belong to a neighbour."""
+        if not self.flag_of:
+            return ""
+        m = re.search(re.escape(self.flag_of) + r"\b[^.]*\.(?:\s*It borders[^.]*\.)?",
+                      self.context)
+        return m.group(0) if m else ""
+
     @cached_property
     def capital(self) -> str | None:
-        m = _CAPITAL_RE.search(self.context)
+        m = _CAPITAL_RE.search(self._own_facts())
         return m.group(1).strip() if m else None
 
     @cached_property
     def borders(self) -> list[str]:
-        m = _BORDERS_RE.search(self.context)
+        m = _BORDERS_RE.search(self._own_facts())
         if not m:
             return []
         return [b.strip() for b in re.split(r",| and ", m.group(1)) if b.strip()]
@@ -221,8 +230,9 @@ class ImageMeta:
 
     @cached_property
     def top_label(self) -> str | None:
-        """Zero-shot label when the classifier is fairly sure (ImageNet names)."""
-        if self.labels and float(self.labels[0].get("score", 0)) >= 0.4:
+        """Zero-shot label for photos when the classifier is fairly sure (ImageNet names; on
+        emoji and clip art its labels are unreliable)."""
+        if self.style == "photo" and self.labels and float(self.labels[0].get("score", 0)) >= 0.4:
             return str(self.labels[0]["label"])
         return None
 

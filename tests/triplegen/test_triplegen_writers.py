@@ -68,6 +68,17 @@ def test_flags_use_knowledge_from_the_surrounding_text():
     rels = [i.relation for i in res.instructions]
     assert rels[0] == "neighbour" and "capital" in rels
     assert all("flag of ukraine" not in i.text.lower() for i in res.instructions)
+    assert "kyiv" in " ".join(i.text for i in res.instructions).lower()
+
+
+def test_facts_about_a_neighbouring_figure_are_not_used():
+    # Mined context often holds the previous figure's paragraph: Minsk is not Kyiv's flag.
+    title = "Flags of Eastern Europe"
+    q = meta(1, "Flag of Moldova", "Flag of Moldova", "", title)
+    t = meta(2, "Flag of Ukraine", "Flag of Ukraine",
+             "Belarus (Republic of Belarus); capital: Minsk. It borders Ukraine.", title)
+    assert t.capital is None and t.borders == []
+    assert all(i.relation != "capital" for i in write(q, t, per_pair=3).instructions)
 
 
 def test_same_input_gives_same_output_and_pairs_vary():

@@ -20,7 +20,7 @@ from services.triplegen.meta import NUMBER_WORDS, TONES, ImageMeta
 from services.triplegen.validate import check
 from services.triplegen.writers.base import Instruction, PairContext, WriteResult
 
-VERSION = "metadata-v1"
+VERSION = "metadata-v3"
 
 NP_OPENERS = ("", "", "find ", "show me ", "I'm looking for ", "search for ", "looking for ",
               "can you find ", "get me ", "I want ", "find me ")
@@ -253,7 +253,8 @@ def relations(ctx: PairContext, rng: random.Random) -> list[Option]:
         if t.description():
             descs.append(t.description())
         if t.top_label and (not q.top_label or q.top_label != t.top_label):
-            descs.append(f"something like a {t.top_label}")
+            art = "an" if t.top_label[0].lower() in "aeiou" else "a"
+            descs.append(f"something like {art} {t.top_label}")
         tc = [c for c in t.colours if c not in q.colours]
         style_keep = rng.choice(STYLE_MOD.get(q.style or "", ("",))) if q.style == t.style \
             else ""
@@ -308,6 +309,8 @@ class MetadataWriter:
         seen: set[str] = set()
         rejected: list[str] = []
         for opt in options:  # one instruction per relation first, most specific first
+            if chosen and opt.relation == "same_page":
+                break  # a specific instruction exists: don't pad with the generic fallback
             texts = list(opt.texts)
             rng.shuffle(texts)
             for text in texts:
