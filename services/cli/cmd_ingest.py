@@ -39,6 +39,13 @@ def run(args: argparse.Namespace, settings: ClientSettings) -> int:
     if not backends.is_built("ingest"):
         raise NotBuiltError(f"{backends.describe('ingest')} is not built yet")
     from services.ingest.__main__ import main as ingest_main
+    from services.mining.urls import BadUrl, normalise
+
+    for u in args.url or []:
+        try:
+            normalise(u)
+        except BadUrl as exc:
+            raise UsageError(f"--url {u[:200]}: {exc}") from None
 
     argv: list[str] = []
     for u in args.url or []:

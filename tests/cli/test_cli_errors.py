@@ -71,6 +71,7 @@ def test_training_unreachable_is_one_line(nowhere, capsys, argv):
     (["index", "--images", "/no/such/dir"], "not a folder"),
     (["ingest"], "needs --url, --sitemap or --warc"),
     (["ingest", "--warc", "/no/such.warc.gz"], "no such file"),
+    (["ingest", "--url", "ftp://example.org/x"], "scheme 'ftp' not allowed"),
     (["train", "--steps", "-3"], "--steps must be >= 0"),
 ])
 def test_bad_arguments_exit_2_with_one_line(nowhere, capsys, argv, needle):
