@@ -51,6 +51,8 @@ def call(service: str, addr: str, fn: Callable[..., T], request: object, timeout
         if code == grpc.StatusCode.NOT_FOUND:
             raise CliError(f"{service} service: {details or 'not found'}",
                            grpc_code=name) from None
+        if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS):
+            raise CliError(f"{service} service refused: {details}", grpc_code=name) from None
         if code == grpc.StatusCode.UNIMPLEMENTED:
             raise NotBuiltError(f"{service} service at {addr} does not implement this call "
                                 f"yet{': ' + details if details else ''}", name) from None

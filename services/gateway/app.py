@@ -45,6 +45,7 @@ _STATIC_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,60}\.(html|js|css|svg)$")
 MAX_JSON_BODY = 64 * 1024
 _HTTP_FOR_GRPC = {"UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504, "NOT_FOUND": 404,
                   "INVALID_ARGUMENT": 400, "OUT_OF_RANGE": 400, "RESOURCE_EXHAUSTED": 429,
+                  "FAILED_PRECONDITION": 409,
                   "UNIMPLEMENTED": 501}
 PAGES = {"/": "index.html", "/index.html": "index.html", "/status": "status.html"}
 CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
