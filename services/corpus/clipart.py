@@ -17,6 +17,20 @@ from services.corpus.model import Asset, Figure, Page, slug, stable_hash
 MAX_PNG_BYTES = 4 * 1024 * 1024
 
 
+def _pngs(root: Path) -> list[Path]:
+    """Regular PNG files inside ``root``; symlinks (duplicates, or pointing anywhere) skipped."""
+    real = root.resolve()
+    out = []
+    for p in sorted(root.rglob("*.png")):
+        if p.is_symlink() or not p.is_file() or real not in p.resolve().parents:
+            continue
+        if any(part.is_symlink() for part in p.parents if real in part.resolve().parents):
+            continue
+        if p.stat().st_size <= MAX_PNG_BYTES:
+            out.append(p)
+    return out
+
+
 def _title_from_file(stem: str) -> str:
     stem = re.sub(r"_0\d$", "", stem)
     return re.sub(r"[_\s]+", " ", stem).strip()
@@ -73,9 +87,8 @@ def _openclipart(ctx: Context) -> None:
         "name": "Open Clip Art Library 0.18 (Debian openclipart-png)",
         "license": "Public domain (CC0)", "url": "https://openclipart.org/"}
     folders: dict[str, list[Path]] = {}
-    for p in sorted(root.rglob("*.png")):
-        if p.stat().st_size <= MAX_PNG_BYTES:
-            folders.setdefault(p.parent.relative_to(root).as_posix(), []).append(p)
+    for p in _pngs(root):
+        folders.setdefault(p.parent.relative_to(root).as_posix(), []).append(p)
     folders = {k: v for k, v in folders.items() if len(v) >= 4 and k != "unsorted"}
     _gallery(ctx, "openclipart", root, folders, "clip_folders", "clip art",
              "Public domain", lambda p: (_title_from_file(p.stem), ""))
@@ -92,8 +105,8 @@ def _tuxpaint(ctx: Context) -> None:
         "name": "Tux Paint stamps 2022.06.04 (Debian tuxpaint-stamps-default)",
         "license": "GPL-2.0-or-later", "url": "https://tuxpaint.org/"}
     folders: dict[str, list[Path]] = {}
-    for p in sorted(root.rglob("*.png")):
-        if p.stat().st_size <= MAX_PNG_BYTES and not p.stem.endswith("_back"):
+    for p in _pngs(root):
+        if not p.stem.endswith("_back"):
             folders.setdefault(p.parent.relative_to(root).as_posix(), []).append(p)
     folders = {k: v for k, v in folders.items() if len(v) >= 3}
 
