@@ -1,0 +1,1 @@
+"""Training service: runs trainer jobs on Postgres triples and publishes model versions."""

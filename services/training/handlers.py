@@ -1,0 +1,72 @@
+"""Auto-start (off by default): a TripleCreated consumer that queues a run once
+MAGICLENS_TRAINING_AUTO_MIN_NEW_TRIPLES usable training triples arrived since the last run.
+
+The decision is re-derived from Postgres on every event (idempotent by state), and the
+reconciler offers one synthetic event per interval so a lost event delays, never prevents, it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import psycopg
+from magiclens.v1 import events_pb2
+
+from services.runtime.bus import Consumer, Event
+from services.runtime.topics import TRIPLES_CREATED, Topic
+from services.training import store
+from services.training.config import TrainingSettings
+from services.training.triples import SQL
+from services.training.worker import TrainingWorker
+
+log = logging.getLogger(__name__)
+
+_AUTO_LOCK = 0x4D4C_4155_544F  # one auto-start decision at a time
+
+
+def triples_topic(settings: TrainingSettings) -> Topic:
+    name = settings.training_triples_topic
+    if name == TRIPLES_CREATED.name:
+        return TRIPLES_CREATED
+    return Topic(name, TRIPLES_CREATED.key, TRIPLES_CREATED.message, TRIPLES_CREATED.producers,
+                 TRIPLES_CREATED.consumers)
+
+
+def new_training_triples(conn: psycopg.Connection) -> int:
+    """Usable training triples newer than the newest triple the last run could have seen."""
+    row = conn.execute("SELECT (params->>'max_triple_id')::bigint AS m FROM training_runs "
+                       "WHERE params ? 'max_triple_id' ORDER BY created_at DESC LIMIT 1"
+                       ).fetchone()
+    since = int(row["m"]) if row and row["m"] is not None else 0
+    return conn.execute(f"SELECT count(*) AS n FROM ({SQL['train']} AND t.triple_id > %s) x",
+                        (since,)).fetchone()["n"]
+
+
+def maybe_start(conn: psycopg.Connection, settings: TrainingSettings) -> store.Run | None:
+    threshold = settings.training_auto_min_new_triples
+    if threshold <= 0:
+        return None
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_AUTO_LOCK,))
+    if store.active_run(conn) is not None:
+        return None
+    n = new_training_triples(conn)
+    if n < threshold:
+        return None
+    run = store.create_run(conn, settings.training_auto_config, settings.training_auto_steps, "",
+                           {"auto": {"new_triples": n}}, trigger="auto")
+    log.info("auto-started training", extra={"run_id": run.run_id, "new_triples": n})
+    return run
+
+
+def make_consumer(settings: TrainingSettings, worker: TrainingWorker | None) -> Consumer:
+    def handle(conn: psycopg.Connection, event: Event) -> None:
+        if maybe_start(conn, settings) is not None and worker is not None:
+            worker.wake.set()
+
+    def reconcile() -> Iterator[Event]:
+        yield Event(triples_topic(settings).name, "", "", events_pb2.TripleCreated())
+
+    return Consumer("training", settings.kafka_bootstrap_servers, settings.database_url,
+                    [triples_topic(settings)], handle, group_id=settings.training_group,
+                    reconciler=reconcile, reconcile_interval_s=settings.reconcile_interval_s)

@@ -1,0 +1,93 @@
+"""gRPC TrainingService: queue runs, read their progress, list and promote model versions."""
+
+from __future__ import annotations
+
+import grpc
+from magiclens.v1 import training_pb2, training_pb2_grpc
+
+from services.runtime import db
+from services.training import store
+from services.training.config import TrainingSettings
+from services.training.worker import TrainingWorker, available_configs, resolve_config
+
+MAX_ID_CHARS = 200
+
+
+def run_message(run: store.Run) -> training_pb2.TrainingRun:
+    return training_pb2.TrainingRun(
+        run_id=run.run_id, status=run.status, model_version=run.model_version, step=run.step,
+        total_steps=run.total_steps, last_loss=run.last_loss or 0.0, reason=run.reason)
+
+
+def model_message(row: dict) -> training_pb2.ModelVersion:
+    metrics = {k: float(v) for k, v in (row["metrics"] or {}).items()
+               if isinstance(v, int | float) and not isinstance(v, bool)}
+    return training_pb2.ModelVersion(
+        model_version=row["model_version"], config_name=row["config_name"],
+        checkpoint_uri=row["checkpoint_uri"] or "", status=row["status"], metrics=metrics)
+
+
+class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
+    def __init__(self, settings: TrainingSettings, worker: TrainingWorker | None = None) -> None:
+        self.settings = settings
+        self.worker = worker
+        self.topic = store.models_topic(settings.training_models_topic)
+        self.trainable = worker.configs if worker is not None else ()
+
+    def StartTraining(self, request, context):  # noqa: N802 (gRPC method name)
+        name = request.config_name or "compact"
+        if name not in available_configs():
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"unknown config {name[:MAX_ID_CHARS]!r} "
+                          f"(known: {', '.join(available_configs())})")
+        if not 0 <= request.steps <= self.settings.training_max_steps:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"steps must be 0 (config default) .. {self.settings.training_max_steps}")
+        if request.mode not in ("", "frozen", "full"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "mode must be frozen or full")
+        if name not in self.trainable:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"config {name!r} needs released MagicLens weights, which the service "
+                          f"cannot load yet; trainable here: {', '.join(self.trainable)}")
+        try:
+            cfg = resolve_config(name, request.steps, request.mode)
+        except (ValueError, TypeError) as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad training config: {exc}")
+        with db.transaction(self.settings.database_url) as conn:
+            run = store.create_run(conn, name, request.steps, request.mode,
+                                   {"requested": {"steps": request.steps, "mode": request.mode},
+                                    "default_steps": cfg.steps})
+        if self.worker is not None:
+            self.worker.wake.set()
+        return run_message(run)
+
+    def GetRun(self, request, context):  # noqa: N802
+        if not request.run_id or len(request.run_id) > MAX_ID_CHARS:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "run_id is required")
+        with db.connect(self.settings.database_url) as conn:
+            try:
+                return run_message(store.get_run(conn, request.run_id))
+            except store.NotFound as exc:
+                context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+
+    def ListModels(self, request, context):  # noqa: N802
+        with db.connect(self.settings.database_url) as conn:
+            rows = store.list_models(conn)
+        return training_pb2.ListModelsResponse(models=[model_message(r) for r in rows])
+
+    def PromoteModel(self, request, context):  # noqa: N802
+        if not request.model_version or len(request.model_version) > MAX_ID_CHARS:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model_version is required")
+        try:
+            with db.transaction(self.settings.database_url) as conn:
+                row = store.promote(conn, self.topic, request.model_version)
+        except store.NotFound as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except store.Conflict as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return model_message(row)
+
+
+def registration(servicer: TrainingServicer):
+    return (training_pb2_grpc.add_TrainingServiceServicer_to_server, servicer,
+            "magiclens.v1.TrainingService")

@@ -1,0 +1,201 @@
+"""Postgres state of the training service: runs (the job queue), model versions, promotion.
+
+The queue is `training_runs` itself (status queued -> running -> succeeded | failed), so a
+restart loses nothing. Every publication (training finished, promotion) writes its
+ModelPublished event to the outbox in the same transaction as the state change.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from magiclens.v1 import events_pb2
+
+from services.runtime import outbox
+from services.runtime.topics import MODELS_PUBLISHED, Topic
+
+_PROMOTE_LOCK = 0x4D4C_5052_4F4D  # serialises PromoteModel calls
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Conflict(RuntimeError):
+    """The request is valid but the state does not allow it (FAILED_PRECONDITION)."""
+
+
+def models_topic(name: str) -> Topic:
+    if name == MODELS_PUBLISHED.name:
+        return MODELS_PUBLISHED
+    return Topic(name, MODELS_PUBLISHED.key, MODELS_PUBLISHED.message, MODELS_PUBLISHED.producers,
+                 MODELS_PUBLISHED.consumers, partitions=1)
+
+
+@dataclass(frozen=True)
+class Run:
+    run_id: str
+    model_version: str
+    config_name: str
+    mode: str
+    status: str
+    step: int
+    total_steps: int
+    last_loss: float | None
+    reason: str
+    attempts: int
+    params: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, r: dict[str, Any]) -> Run:
+        return cls(r["run_id"], r["model_version"] or "", r["config_name"], r["mode"] or "",
+                   r["status"], r["step"], r["total_steps"] or 0, r["last_loss"],
+                   r["status_reason"] or "", r["attempts"], dict(r["params"] or {}))
+
+
+def new_ids(config_name: str) -> tuple[str, str]:
+    """(run_id, model_version): sortable by time, unique without coordination."""
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    tag = uuid.uuid4().hex[:6]
+    return f"run-{stamp}-{tag}", f"{config_name}-{stamp}-{tag}"
+
+
+def create_run(conn: psycopg.Connection, config_name: str, steps: int, mode: str,
+               config: dict[str, Any], trigger: str = "api") -> Run:
+    """Queue a run and reserve its model version (status 'training')."""
+    run_id, version = new_ids(config_name)
+    max_tid = conn.execute("SELECT coalesce(max(triple_id), 0) AS m FROM triples").fetchone()["m"]
+    params = {"steps": steps, "mode": mode, "trigger": trigger, "max_triple_id": int(max_tid)}
+    conn.execute("INSERT INTO model_versions (model_version, config_name, config, status) "
+                 "VALUES (%s, %s, %s, 'training')", (version, config_name, json.dumps(config)))
+    row = conn.execute(
+        "INSERT INTO training_runs (run_id, model_version, config_name, params, status, "
+        "total_steps, mode) VALUES (%s, %s, %s, %s, 'queued', %s, %s) RETURNING *",
+        (run_id, version, config_name, json.dumps(params), steps, mode)).fetchone()
+    conn.execute("NOTIFY magiclens_training")
+    return Run.from_row(row)
+
+
+def get_run(conn: psycopg.Connection, run_id: str) -> Run:
+    row = conn.execute("SELECT * FROM training_runs WHERE run_id = %s", (run_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no training run {run_id!r}")
+    return Run.from_row(row)
+
+
+def list_models(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    return conn.execute("SELECT * FROM model_versions ORDER BY created_at DESC, model_version"
+                        ).fetchall()
+
+
+def active_run(conn: psycopg.Connection) -> dict[str, Any] | None:
+    return conn.execute("SELECT * FROM training_runs WHERE status IN ('queued', 'running') "
+                        "ORDER BY created_at LIMIT 1").fetchone()
+
+
+def recover_orphans(conn: psycopg.Connection, max_attempts: int) -> list[str]:
+    """Runs left 'running' by a worker that died: requeue (resume) or fail after retries.
+
+    Call only while holding the worker lock: then nobody is running anything.
+    """
+    out = []
+    rows = conn.execute("SELECT run_id, attempts FROM training_runs WHERE status = 'running' "
+                        "FOR UPDATE").fetchall()
+    for r in rows:
+        if r["attempts"] >= max_attempts:
+            fail(conn, r["run_id"], f"interrupted {r['attempts']} times (worker restarts); "
+                                    "giving up")
+        else:
+            conn.execute("UPDATE training_runs SET status = 'queued', status_reason = %s, "
+                         "updated_at = now() WHERE run_id = %s",
+                         ("interrupted by a worker restart; resuming from the last checkpoint",
+                          r["run_id"]))
+        out.append(r["run_id"])
+    return out
+
+
+def claim_next(conn: psycopg.Connection, worker: str) -> Run | None:
+    row = conn.execute(
+        "UPDATE training_runs SET status = 'running', attempts = attempts + 1, worker = %s, "
+        "started_at = coalesce(started_at, now()), updated_at = now() WHERE run_id = ("
+        "  SELECT run_id FROM training_runs WHERE status = 'queued' ORDER BY created_at "
+        "  LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING *", (worker,)).fetchone()
+    return Run.from_row(row) if row else None
+
+
+def set_progress(conn: psycopg.Connection, run_id: str, step: int, loss: float | None) -> None:
+    conn.execute("UPDATE training_runs SET step = %s, last_loss = %s, updated_at = now() "
+                 "WHERE run_id = %s AND status = 'running'", (step, loss, run_id))
+
+
+def set_params(conn: psycopg.Connection, run_id: str, **extra: Any) -> None:
+    conn.execute("UPDATE training_runs SET params = params || %s::jsonb, updated_at = now() "
+                 "WHERE run_id = %s", (json.dumps(extra), run_id))
+
+
+def fail(conn: psycopg.Connection, run_id: str, reason: str) -> None:
+    reason = reason.strip()[:2000] or "failed"
+    row = conn.execute(
+        "UPDATE training_runs SET status = 'failed', status_reason = %s, finished_at = now(), "
+        "updated_at = now() WHERE run_id = %s AND status IN ('queued', 'running') "
+        "RETURNING model_version", (reason, run_id)).fetchone()
+    if row and row["model_version"]:
+        conn.execute("UPDATE model_versions SET status = 'failed', status_reason = %s, "
+                     "updated_at = now() WHERE model_version = %s AND status = 'training'",
+                     (reason, row["model_version"]))
+
+
+def publish(conn: psycopg.Connection, topic: Topic, run: Run, *, checkpoint_uri: str,
+            config: dict[str, Any], metrics: dict[str, float], embed_dim: int,
+            final_loss: float | None) -> bool:
+    """Success: the version becomes 'published' and ModelPublished goes to the outbox.
+
+    Returns False (and changes nothing) when the run is no longer ours to finish.
+    """
+    row = conn.execute(
+        "UPDATE training_runs SET status = 'succeeded', status_reason = NULL, step = %s, "
+        "last_loss = coalesce(%s, last_loss), finished_at = now(), updated_at = now() "
+        "WHERE run_id = %s AND status = 'running' RETURNING run_id",
+        (run.total_steps, final_loss, run.run_id)).fetchone()
+    if row is None:
+        return False
+    conn.execute(
+        "UPDATE model_versions SET status = 'published', checkpoint_uri = %s, config = %s, "
+        "metrics = %s, embed_dim = %s, status_reason = NULL, updated_at = now() "
+        "WHERE model_version = %s",
+        (checkpoint_uri, json.dumps(config), json.dumps(metrics), embed_dim, run.model_version))
+    outbox.enqueue(conn, topic, run.model_version, events_pb2.ModelPublished(
+        model_version=run.model_version, config_name=run.config_name,
+        checkpoint_uri=checkpoint_uri, embed_dim=embed_dim, promoted=False))
+    return True
+
+
+def promote(conn: psycopg.Connection, topic: Topic, model_version: str) -> dict[str, Any]:
+    """Make `model_version` the one promoted version; emit ModelPublished{promoted=true}.
+
+    Promoting the already promoted version is a no-op (no second event).
+    """
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PROMOTE_LOCK,))
+    row = conn.execute("SELECT * FROM model_versions WHERE model_version = %s FOR UPDATE",
+                       (model_version,)).fetchone()
+    if row is None:
+        raise NotFound(f"no model version {model_version!r}")
+    if row["status"] == "promoted":
+        return row
+    if row["status"] != "published" or not row["checkpoint_uri"]:
+        raise Conflict(f"model version {model_version} is {row['status']}; only a published "
+                       "version can be promoted")
+    conn.execute("UPDATE model_versions SET status = 'published', updated_at = now() "
+                 "WHERE status = 'promoted'")
+    row = conn.execute(
+        "UPDATE model_versions SET status = 'promoted', promoted_at = now(), updated_at = now() "
+        "WHERE model_version = %s RETURNING *", (model_version,)).fetchone()
+    outbox.enqueue(conn, topic, model_version, events_pb2.ModelPublished(
+        model_version=model_version, config_name=row["config_name"],
+        checkpoint_uri=row["checkpoint_uri"], embed_dim=row["embed_dim"] or 0, promoted=True))
+    return row
