@@ -15,6 +15,7 @@ import json
 import math
 import shutil
 import threading
+import time
 from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -85,7 +86,7 @@ def build_searcher(ids: np.ndarray, vectors: np.ndarray, params: IndexParams, k:
     if n < params.brute_threshold:
         return b.score_brute_force().build(docids=docids), "brute_force"
     leaves = max(2, int(math.sqrt(n)))
-    search = max(2, int(leaves * params.leaves_to_search_frac))
+    search = min(leaves, max(8, int(leaves * params.leaves_to_search_frac)))
     s = (b.tree(num_leaves=leaves, num_leaves_to_search=search,
                 training_sample_size=min(n, 250_000), spherical=True)
          .score_ah(2, anisotropic_quantization_threshold=params.aq_threshold)
@@ -167,14 +168,15 @@ class ShardIndex:
                 return []
             if q.shape[0] != self.dim:
                 raise ValueError(f"query dim {q.shape[0]} != index dim {self.dim}")
-            fetch = k + len(exclude) + (10 * k if keep is not None else 0)
+            fetch = 2 * k + len(exclude) + (10 * k if keep is not None else 0)
             fetch = min(fetch, len(self._ids))
             ids, scores = self._searcher.search(q, final_num_neighbors=fetch)
-        out = []
+        out, seen = [], set()
         for d, s in zip(ids, scores, strict=True):
-            i = int(d)
-            if i in exclude or (keep is not None and not keep(i)):
+            i = int(d)  # an upserted id can come back twice from a tree: keep its best score
+            if i in seen or i in exclude or (keep is not None and not keep(i)):
                 continue
+            seen.add(i)
             out.append((i, float(s)))
             if len(out) == k:
                 break
@@ -182,31 +184,34 @@ class ShardIndex:
 
     # ---------------------------------------------------------------- snapshots
     def snapshot(self, directory: Path) -> Path:
-        """Write the searcher + manifest to `directory` atomically (tmp dir + rename)."""
+        """Write the searcher + manifest into a fresh generation folder, then switch the
+        `LATEST` pointer atomically. (ScaNN's serialized config records absolute asset paths,
+        so a written snapshot must never be moved.)"""
         directory = Path(directory)
-        tmp = directory.with_name(directory.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        directory.mkdir(parents=True, exist_ok=True)
+        gen = directory / f"gen-{time.time_ns()}"
+        gen.mkdir()
         with self.lock.read():
             if self._searcher is not None:
-                self._searcher.serialize(str(tmp / "scann"))
+                (gen / "scann").mkdir()
+                self._searcher.serialize(str(gen / "scann"))
             ids = np.array(sorted(self._ids), np.int64)
             manifest = {"model_version": self.model_version, "dim": self.dim, "kind": self.kind,
                         "num_vectors": len(ids), "params": self.params.__dict__}
-        np.save(tmp / "ids.npy", ids, allow_pickle=False)
-        (tmp / MANIFEST).write_text(json.dumps(manifest))
-        old = directory.with_name(directory.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if directory.exists():
-            directory.rename(old)
-        tmp.rename(directory)
-        shutil.rmtree(old, ignore_errors=True)
-        return directory
+        np.save(gen / "ids.npy", ids, allow_pickle=False)
+        (gen / MANIFEST).write_text(json.dumps(manifest))
+        tmp = directory / "LATEST.tmp"
+        tmp.write_text(gen.name)
+        tmp.replace(directory / "LATEST")
+        for old in directory.glob("gen-*"):
+            if old != gen:
+                shutil.rmtree(old, ignore_errors=True)
+        return gen
 
     @classmethod
     def restore(cls, directory: Path) -> ShardIndex | None:
-        directory = Path(directory)
         try:
+            directory = Path(directory) / (Path(directory) / "LATEST").read_text().strip()
             manifest = json.loads((directory / MANIFEST).read_text())
             ids = np.load(directory / "ids.npy", allow_pickle=False)
         except (OSError, ValueError):
