@@ -47,6 +47,9 @@ class MiningSettings(BaseServiceSettings):
 
     # Dedupe and pairs.
     mining_phash_threshold: int = Field(default=6, ge=0, le=32)
+    # Largest 8x8-cell colour difference (0-255) still called a near-duplicate: re-encodes and
+    # resizes stay under ~10; skin-tone and recolour variants differ by 30+.
+    mining_colour_threshold: int = Field(default=20, ge=0, le=255)
     mining_max_pairs_per_page: int = Field(default=30, ge=0, le=10_000)
     mining_reconcile_min_age_s: float = Field(default=5.0, ge=0)
     mining_max_attempts: int = Field(default=3, ge=1, le=100)

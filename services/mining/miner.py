@@ -35,6 +35,7 @@ from services.mining.imaging import (
     Decoded,
     Policy,
     Rejection,
+    colour_distance,
     declared_size_reason,
     decode_data_uri,
     decode_image,
@@ -288,7 +289,7 @@ class Miner:
         plan: list[tuple[Candidate, Decoded, int | None]] = []  # image_id None = new
         fresh: list[Decoded] = []
         for c, d in sorted(out.images, key=lambda cd: cd[0].position):
-            twin = next((f for f in fresh if hamming(f.phash, d.phash) <= thr), None)
+            twin = next((f for f in fresh if self._near(f.phash, f.colour_sig, d)), None)
             if twin is not None:
                 out.rejections.append((c.url, "near-duplicate of an earlier image on this page"))
                 continue
@@ -304,7 +305,7 @@ class Miner:
             c, d = by_hash[h]
             ids[h] = self._insert_image(conn, page_id, c, d, uris[h], out.title)
         # 3. Link in page order; announce images this transaction created.
-        linked: dict[int, tuple[int, int]] = {}  # image_id -> (position, phash)
+        linked: dict[int, tuple[int, Decoded]] = {}  # image_id -> (position, decoded)
         new_images = 0
         for c, d, existing in plan:
             image_id, new = (existing, False) if existing is not None else ids[d.content_hash]
@@ -317,7 +318,7 @@ class Miner:
                 "ON CONFLICT DO NOTHING",
                 (page_id, image_id, c.position, display(c.url), c.alt, c.title, c.caption,
                  c.context))
-            linked[image_id] = (c.position, d.phash)
+            linked[image_id] = (c.position, d)
             if new:
                 new_images += 1
                 outbox.enqueue(conn, IMAGES_MINED, image_id, events_pb2.ImageMined(
@@ -350,22 +351,33 @@ class Miner:
         if row:
             return row["image_id"]
         near = conn.execute(
-            "SELECT image_id FROM images WHERE phash IS NOT NULL AND "
+            "SELECT image_id, phash, colour_sig FROM images WHERE phash IS NOT NULL AND "
             "bit_count((phash # %s)::bit(64)) <= %s "
-            "ORDER BY bit_count((phash # %s)::bit(64)), image_id LIMIT 1",
-            (d.phash, thr, d.phash)).fetchone()
-        return near["image_id"] if near else None
+            "ORDER BY bit_count((phash # %s)::bit(64)), image_id LIMIT 20",
+            (d.phash, thr, d.phash)).fetchall()
+        for row in near:
+            if self._near(row["phash"], bytes(row["colour_sig"] or b""), d):
+                return row["image_id"]
+        return None
+
+    def _near(self, phash: int, colour_sig: bytes, d: Decoded) -> bool:
+        """Near-duplicate: the same structure (pHash) AND the same colours (skin tones and
+        recolourings are different images, not copies)."""
+        return (hamming(phash, d.phash) <= self.settings.mining_phash_threshold
+                and colour_distance(colour_sig, d.colour_sig)
+                <= self.settings.mining_colour_threshold)
 
     def _insert_image(self, conn: psycopg.Connection, page_id: int, c: Candidate, d: Decoded,
                       uri: str, page_title: str) -> tuple[int, bool]:
         """(image_id, created by this transaction)."""
         row = conn.execute(
-            "INSERT INTO images (content_hash, phash, source_url, first_page_id, blob_uri, "
-            "mime_type, width, height, alt_text, title_text, caption, context_text, page_title) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+            "INSERT INTO images (content_hash, phash, colour_sig, source_url, first_page_id, "
+            "blob_uri, mime_type, width, height, alt_text, title_text, caption, context_text, "
+            "page_title) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
             "ON CONFLICT (content_hash) DO NOTHING RETURNING image_id",
-            (d.content_hash, d.phash, display(c.url), page_id, uri, d.mime, d.width, d.height,
-             c.alt, c.title, c.caption, c.context, page_title or None)).fetchone()
+            (d.content_hash, d.phash, d.colour_sig or None, display(c.url), page_id, uri, d.mime,
+             d.width, d.height, c.alt, c.title, c.caption, c.context,
+             page_title or None)).fetchone()
         if row:
             return row["image_id"], True
         row = conn.execute("SELECT image_id FROM images WHERE content_hash = %s",
@@ -373,16 +385,16 @@ class Miner:
         return row["image_id"], False
 
     def _pairs(self, conn: psycopg.Connection, page_id: int,
-               linked: dict[int, tuple[int, int]], thr: int) -> list[int]:
+               linked: dict[int, tuple[int, Decoded]], thr: int) -> list[int]:
         """Ordered pairs of the page's images, nearest on the page first, capped."""
         items = sorted(linked.items(), key=lambda kv: kv[1][0])
         cands = []
-        for qa, (qpos, qph) in items:
-            for ta, (tpos, tph) in items:
+        for qa, (qpos, qd) in items:
+            for ta, (tpos, td) in items:
                 if qa == ta:
                     continue
-                dist = hamming(qph, tph)
-                if dist <= thr:
+                dist = hamming(qd.phash, td.phash)
+                if self._near(qd.phash, qd.colour_sig, td):
                     continue  # near-duplicates teach nothing
                 cands.append((abs(qpos - tpos), min(qpos, tpos), qpos, qa, ta, dist))
         cands.sort()

@@ -1,0 +1,37 @@
+"""Near-duplicate = same structure AND same colours: colour variants are kept apart."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image, ImageDraw
+from skimage import data
+
+from services.mining.imaging import _flatten, _phash, colour_distance, colour_signature, hamming
+
+
+def _face(skin: tuple[int, int, int]) -> Image.Image:
+    img = Image.new("RGBA", (160, 160), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(img)
+    draw.ellipse((20, 20, 140, 140), fill=(*skin, 255))
+    draw.ellipse((55, 60, 70, 75), fill=(40, 30, 20, 255))
+    draw.ellipse((90, 60, 105, 75), fill=(40, 30, 20, 255))
+    draw.arc((50, 80, 110, 120), 20, 160, fill=(90, 40, 30, 255), width=5)
+    return _flatten(img)
+
+
+def test_skin_tone_variants_share_structure_but_not_colour():
+    light, dark = _face((247, 222, 206)), _face((120, 80, 50))
+    assert hamming(_phash(light), _phash(dark)) <= 10  # pHash alone would merge them
+    assert colour_distance(colour_signature(light), colour_signature(dark)) > 20
+
+
+def test_reencoded_and_resized_copies_stay_near_duplicates():
+    photo = Image.fromarray(data.chelsea()).convert("RGB")
+    buf = io.BytesIO()
+    photo.save(buf, "JPEG", quality=60)
+    copy = _flatten(Image.open(io.BytesIO(buf.getvalue())))
+    small = photo.resize((photo.width // 3, photo.height // 3))
+    for other in (copy, small):
+        assert colour_distance(colour_signature(photo), colour_signature(other)) <= 5
+        assert hamming(_phash(photo), _phash(other)) <= 6
