@@ -81,10 +81,12 @@ class GrpcServer:
         if self.port == 0:
             raise OSError(f"could not bind gRPC port {host}:{port} (in use?)")
         self.metrics_port = metrics_port
+        self.host = host
 
     def start(self) -> int:
         if self.metrics_port is not None:
-            start_http_server(self.metrics_port, addr="127.0.0.1")
+            # Same interface as the gRPC port: all interfaces in a pod, loopback on a laptop.
+            start_http_server(self.metrics_port, addr=self.host)
         self.server.start()
         self.set_serving(True)
         log.info("gRPC server listening", extra={"port": self.port,
