@@ -60,7 +60,10 @@ class EmbeddingClient:
                                      client_timeout=timeout_s or self.timeout_s)
         except InferenceServerException as exc:
             lines = [ln.strip() for ln in (exc.message() or str(exc)).splitlines() if ln.strip()]
-            msg = lines[-1] if lines else "embedding server error"  # the exception line
+            # the server's exception line (e.g. "BadInput: cannot decode image"), not the traceback
+            errs = [ln for ln in lines if "BadInput:" in ln or "Error:" in ln]
+            msg = (errs[-1].split("BadInput:", 1)[-1].strip() if errs
+                   else lines[-1] if lines else "embedding server error")
             status = str(exc.status() or "")
             if "UNAVAILABLE" in status or "DEADLINE" in status or "Deadline" in msg:
                 raise UnavailableError(f"embedding server {self.url}: {msg}") from None

@@ -151,8 +151,11 @@ def stop_triton(server: TritonProc) -> list[int]:
     except subprocess.TimeoutExpired:
         server.proc.kill()
         server.proc.wait()
-    time.sleep(0.5)
-    alive = [k for k in kids if Path(f"/proc/{k}").exists()]
+    deadline = time.monotonic() + 5  # multiprocessing's resource tracker exits on EOF
+    alive = kids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [k for k in kids if Path(f"/proc/{k}").exists()]
     for k in alive:  # never leave them behind, even when the test fails
         os.kill(k, signal.SIGKILL)
     return alive
