@@ -1,0 +1,227 @@
+"""TrainingService end to end against real Postgres and Kafka: triples rows -> queued runs
+(one at a time) -> model_versions rows + ModelPublished on Kafka; promotion flips the one
+promoted version; request validation and status codes through the real entry point."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import grpc
+import pytest
+from kafka import KafkaConsumer
+from magiclens.v1 import events_pb2
+
+sys.path.insert(0, str(Path(__file__).parent))
+from training_fixtures import (
+    compilation_cache,
+    drop_database,
+    fresh_database,
+    seed,
+    tiny_model_kwargs,
+)
+
+from services.runtime import db
+from services.runtime.blobstore import open_blobstore
+from services.runtime.bus import ensure_topics
+from services.runtime.config import load_settings
+from services.runtime.grpc_server import GrpcServer
+from services.runtime.outbox import OutboxRelay
+from services.training import client, store
+from services.training.config import TrainingSettings
+from services.training.server import TrainingServicer, registration
+from services.training.worker import TrainingWorker
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Events:
+    """Collects ModelPublished events from a unique consumer group (from the earliest offset)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.consumer = KafkaConsumer(
+            topic, bootstrap_servers=bootstrap, group_id=f"test-training-{uuid.uuid4().hex[:8]}",
+            auto_offset_reset="earliest", enable_auto_commit=False,
+            session_timeout_ms=6000, heartbeat_interval_ms=2000)
+        self.seen: list[events_pb2.ModelPublished] = []
+
+    def wait_for(self, predicate, timeout: float = 60.0) -> list[events_pb2.ModelPublished]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for records in self.consumer.poll(timeout_ms=500).values():
+                for r in records:
+                    msg = events_pb2.ModelPublished()
+                    msg.ParseFromString(r.value)
+                    assert r.key.decode() == msg.model_version
+                    self.seen.append(msg)
+            if predicate(self.seen):
+                return self.seen
+        raise AssertionError(f"events not seen in {timeout}s: {self.seen}")
+
+    def close(self) -> None:
+        deadline = time.monotonic() + 10  # Tansu: never leave a group before assignment
+        while not self.consumer.assignment() and time.monotonic() < deadline:
+            self.consumer.poll(timeout_ms=200)
+        self.consumer.close(autocommit=False)
+
+
+@pytest.fixture(scope="module")
+def svc(infra_servers, tmp_path_factory):
+    name = f"training_s_{uuid.uuid4().hex[:8]}"
+    url = fresh_database(infra_servers.database_url, name)
+    data_dir = tmp_path_factory.mktemp("training-svc")
+    topic = f"test.models.{name}"
+    settings = load_settings(TrainingSettings, database_url=url,
+                             kafka_bootstrap_servers=infra_servers.kafka_bootstrap,
+                             data_dir=data_dir, training_models_topic=topic,
+                             training_poll_s=0.2, training_progress_interval_s=0)
+    ensure_topics(infra_servers.kafka_bootstrap, [store.models_topic(topic)])
+    seed(url, open_blobstore(settings.blob_root), name)
+    events = Events(infra_servers.kafka_bootstrap, topic)
+    worker = TrainingWorker(settings, tiny_model_kwargs)
+    server = GrpcServer([registration(TrainingServicer(settings, worker))], port=0)
+    port = server.start()
+    relay = OutboxRelay(url, infra_servers.kafka_bootstrap, idle_poll_s=0.1)
+    threads = [threading.Thread(target=t, daemon=True) for t in (worker.run, relay.run)]
+    with compilation_cache(data_dir / "jax_cache"):
+        for t in threads:
+            t.start()
+        yield SimpleNamespace(url=url, stub=client.stub(f"127.0.0.1:{port}"), events=events,
+                              settings=settings)
+        worker.stop()
+        relay.stop()
+        for t in threads:
+            t.join(60)
+        server.stop(1)
+        events.close()
+    drop_database(infra_servers.database_url, name)
+
+
+def test_runs_train_one_at_a_time_and_publish_models(svc):
+    a = client.start_training("compact", 10, "frozen", target=svc.stub)
+    b = client.start_training("compact", 6, "frozen", target=svc.stub)
+    assert (a.status, b.status) == ("queued", "queued") and a.model_version != b.model_version
+    both_running, steps_seen = False, set()
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        ra, rb = (client.get_run(r.run_id, svc.stub) for r in (a, b))
+        both_running |= ra.status == rb.status == "running"
+        if ra.status == "running":
+            steps_seen.add(ra.step)
+        if ra.status in client.FINAL and rb.status in client.FINAL:
+            break
+        time.sleep(0.1)
+    assert (ra.status, rb.status) == ("succeeded", "succeeded"), (ra.reason, rb.reason)
+    assert not both_running
+    assert (ra.step, ra.total_steps, rb.step) == (10, 10, 6) and ra.last_loss > 0
+    assert len(steps_seen) >= 2, steps_seen  # progress was visible while it trained
+    assert client.wait_for_run(a.run_id, svc.stub, timeout=5).status == "succeeded"
+
+    models = {m.model_version: m for m in client.list_models(svc.stub)}
+    for r in (a, b):
+        m = models[r.model_version]
+        assert m.status == "published" and m.config_name == "compact"
+        assert m.checkpoint_uri.startswith("file://")
+        assert Path(m.checkpoint_uri.removeprefix("file://"), "params").is_dir()
+        for key in ("magiclens/R@1", "image_only/R@1", "text_only/R@1", "image_text_sum/R@1"):
+            assert 0 <= m.metrics[key] <= 100
+        assert m.metrics["data/train_triples"] == 16 and m.metrics["data/heldout_triples"] == 8
+
+    # The trained checkpoint loads with the trainer's own reader.
+    from trainer.checkpoints import load_params
+
+    params, meta = load_params(models[a.model_version].checkpoint_uri.removeprefix("file://"))
+    assert meta["steps"] == 10 and "multimodal_encoder" in params
+
+    seen = svc.events.wait_for(lambda ev: {e.model_version for e in ev} >= {a.model_version,
+                                                                           b.model_version})
+    for e in seen:
+        assert (e.config_name, e.embed_dim, e.promoted) == ("compact", 64, False)
+        assert e.checkpoint_uri == models[e.model_version].checkpoint_uri
+    svc.a, svc.b = a.model_version, b.model_version
+
+
+def test_promote_flips_the_promoted_version(svc):
+    a, b = getattr(svc, "a", None), getattr(svc, "b", None)
+    if a is None:
+        pytest.skip("needs the published models of the previous test")
+
+    def statuses():
+        return {m.model_version: m.status for m in client.list_models(svc.stub)}
+
+    assert client.promote(a, svc.stub).status == "promoted"
+    assert client.promote(b, svc.stub).status == "promoted"
+    st = statuses()
+    assert (st[a], st[b]) == ("published", "promoted")
+    assert client.promote(b, svc.stub).status == "promoted"  # idempotent: no new event
+    assert client.promote(a, svc.stub).status == "promoted"
+    st = statuses()
+    assert (st[a], st[b]) == ("promoted", "published")
+    assert list(st.values()).count("promoted") == 1
+    seen = svc.events.wait_for(lambda ev: sum(e.promoted for e in ev) >= 3)
+    time.sleep(1.0)  # let a (wrong) extra event from the idempotent call arrive, if any
+    svc.events.wait_for(lambda ev: True, timeout=1)
+    assert [e.model_version for e in seen if e.promoted] == [a, b, a]
+
+    with pytest.raises(grpc.RpcError) as err:
+        client.promote("no-such-version", svc.stub)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with db.transaction(svc.url) as conn:
+        conn.execute("INSERT INTO model_versions (model_version, config_name, status) "
+                     "VALUES ('still-training', 'compact', 'training')")
+    with pytest.raises(grpc.RpcError) as err:
+        client.promote("still-training", svc.stub)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_entry_point_validates_requests(infra_servers, tmp_path):
+    name = f"training_e_{uuid.uuid4().hex[:8]}"
+    url = fresh_database(infra_servers.database_url, name)
+    port = _free_port()
+    env = infra_servers.env(DATABASE_URL=url, MAGICLENS_GRPC_PORT=str(port),
+                            MAGICLENS_METRICS_PORT="0", MAGICLENS_DATA_DIR=str(tmp_path),
+                            MAGICLENS_TRAINING_JAX_CACHE="false")
+    proc = subprocess.Popen([sys.executable, "-m", "services.training"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        grpc.channel_ready_future(channel).result(timeout=90)
+        stub = client.stub(f"127.0.0.1:{port}")
+        for kwargs, code in [
+            (dict(config_name="no_such_config"), grpc.StatusCode.INVALID_ARGUMENT),
+            (dict(config_name="../etc"), grpc.StatusCode.INVALID_ARGUMENT),
+            (dict(config_name="compact", steps=-5), grpc.StatusCode.INVALID_ARGUMENT),
+            (dict(config_name="compact", mode="half"), grpc.StatusCode.INVALID_ARGUMENT),
+            (dict(config_name="base", steps=10), grpc.StatusCode.FAILED_PRECONDITION),
+        ]:
+            with pytest.raises(grpc.RpcError) as err:
+                client.start_training(target=stub, **kwargs)
+            assert err.value.code() == code, (kwargs, err.value.details())
+        with pytest.raises(grpc.RpcError) as err:
+            client.get_run("run-does-not-exist", stub)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.RpcError) as err:
+            client.get_run("", stub)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert client.list_models(stub) == []
+        with db.connect(url) as conn:  # nothing was queued by the rejected requests
+            assert conn.execute("SELECT count(*) AS n FROM training_runs").fetchone()["n"] == 0
+        channel.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        drop_database(infra_servers.database_url, name)
+    assert proc.returncode == 0, out[-2000:]
