@@ -76,7 +76,8 @@ class Supervisor:
             if (names and spec.name not in names) or spec.name in state:
                 continue
             log = open(self.log_dir / f"{spec.name}.log", "ab")  # noqa: SIM115 - child owns it
-            proc = subprocess.Popen(shlex.split(spec.command), cwd=self.root, stdout=log,
+            proc = subprocess.Popen(shlex.split(os.path.expandvars(spec.command)),
+                                    cwd=self.root, stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env=env or dict(os.environ), start_new_session=True)
             log.close()
@@ -114,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     sup = Supervisor(root, root / args.procfile)
     if args.action == "up":
         env = dict(os.environ)
+        env.setdefault("MAGICLENS_DATA_DIR", str(sup.run_dir.parent))
+        os.environ["MAGICLENS_DATA_DIR"] = env["MAGICLENS_DATA_DIR"]  # for $VARS in Procfile
         env.update(infra.up())
         started = sup.up(args.names or None, env)
         print(f"procs: started {', '.join(started) or 'nothing (all running)'}; "
