@@ -169,14 +169,14 @@ def cluster(infra_servers, corpus, triton, checkpoints, tmp_path_factory):
                             PYTHONPATH=f"{ROOT}:{ROOT / 'gen'}")
     procs: dict[str, subprocess.Popen] = {}
 
-    def start_shard(i: int):
+    def _start_shard(i: int):
         e = dict(env, MAGICLENS_GRPC_PORT=str(ports[i]))
         procs[f"shard{i}"] = _start(["services.search.shard", "--index", tag, "--num-shards", "2",
                                      "--shard", str(i)], e, d / f"shard{i}.log")
         _wait_port(ports[i], procs[f"shard{i}"], d / f"shard{i}.log")
 
     for i in range(2):
-        start_shard(i)
+        _start_shard(i)
     root_port = free_port()
     procs["root"] = _start(["services.search.root"], dict(
         env, MAGICLENS_GRPC_PORT=str(root_port), MAGICLENS_TRITON_URL=triton.url,
@@ -197,7 +197,7 @@ def cluster(infra_servers, corpus, triton, checkpoints, tmp_path_factory):
             procs[f"shard{i}"].kill()
             procs[f"shard{i}"].wait()
 
-        start_shard = staticmethod(start_shard)
+        start_shard = staticmethod(_start_shard)
 
     yield Cluster
     for p in procs.values():
@@ -211,8 +211,9 @@ def cluster(infra_servers, corpus, triton, checkpoints, tmp_path_factory):
 
 
 def _search(cluster, **kw):
+    timeout = kw.pop("timeout", 30)
     req = search_pb2.SearchRequest(query=common_pb2.ImageInput(**kw.pop("query")), **kw)
-    return cluster.stub.Search(req, timeout=kw.pop("timeout", 30))
+    return cluster.stub.Search(req, timeout=timeout)
 
 
 def test_search_by_pool_image_and_bytes(cluster):
