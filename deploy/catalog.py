@@ -94,6 +94,7 @@ WORKLOADS: tuple[Workload, ...] = (
     Workload("embedding", "services.embedding.server", image=TRITON_IMAGE,
              container="embedding-server",
              args=("--current-file", CURRENT_MODEL_FILE),
+             env={"MAGICLENS_TRITON_HOST": "0.0.0.0"},
              http_port=8000, http_health_path="/v2/health/ready", metrics_port=8002,
              extra_ports=(("triton-grpc", 8001),),
              uses=frozenset({POSTGRES, KAFKA, S3}),

@@ -222,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--http-port", type=int, default=int(os.environ.get("TRITON_HTTP_PORT", 8000)))
     ap.add_argument("--metrics-port", type=int,
                     default=int(os.environ.get("TRITON_METRICS_PORT", 8002)))
+    ap.add_argument("--host", default=os.environ.get("MAGICLENS_TRITON_HOST", "127.0.0.1"),
+                    help="interface to bind (0.0.0.0 in a pod)")
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--queue-delay-us", type=int, default=2000)
     args = ap.parse_args(argv)
@@ -242,8 +244,16 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     watcher = Watcher(args.current_file, holder, stop)
     if not watcher.load_now():
-        print(f"embedding-server: no loadable model in {args.current_file}", file=sys.stderr)
-        return 2
+        # No model promoted yet (a fresh install): wait for one instead of crash-looping.
+        print(f"embedding-server: waiting for a promoted model in {args.current_file}",
+              file=sys.stderr, flush=True)
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            while not watcher.load_now():
+                if stop.wait(2.0):
+                    return 0
+        except KeyboardInterrupt:
+            return 0
     size = holder.get().image_size
     config = ModelConfig(max_batch_size=args.max_batch, batcher=DynamicBatcher(
         max_queue_delay_microseconds=args.queue_delay_us))
@@ -254,8 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     triton = Triton(config=TritonConfig(grpc_port=args.grpc_port, http_port=args.http_port,
-                                        metrics_port=args.metrics_port, grpc_address="127.0.0.1",
-                                        http_address="127.0.0.1", exit_timeout_secs=5))
+                                        metrics_port=args.metrics_port, grpc_address=args.host,
+                                        http_address=args.host, exit_timeout_secs=5))
     try:
         triton.bind(QUERY_MODEL, make_infer(holder, QUERY_MODEL), [
             *image_in, Tensor(name="instruction", dtype=np.bytes_, shape=(1,), optional=True)],
