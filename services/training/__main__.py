@@ -4,6 +4,7 @@ and (when MAGICLENS_TRAINING_AUTO_MIN_NEW_TRIPLES > 0) the TripleCreated auto-st
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 from services.runtime.bus import ensure_topics
@@ -47,16 +48,19 @@ def main() -> int:
     thread.start()
     log.info("training service ready", extra={"auto_min_new_triples":
                                               settings.training_auto_min_new_triples})
-    try:
-        return service.run_forever()
-    finally:
-        worker.stop()
-        # A job in progress cannot be interrupted mid-step; it is left 'running' and resumed
-        # from its last checkpoint by the next worker (see worker.py).
-        thread.join(timeout=settings.shutdown_grace_s)
-        if worker.current:
-            log.warning("exiting with a run in progress; it resumes on restart",
-                        extra={"run_id": worker.current})
+    code = service.run_forever()
+    # A job leaves its training loop after the current step and is requeued; it resumes from
+    # its last checkpoint. Phases without a step hook (feature extraction, evaluation) cannot
+    # be interrupted: then the process ends without waiting for them, and the run, still
+    # 'running', is recovered the same way by the next worker.
+    worker.stop()
+    thread.join(timeout=settings.shutdown_grace_s)
+    if thread.is_alive():
+        log.warning("exiting with a run in progress; it resumes on restart",
+                    extra={"run_id": worker.current})
+        logging.shutdown()
+        os._exit(code)  # an XLA computation still running in a thread aborts a normal exit
+    return code
 
 
 if __name__ == "__main__":

@@ -111,12 +111,15 @@ def recover_orphans(conn: psycopg.Connection, max_attempts: int) -> list[str]:
             fail(conn, r["run_id"], f"interrupted {r['attempts']} times (worker restarts); "
                                     "giving up")
         else:
-            conn.execute("UPDATE training_runs SET status = 'queued', status_reason = %s, "
-                         "updated_at = now() WHERE run_id = %s",
-                         ("interrupted by a worker restart; resuming from the last checkpoint",
-                          r["run_id"]))
+            requeue(conn, r["run_id"], "interrupted by a worker restart; resuming from the "
+                                       "last checkpoint")
         out.append(r["run_id"])
     return out
+
+
+def requeue(conn: psycopg.Connection, run_id: str, reason: str) -> None:
+    conn.execute("UPDATE training_runs SET status = 'queued', status_reason = %s, "
+                 "updated_at = now() WHERE run_id = %s AND status = 'running'", (reason, run_id))
 
 
 def claim_next(conn: psycopg.Connection, worker: str) -> Run | None:

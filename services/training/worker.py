@@ -49,6 +49,10 @@ class JobError(RuntimeError):
     """A run that cannot proceed, with a reason for the user."""
 
 
+class Interrupted(Exception):
+    """The worker is stopping: the job leaves the training loop after the current step."""
+
+
 def available_configs() -> list[str]:
     """Config modules in trainer/configs (the trainer's own registry)."""
     import pkgutil
@@ -80,8 +84,10 @@ def resolve_config(config_name: str, steps: int, mode: str, checkpoint_every: in
 class _Progress:
     """Writes step/loss to Postgres at most every `interval` seconds (own connection)."""
 
-    def __init__(self, url: str, run_id: str, start: int, interval: float) -> None:
+    def __init__(self, url: str, run_id: str, start: int, interval: float,
+                 stop: threading.Event | None = None) -> None:
         self.url, self.run_id, self.step, self.interval = url, run_id, start, interval
+        self.stop = stop
         self.loss: float | None = None
         self.losses: list[float] = []
         self._last = 0.0
@@ -93,6 +99,9 @@ class _Progress:
         self.losses.append(loss)
         if time.monotonic() - self._last >= self.interval:
             self.flush()
+        if self.stop is not None and self.stop.is_set():
+            self.flush()
+            raise Interrupted(f"stopped at step {self.step}")
 
     def flush(self) -> None:
         self._last = time.monotonic()
@@ -210,7 +219,7 @@ class TrainingWorker:
                 if start:
                     store.set_params(conn, run.run_id, resumed_from_step=start)
             progress = _Progress(self.url, run.run_id, start,
-                                 self.settings.training_progress_interval_s)
+                                 self.settings.training_progress_interval_s, self.stop_event)
             result = self._train(cfg, train_file, eval_file, workdir, progress, stop_at)
             progress.flush()
             if stop_at is not None and stop_at < cfg.steps:
@@ -220,6 +229,11 @@ class TrainingWorker:
             log.info("training run published", extra={
                 "run_id": run.run_id, "model_version": run.model_version,
                 "seconds": round(time.monotonic() - started, 1)})
+        except Interrupted as exc:  # shutdown: queue it again; it resumes from its checkpoint
+            log.warning("training run interrupted by shutdown", extra={"run_id": run.run_id})
+            with db.transaction(self.url) as conn:
+                store.requeue(conn, run.run_id, f"interrupted by shutdown ({exc}); resumes "
+                                                "from the last checkpoint")
         except Exception as exc:  # any failure is recorded on the run, never lost
             reason = str(exc) if isinstance(exc, JobError) else f"{type(exc).__name__}: {exc}"
             log.exception("training run failed", extra={"run_id": run.run_id})

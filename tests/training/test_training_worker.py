@@ -95,6 +95,44 @@ def test_interrupted_run_resumes_from_its_checkpoint(env):
     second._drop_lock()
 
 
+def test_shutdown_requeues_the_run_and_the_next_worker_resumes_it(env):
+    import threading
+    import time
+
+    from services.training.progress import latest_checkpoint_step
+
+    settings, _ = env
+    url = settings.database_url
+    often = settings.model_copy(update={"training_checkpoint_every": 2})
+    with db.transaction(url) as conn:
+        run = store.create_run(conn, "compact", 5000, "frozen", {})
+    worker = TrainingWorker(often, tiny_model_kwargs)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while _row(url, "SELECT step FROM training_runs WHERE run_id = %s", run.run_id)["step"] < 5:
+        assert time.monotonic() < deadline, "run made no progress"
+        time.sleep(0.05)
+    worker.stop()  # what SIGTERM does: leave the loop after the current step
+    thread.join(60)
+    assert not thread.is_alive()
+    r = _row(url, "SELECT status, status_reason FROM training_runs WHERE run_id = %s",
+             run.run_id)
+    assert r["status"] == "queued" and "interrupted by shutdown" in r["status_reason"]
+    saved = latest_checkpoint_step(often.runs_dir / run.run_id)
+    assert saved >= 4
+
+    nxt = TrainingWorker(often, tiny_model_kwargs)
+    assert nxt.tick(stop_at=saved + 4)
+    r = _row(url, "SELECT * FROM training_runs WHERE run_id = %s", run.run_id)
+    # An asynchronous checkpoint save in flight at the stop may still land (one later).
+    assert r["params"]["resumed_from_step"] in (saved, saved + 2) and r["step"] == saved + 4
+    assert r["attempts"] == 2
+    with db.transaction(url) as conn:
+        store.fail(conn, run.run_id, "test over")
+    nxt._drop_lock()
+
+
 def test_failures_are_recorded_with_a_reason(env):
     settings, _ = env
     url = settings.database_url
