@@ -176,6 +176,12 @@ def build(out: Path, size: str = "default", base_url: str = DEFAULT_BASE_URL,
     with (tmp / "eval_queries.jsonl").open("w", encoding="utf-8") as fh:
         for q in queries:
             fh.write(json.dumps(q, sort_keys=True, ensure_ascii=False) + "\n")
+    # The same generator over the training pages: example queries for the demo and the UI
+    # (never for measuring quality: these images are trained on).
+    train_images = [images[a] for a in sorted(images) if images[a]["split"] != "heldout"]
+    with (tmp / "example_queries.jsonl").open("w", encoding="utf-8") as fh:
+        for q in evalq.build_queries(train_images):
+            fh.write(json.dumps(q, sort_keys=True, ensure_ascii=False) + "\n")
     manifest = {
         "version": 1, "size": size, "base_url": base_url,
         "heldout_rule": f"sha256('split:'+page_id)[:8] big-endian < {HELDOUT_PERCENT}% of 2^64",

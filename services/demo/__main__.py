@@ -233,29 +233,46 @@ def _pool_ids(url: str) -> dict[str, int]:
             "SELECT source_url, image_id FROM images WHERE status <> 'rejected'")}
 
 
+def _read_queries(name: str) -> list[dict]:
+    path = CORPUS / name
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
 def step_examples(url: str, per_relation: int = 1, k: int = 5) -> list[dict]:
-    """Run held-out example queries through the real search API and print the hits."""
+    """Run example queries through the real search API and print the hits.
+
+    Held-out queries come first; relations the held-out pages lack are shown with a query
+    from a training page (marked so: those images were trained on).
+    """
     from magiclens.v1 import common_pb2, search_pb2, search_pb2_grpc
 
     ids = _pool_ids(url)
-    chosen, seen = [], {}
-    with open(CORPUS / "eval_queries.jsonl") as f:
-        queries = [json.loads(line) for line in f]
+    pools = [("held-out", _read_queries("eval_queries.jsonl")),
+             ("training page", _read_queries("example_queries.jsonl"))]
+    chosen = []
     for rel in EXAMPLE_RELATIONS:
-        for q in queries:
-            if q["relation"] == rel and q["query_url"] in ids and seen.get(rel, 0) < per_relation:
-                chosen.append(q)
-                seen[rel] = seen.get(rel, 0) + 1
+        picked = 0
+        for origin, queries in pools:
+            for q in queries:
+                if picked >= per_relation:
+                    break
+                if (q["relation"] == rel and q["query_url"] in ids
+                        and any(t in ids for t in q["target_urls"])):
+                    chosen.append((origin, q))
+                    picked += 1
     examples = []
     with grpc.insecure_channel("127.0.0.1:50055") as ch:
         stub = search_pb2_grpc.SearchServiceStub(ch)
-        for q in chosen:
+        for origin, q in chosen:
             resp = stub.Search(search_pb2.SearchRequest(
                 query=common_pb2.ImageInput(image_id=ids[q["query_url"]]),
                 instruction=q["instruction"], k=k), timeout=30)
             targets = {ids[t] for t in q["target_urls"] if t in ids}
             print(f"\n  query: {q['query_url'].rsplit('/img/', 1)[-1]}  +  "
-                  f"\"{q['instruction']}\"   ({q['relation']}, model {resp.model_version})")
+                  f"\"{q['instruction']}\"   ({q['relation']}, {origin})")
             for rank, hit in enumerate(resp.hits, 1):
                 mark = "✓" if hit.image_id in targets else " "
                 label = hit.context.alt_text or hit.context.caption or hit.image_url
@@ -293,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         step_ingest(url)
         model = step_train(url, args.steps)
         step_index(url, model["model_version"])
-        say("example queries from held-out pages (✓ = a ground-truth target):")
+        say("example queries through the search API (✓ = a ground-truth target):")
         step_examples(url)
         print()
         step_quality(model)
