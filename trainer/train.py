@@ -300,11 +300,15 @@ def train(cfg: TrainConfig, triples: TripleSource, workdir: str | Path, *,
             mngr.save(s, args=ocp.args.StandardSave({"trainable": tr, "opt_state": os_}),
                       force=s == end)
 
-    trainable, opt_state, loss_hist = _run_loop(step_fn, trainable, opt_state, get_batch, start,
-                                                end, cfg.batch_size, f"fusion/{cfg.mode}",
-                                                on_step)
-    mngr.wait_until_finished()
-    mngr.close()
+    try:
+        trainable, opt_state, loss_hist = _run_loop(step_fn, trainable, opt_state, get_batch,
+                                                    start, end, cfg.batch_size,
+                                                    f"fusion/{cfg.mode}", on_step)
+    finally:
+        # Also when the loop is interrupted: an asynchronous save still in flight would
+        # otherwise land after a resumed run has already chosen its starting step.
+        mngr.wait_until_finished()
+        mngr.close()
     if end < cfg.steps:
         return TrainResult(workdir / "checkpoints", {"train/steps": float(end)}, loss_hist,
                            align_losses)

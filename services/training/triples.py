@@ -151,6 +151,27 @@ class PostgresTripleSource:
         os.replace(tmp, target)
         return str(target)
 
+    def export_captions(self, database_url: str, path: str | Path) -> int:
+        """Write `{image, text}` lines (the mined alt text, else the caption) for every image
+        this snapshot uses: the compact model's alignment stage learns its projections from
+        them before the fusion stage. Returns the number of lines."""
+        ids = [i for i, p in self._paths.items() if p is not None]
+        with db.connect(database_url) as conn:
+            rows = conn.execute("SELECT image_id, alt_text, caption FROM images "
+                                "WHERE image_id = ANY(%s) ORDER BY image_id", (ids,)).fetchall()
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        n = 0
+        with tmp.open("w", encoding="utf-8") as f:
+            for r in rows:
+                text = " ".join((r["alt_text"] or r["caption"] or "").split())
+                text = text[:MAX_INSTRUCTION_CHARS]
+                if text:
+                    f.write(json.dumps({"image": self._paths[r["image_id"]], "text": text}) + "\n")
+                    n += 1
+        tmp.replace(path)
+        return n
+
     def export(self, path: str | Path) -> Path:
         """Write the trainer's JSONL (`trainer.data.triples.JsonlTriples` reads it back)."""
         path = Path(path)

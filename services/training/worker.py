@@ -262,9 +262,10 @@ class TrainingWorker:
         eval_src = PostgresTripleSource(self.url, s.blob_root, workdir / "images", "heldout",
                                         **limits)
         train_src.export(train_file)
+        captions = train_src.export_captions(self.url, workdir / "captions.jsonl")
         if len(eval_src) >= 2:
             eval_src.export(eval_file)
-        data = {"train": train_src.summary(),
+        data = {"train": {**train_src.summary(), "captions": captions},
                 "heldout": {**eval_src.summary(),
                             "triples": len(eval_src) if len(eval_src) >= 2 else 0}}
         tmp = meta_file.with_name(meta_file.name + ".tmp")
@@ -282,6 +283,11 @@ class TrainingWorker:
         kwargs = dict(self.model_kwargs(cfg))
         if eval_file is not None:
             kwargs["eval_triples"] = JsonlTriples(eval_file)
+        captions_file = workdir / "captions.jsonl"
+        if captions_file.exists() and captions_file.stat().st_size and "captions" not in kwargs:
+            from trainer.data.triples import read_captions
+
+            kwargs["captions"] = read_captions(captions_file)
         if stop_at is not None:
             if "stop_at" not in inspect.signature(train).parameters:
                 raise JobError("this trainer cannot stop early (no stop_at)")

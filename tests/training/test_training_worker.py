@@ -123,14 +123,16 @@ def test_shutdown_requeues_the_run_and_the_next_worker_resumes_it(env):
     assert saved >= 4
 
     nxt = TrainingWorker(often, tiny_model_kwargs)
-    assert nxt.tick(stop_at=saved + 4)
-    r = _row(url, "SELECT * FROM training_runs WHERE run_id = %s", run.run_id)
-    # An asynchronous checkpoint save in flight at the stop may still land (one later).
-    assert r["params"]["resumed_from_step"] in (saved, saved + 2) and r["step"] == saved + 4
-    assert r["attempts"] == 2
-    with db.transaction(url) as conn:
-        store.fail(conn, run.run_id, "test over")
-    nxt._drop_lock()
+    try:
+        assert nxt.tick(stop_at=saved + 4)
+        r = _row(url, "SELECT * FROM training_runs WHERE run_id = %s", run.run_id)
+        # The interrupted trainer waits for its in-flight checkpoint save before returning.
+        assert r["params"]["resumed_from_step"] == saved and r["step"] == saved + 4
+        assert r["attempts"] == 2
+    finally:
+        with db.transaction(url) as conn:
+            store.fail(conn, run.run_id, "test over")
+        nxt._drop_lock()  # a failed assertion must not starve the next tests of the lock
 
 
 def test_failures_are_recorded_with_a_reason(env):
