@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,3 +61,24 @@ def running_gateway(**overrides: object) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def chromium(url: str, *, screenshot: Path | None = None, budget_ms: int = 8000) -> str:
+    """Load url headless; return the DOM after scripts ran (and optionally screenshot it)."""
+    with tempfile.TemporaryDirectory() as profile:
+        cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+               "--no-first-run", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+               f"--user-data-dir={profile}", "--window-size=1280,900",
+               f"--virtual-time-budget={budget_ms}"]
+        if screenshot is not None:
+            screenshot.parent.mkdir(parents=True, exist_ok=True)
+            cmd.append(f"--screenshot={screenshot}")
+        else:
+            cmd.append("--dump-dom")
+        proc = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout

@@ -186,6 +186,8 @@ def cluster(infra_servers, corpus, triton, checkpoints, tmp_path_factory):
 
     class Cluster:
         stub = search_pb2_grpc.SearchServiceStub(ch)
+        root_addr = f"127.0.0.1:{root_port}"
+        blob_uri = f"file://{d / 'blobs'}"
         image_ids = ids
         logs = d
         database_url = infra_servers.database_url
@@ -234,6 +236,38 @@ def test_search_by_pool_image_and_bytes(cluster):
     r2 = _search(cluster, query={"image_bytes": png(photo("coffee"))},
                  instruction="find the same cup", k=5)
     assert len(r2.hits) == 5
+
+
+def test_web_ui_renders_a_real_result_grid(cluster):
+    """The web UI in headless Chromium, over the real root, shards and Triton: a query given by
+    URL parameters renders a ranked grid of result cards (screenshot in data/screenshots)."""
+    import re
+    import sys
+    from urllib.parse import urlencode
+
+    import httpx
+
+    sys.path.insert(0, str(ROOT / "tests" / "gateway"))
+    from gwutil import CHROMIUM, chromium, running_gateway
+
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian's chromium (./taskw installs it when run as root)")
+    qid = cluster.image_ids[0]
+    with running_gateway(database_url=cluster.database_url, blob_uri=cluster.blob_uri,
+                         search_addr=cluster.root_addr) as base:
+        url = f"{base}/?" + urlencode({"image_id": qid, "q": "the same thing", "k": 12})
+        dom = chromium(url, budget_ms=20000)
+        chromium(url, screenshot=ROOT / "data" / "screenshots" / "ui.png", budget_ms=20000)
+        image = httpx.get(f"{base}/images/{qid}", timeout=30)
+        assert image.status_code == 200 and image.headers["content-type"].startswith("image/")
+        up = httpx.post(f"{base}/api/search", params={"q": "", "k": 3}, content=image.content,
+                        headers={"Content-Type": image.headers["content-type"]}, timeout=60)
+        assert up.status_code == 200 and 1 <= len(up.json()["hits"]) <= 3, up.text
+    results = [int(i) for i in re.findall(r'class="card result" data-image-id="(\d+)"', dom)]
+    assert 1 <= len(results) <= 12 and qid not in results, dom[:3000]
+    scores = [float(x) for x in re.findall(r'<span class="score">([-\d.]+)</span>', dom)]
+    assert scores == sorted(scores, reverse=True) and len(scores) == len(results)
+    assert 'id="banner" class="banner" hidden' in dom
 
 
 def test_bad_requests_get_the_right_status(cluster):
@@ -301,7 +335,14 @@ def test_embedding_ready_event_makes_image_searchable_and_measures_freshness(clu
             break
         time.sleep(0.5)
     assert r.hits[0].image_id == new_id  # identical vector: top-1
-    status = cluster.stub.GetIndexStatus(search_pb2.GetIndexStatusRequest(), timeout=10)
+    # The shard's periodic Postgres sync may make the image searchable before the event is
+    # consumed; the freshness record is written when the event is, so wait for it.
+    deadline = time.monotonic() + 30
+    while True:
+        status = cluster.stub.GetIndexStatus(search_pb2.GetIndexStatusRequest(), timeout=10)
+        if status.freshness_p50_s > 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert status.shards == 2 and status.shards_up == 2
     assert status.num_vectors == len(cluster.image_ids) + 1
     assert status.freshness_p50_s >= 4.0
