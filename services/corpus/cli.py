@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build data/corpus")
     b.add_argument("--size", default=os.environ.get("CORPUS_SIZE", "default"),
-                   choices=["small", "default", "full"])
+                   choices=["small", "medium", "default", "full"])
     b.add_argument("--out", type=Path, default=Path("data/corpus"))
     b.add_argument("--cache", type=Path, default=Path(os.environ.get("CORPUS_CACHE",
                                                                      "data/cache")))

@@ -5,7 +5,7 @@ Kafka, waits while the services mine it, write triples, then trains the `compact
 through the training service, promotes it (Triton hot-swaps, the worker embeds the pool, the
 shards index it), runs example queries through the search API and ends with the quality
 table on the held-out pages. Every step checks Postgres state first, so a re-run resumes
-instead of redoing. Knobs: MAGICLENS_DEMO_SIZE (small|default|full), MAGICLENS_DEMO_STEPS.
+instead of redoing. Knobs: MAGICLENS_DEMO_SIZE (small|medium|default|full), MAGICLENS_DEMO_STEPS.
 """
 
 from __future__ import annotations
@@ -297,7 +297,7 @@ def step_quality(model: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="demo", description=__doc__.splitlines()[0])
     ap.add_argument("--size", default=os.environ.get("MAGICLENS_DEMO_SIZE", "default"),
-                    choices=["small", "default", "full"])
+                    choices=["small", "medium", "default", "full"])
     ap.add_argument("--steps", type=int, default=int(os.environ.get("MAGICLENS_DEMO_STEPS",
                                                                     "0")),
                     help="fusion training steps (0 = the compact config's default)")
