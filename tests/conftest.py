@@ -48,3 +48,19 @@ def infra_servers() -> Iterator[Infra]:
 def unique() -> str:
     """A short unique token for names (groups, topics, tables) so tests never collide."""
     return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="module")
+def fresh_db(infra_servers) -> Iterator[str]:
+    """A private, freshly migrated database per test module, so counts are exact."""
+    import psycopg
+
+    name = f"ml_test_{uuid.uuid4().hex[:10]}"
+    admin = infra_servers.database_url
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = f"{admin.rpartition('/')[0]}/{name}"
+    db.migrate(url)
+    yield url
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

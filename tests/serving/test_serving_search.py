@@ -270,6 +270,29 @@ def test_web_ui_renders_a_real_result_grid(cluster):
     assert 'id="banner" class="banner" hidden' in dom
 
 
+def test_cli_search_against_the_real_root(cluster, monkeypatch, capsys):
+    """`magiclens search --json` shape, and an unknown image as one clear line."""
+    import json
+
+    from services.cli.main import main
+
+    monkeypatch.setenv("MAGICLENS_SEARCH_ADDR", cluster.root_addr)
+    code = main(["search", "--image", str(cluster.image_ids[0]), "-q", "the same thing",
+                 "-k", "5", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    data = json.loads(out)
+    assert set(data) == {"model_version", "partial", "missing_shards", "hits"}
+    assert data["model_version"] == "serving-a" and 1 <= len(data["hits"]) <= 5
+    scores = [h["score"] for h in data["hits"]]
+    assert scores == sorted(scores, reverse=True)
+    assert set(data["hits"][0]) == {"image_id", "image_url", "score", "page_url", "page_title",
+                                    "alt_text", "caption"}
+    assert main(["search", "--image", str(2**62), "-q", "x"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("magiclens: search service: ")
+
+
 def test_bad_requests_get_the_right_status(cluster):
     cases = [
         ({"query": {"image_id": cluster.image_ids[0]}, "k": 101}, grpc.StatusCode.INVALID_ARGUMENT),

@@ -25,10 +25,41 @@ FEATURE_DIM = 1280
 NUM_CLASSES = 1000
 
 
-def _conv(features: int, k: int, stride: int = 1, groups: int = 1, name: str | None = None):
+def _conv(features: int, k: int, stride: int = 1, name: str | None = None):
     pad = (k - 1) // 2  # torch pads symmetrically; "SAME" would pad stride-2 convs asymmetrically
     return nn.Conv(features, (k, k), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
-                   feature_group_count=groups, use_bias=True, name=name)
+                   use_bias=True, name=name)
+
+
+class DepthwiseConv(nn.Module):
+    """A k x k depthwise convolution as a sum of k*k shifted, per-channel-scaled views.
+
+    Same parameters as ``nn.Conv(..., feature_group_count=C)`` (``kernel [k,k,1,C]``,
+    ``bias [C]``), so converted weights load unchanged, but ~20x faster on XLA:CPU, whose
+    grouped convolution is slow (measured 1.07 s vs 0.046 s for 32x56x56x144, 3x3).
+    """
+
+    features: int
+    kernel_size: int = 3
+    stride: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, s = self.kernel_size, self.stride
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (k, k, 1, self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        pad = (k - 1) // 2
+        xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        ho = (x.shape[1] + 2 * pad - k) // s + 1
+        wo = (x.shape[2] + 2 * pad - k) // s + 1
+        kernel = kernel.astype(x.dtype)
+        out = jnp.zeros((x.shape[0], ho, wo, self.features), x.dtype)
+        for i in range(k):
+            for j in range(k):
+                view = xp[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :]
+                out = out + view * kernel[i, j, 0]
+        return out + bias.astype(x.dtype)
 
 
 def block_layout() -> list[tuple[int, int, int, int]]:
@@ -53,7 +84,7 @@ class InvertedResidual(nn.Module):
         y = x
         if self.expand_ratio != 1:
             y = jax.nn.relu6(_conv(hidden, 1, name="expand")(y))
-        y = jax.nn.relu6(_conv(hidden, 3, self.stride, groups=hidden, name="depthwise")(y))
+        y = jax.nn.relu6(DepthwiseConv(hidden, 3, self.stride, name="depthwise")(y))
         y = _conv(self.oup, 1, name="project")(y)
         if self.stride == 1 and self.inp == self.oup:
             y = x + y
