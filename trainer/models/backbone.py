@@ -126,6 +126,12 @@ def minilm_tokenizer(text_len: int = 64) -> Callable[[Sequence[str]], np.ndarray
 
 # ------------------------------------------------------------------------------ compact
 
+def _unit(x: jax.Array) -> jax.Array:
+    """Unit-norm projections: both tokens enter the fusion stack at the same scale, so neither
+    tower (e.g. the constant empty-text token of every target) dominates the residual stream."""
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
+
+
 class CompactBackbone(nn.Module):
     """MobileNetV2 (1280-d pooled) and MiniLM (384-d sentence embedding), each followed by a
     learned Dense projection to ``embed_dim``.
@@ -151,10 +157,10 @@ class CompactBackbone(nn.Module):
         return self.text_tower.sentence_embedding(tokens)
 
     def project_image(self, features: jax.Array) -> jax.Array:
-        return self.image_proj(features)
+        return _unit(self.image_proj(features))
 
     def project_text(self, features: jax.Array) -> jax.Array:
-        return self.text_proj(features)
+        return _unit(self.text_proj(features))
 
     def encode_image(self, images: jax.Array) -> jax.Array:
         return self.project_image(self.image_features(images))
