@@ -29,7 +29,6 @@ def run(args: argparse.Namespace, settings: ClientSettings) -> int:
                             "(no `python -m trainer.eval`)")
     proc = subprocess.run([sys.executable, "-m", "trainer.eval", *args.harness_args],
                           check=False)
-    if proc.returncode not in (0, None):
-        raise CliError(f"evaluation failed (harness exit {proc.returncode})",
-                       code=proc.returncode if proc.returncode in (1, 2, 3) else 1)
-    return 0
+    if proc.returncode in (0, 1, 2, 3):
+        return proc.returncode  # the harness already said what went wrong, in one line
+    raise CliError(f"evaluation failed (harness exit {proc.returncode})", code=1)

@@ -117,11 +117,11 @@ def test_status_with_postgres_down_is_one_line(monkeypatch, capsys):
     assert "unreachable" in _one_line(capsys.readouterr().err)
 
 
-def test_eval_without_harness_command_says_so(capsys):
-    if backends.is_built("eval"):
-        pytest.skip("trainer.eval has a command now: covered by the trainer's tests")
-    assert main(["eval", "--triples", "x.jsonl"]) == EXIT_NOT_BUILT
-    assert "not built yet" in _one_line(capsys.readouterr().err)
+def test_eval_with_a_missing_input_is_one_line(capfd):
+    """`magiclens eval` runs `python -m trainer.eval`; a bad path is one line, exit code 2."""
+    assert main(["eval", "--config", "compact", "--triples", "/nonexistent/x.jsonl"]) == 2
+    err = [ln for ln in capfd.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "does not exist" in err[0]
 
 
 def test_installed_entry_point_one_line_and_json_flag(tmp_path):
