@@ -199,7 +199,8 @@ def eval_loss_fn(model: MagicLens, cfg: TrainConfig, embed: Callable, loss_fn: C
 
 
 def _run_loop(step_fn, trainable, opt_state, get_batch, start: int, steps: int, batch: int,
-              desc: str, on_step: Callable[[int, Any, Any], None] | None = None) -> tuple:
+              desc: str, on_step: Callable[[int, Any, Any, float], None] | None = None
+              ) -> tuple:
     bar = tqdm(total=steps, initial=start, desc=desc, unit="step", dynamic_ncols=True,
                mininterval=1.0)
     losses_out: list[float] = []
@@ -214,7 +215,7 @@ def _run_loop(step_fn, trainable, opt_state, get_batch, start: int, steps: int, 
         bar.set_postfix(loss=f"{loss_v:.4f}", triples_per_s=f"{rate:.1f}")
         bar.update(1)
         if on_step is not None:
-            on_step(s + 1, trainable, opt_state)
+            on_step(s + 1, trainable, opt_state, loss_v)
     bar.close()
     return trainable, opt_state, losses_out
 
@@ -225,12 +226,15 @@ def train(cfg: TrainConfig, triples: TripleSource, workdir: str | Path, *,
           captions: list[tuple[str, str]] | None = None,
           eval_triples: TripleSource | None = None,
           backbone: tuple[Any, Any] | None = None, model_config: Any = None,
-          init_params: Any = None, stop_at: int | None = None) -> TrainResult:
+          init_params: Any = None, stop_at: int | None = None,
+          on_loss: Callable[[int, float], None] | None = None) -> TrainResult:
     """Train, checkpoint (resumable) and export; returns the export path and metrics.
 
     `init_params` starts from given full params (e.g. a released checkpoint); otherwise the
     backbone's offline pretrained weights (compact) or a seeded init. `stop_at` ends this
     invocation early after checkpointing (a later call with the same workdir resumes).
+    `on_loss(step, loss)` is called after each fusion step (and its checkpoint, if any); an
+    exception it raises stops training, resumable from the last checkpoint.
     """
     workdir = Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -295,10 +299,12 @@ def train(cfg: TrainConfig, triples: TripleSource, workdir: str | Path, *,
 
     end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
 
-    def on_step(s: int, tr, os_):
+    def on_step(s: int, tr, os_, loss: float):
         if s % cfg.checkpoint_every == 0 or s == end:
             mngr.save(s, args=ocp.args.StandardSave({"trainable": tr, "opt_state": os_}),
                       force=s == end)
+        if on_loss is not None:
+            on_loss(s, loss)
 
     try:
         trainable, opt_state, loss_hist = _run_loop(step_fn, trainable, opt_state, get_batch,

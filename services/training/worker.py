@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import json
 import logging
 import os
@@ -33,7 +32,7 @@ from services.runtime import db
 from services.runtime.errors import UnavailableError
 from services.training import store
 from services.training.config import TrainingSettings
-from services.training.progress import latest_checkpoint_step, report_steps
+from services.training.progress import latest_checkpoint_step
 from services.training.triples import PostgresTripleSource
 
 log = logging.getLogger(__name__)
@@ -289,11 +288,9 @@ class TrainingWorker:
 
             kwargs["captions"] = read_captions(captions_file)
         if stop_at is not None:
-            if "stop_at" not in inspect.signature(train).parameters:
-                raise JobError("this trainer cannot stop early (no stop_at)")
             kwargs["stop_at"] = stop_at
-        with report_steps(progress.report):
-            return train(cfg, JsonlTriples(train_file), workdir, **kwargs)
+        return train(cfg, JsonlTriples(train_file), workdir,
+                     on_loss=lambda _step, loss: progress.report(loss), **kwargs)
 
     def _publish(self, run: store.Run, cfg: Any, result: Any, data: dict,
                  progress: _Progress) -> None:
