@@ -24,6 +24,10 @@ class EmbeddingError(Exception):
     """The server rejected a request (bad input or unknown version); message is one line."""
 
 
+class BadImageError(EmbeddingError):
+    """The input itself is unusable (cannot be decoded, too large): retrying cannot help."""
+
+
 @dataclass(frozen=True)
 class Embeddings:
     vectors: np.ndarray  # [B, D] float32, unit norm
@@ -66,6 +70,11 @@ class EmbeddingClient:
                    else lines[-1] if lines else "embedding server error")
             status = str(exc.status() or "")
             if "UNAVAILABLE" in status or "DEADLINE" in status or "Deadline" in msg:
+                raise UnavailableError(f"embedding server {self.url}: {msg}") from None
+            if any("BadInput:" in ln for ln in errs):
+                raise BadImageError(msg) from None
+            if "unknown model" in msg.lower() or "not ready" in msg.lower():
+                # the server is (re)loading models, e.g. right after the first promotion
                 raise UnavailableError(f"embedding server {self.url}: {msg}") from None
             raise EmbeddingError(msg) from None
         versions = res.as_numpy("model_version").reshape(-1)

@@ -20,7 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from magiclens.v1 import events_pb2
 from pydantic import Field
 
-from services.embedding.client import EmbeddingClient, EmbeddingError
+from services.embedding.client import BadImageError, EmbeddingClient, EmbeddingError
 from services.embedding.current import read_current, write_current
 from services.runtime import db, outbox
 from services.runtime.blobstore import open_blobstore
@@ -92,8 +92,8 @@ class Worker:
         try:
             emb = self.client.embed_targets([data], model_version=version)
         except EmbeddingError as exc:
-            if "not loaded" in str(exc):
-                raise  # the server has not swapped yet: retried, then reconciled
+            if not isinstance(exc, BadImageError):
+                raise  # e.g. the version is not loaded yet: retried, then reconciled
             conn.execute("UPDATE images SET status = 'rejected', status_reason = %s, "
                          "updated_at = now() WHERE image_id = %s",
                          (f"embedding: {exc}"[:500], msg.image_id))
