@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import psycopg
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
@@ -362,9 +362,5 @@ class Consumer:
         return n
 
 
-def wait_for_assignment(consumer: Consumer, timeout: float = 30.0) -> bool:
-    return consumer.assigned.wait(timeout)
-
-
-__all__ = ["BadEvent", "Consumer", "ConsumerOptions", "Event", "TopicPartition", "decode",
+__all__ = ["BadEvent", "Consumer", "ConsumerOptions", "Event", "decode",
            "encode", "ensure_topics", "make_producer", "publish"]

@@ -108,11 +108,6 @@ class OutboxRelay:
             conn.close()
 
 
-def pending(conn: psycopg.Connection) -> int:
-    return conn.execute("SELECT count(*) AS n FROM outbox WHERE published_at IS NULL"
-                        ).fetchone()["n"]
-
-
 class RelaySettings(BaseServiceSettings):
     outbox_batch: int = Field(default=500, ge=1, le=10_000)
 
