@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from trainer.checkpoints import save_params
 from trainer.configs import TrainConfig, get_config
 from trainer.data.triples import JsonlTriples, TripleSource, load_image, read_captions
 from trainer.features import cached_features
-from trainer.models.magiclens import MagicLens, build_model, pretrained_params
+from trainer.models.magiclens import MagicLens, arch_meta, build_model, pretrained_params
 
 
 @dataclass
@@ -331,7 +332,7 @@ def train(cfg: TrainConfig, triples: TripleSource, workdir: str | Path, *,
                                     cache_file=workdir / "eval_features.npz")
     out = save_params(workdir / "export", final, {
         "config": cfg.model, "mode": cfg.mode, "steps": cfg.steps, "metrics": metrics,
-        "train_config": dataclasses.asdict(cfg)})
+        "train_config": dataclasses.asdict(cfg), **arch_meta(model.config)})
     return TrainResult(out, metrics, loss_hist, align_losses)
 
 
@@ -381,17 +382,18 @@ def main(argv: list[str] | None = None) -> TrainResult:
     overrides = {k: v for k, v in (("steps", a.steps), ("mode", a.mode),
                                    ("batch_size", a.batch_size)) if v is not None}
     cfg = get_config(a.config, **overrides)
-    init = None
+    init, arch = None, None
     if a.init:
-        from trainer.checkpoints import load_params
-        from trainer.models.magiclens import abstract_params
+        from trainer.checkpoints import META_FILE, load_params
+        from trainer.models.magiclens import abstract_params, config_for_checkpoint
 
-        m, pre = build_model(cfg.model)
+        arch = config_for_checkpoint(json.loads((Path(a.init) / META_FILE).read_text()))
+        m, pre = build_model(cfg.model, config=arch)
         init, _ = load_params(a.init, abstract_params(m, pre.image_size))
     result = train(cfg, JsonlTriples(a.triples), a.workdir,
                    captions=read_captions(a.captions) if a.captions else None,
                    eval_triples=JsonlTriples(a.eval_triples) if a.eval_triples else None,
-                   init_params=init)
+                   init_params=init, model_config=arch)
     print(f"checkpoint: {result.checkpoint}")
     for k, v in sorted(result.metrics.items()):
         print(f"{k}: {v:.4f}")

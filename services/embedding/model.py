@@ -20,7 +20,13 @@ import numpy as np
 
 from services.embedding.inputs import MAX_INSTRUCTION_CHARS, BadInput, decode_image
 from trainer.checkpoints import load_params, save_params
-from trainer.models.magiclens import abstract_params, build_model, pretrained_params
+from trainer.models.magiclens import (
+    abstract_params,
+    arch_meta,
+    build_model,
+    config_for_checkpoint,
+    pretrained_params,
+)
 
 BATCH_BUCKETS = (1, 4, 16)  # jit shapes; a batch is padded to the next bucket
 
@@ -128,7 +134,7 @@ def load_checkpoint(checkpoint_dir: str | Path, model_version: str | None = None
     checkpoint_dir = Path(checkpoint_dir)
     meta = json.loads((checkpoint_dir / "magiclens_meta.json").read_text())
     config_name = meta.get("config", "compact")
-    model, pre = build_model(config_name)
+    model, pre = build_model(config_name, config=config_for_checkpoint(meta))
     params, _ = load_params(checkpoint_dir, abstract_params(model, pre.image_size))
     params = jax.tree.map(jnp.asarray, params)
     version = model_version or meta.get("model_version") or checkpoint_dir.name
@@ -142,4 +148,5 @@ def create_initial_checkpoint(directory: str | Path, model_version: str, seed: i
     model, pre = build_model(config_name)
     params = pretrained_params(model, jax.random.PRNGKey(seed), pre.image_size)
     return save_params(directory, params, {"config": config_name, "model_version": model_version,
-                                           "seed": seed, "origin": "pretrained-towers+init"})
+                                           "seed": seed, "origin": "pretrained-towers+init",
+                                           **arch_meta(model.config)})

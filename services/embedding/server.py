@@ -96,7 +96,7 @@ class Watcher(threading.Thread):
         try:
             old = self.holder.get()
             model = (old.with_params(version, fresh.params)
-                     if old.config_name == fresh.config_name else fresh)
+                     if old.model.config == fresh.model.config else fresh)
         except RuntimeError:
             model = fresh
         model.warmup()

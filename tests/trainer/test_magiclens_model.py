@@ -60,7 +60,8 @@ def test_head_tree_matches_released_names(name, d, heads, standin_backbone):
     assert n_head == {"base": 16_812_288, "large": 37_801_152}[name]
 
 
-def _reference_forward(p: dict, img: np.ndarray, txt: np.ndarray, heads: int) -> np.ndarray:
+def _reference_forward(p: dict, img: np.ndarray, txt: np.ndarray, heads: int,
+                       residual: bool = False) -> np.ndarray:
     """Independent numpy forward of the released architecture (brief + model.py facts)."""
     def ln(x, q):
         m = x.mean(-1, keepdims=True)
@@ -96,12 +97,15 @@ def _reference_forward(p: dict, img: np.ndarray, txt: np.ndarray, heads: int) ->
     pp = p["contrastive_multimodal_pooler"]
     qt = np.broadcast_to(pp["pooling_attn_query"][None], (x.shape[0], 1, x.shape[-1]))
     o = ln(attn(qt, x, pp["pool_attn"], pds=True), pp["pool_attn_ln"])[:, 0]
+    if residual:
+        o = o + img
     return o / np.sqrt((o * o).sum(-1, keepdims=True) + 1e-12)
 
 
-def test_fuse_matches_numpy_reference(standin_backbone):
+@pytest.mark.parametrize("residual", [False, True])
+def test_fuse_matches_numpy_reference(standin_backbone, residual):
     model, pre = build_model("compact", backbone=standin_backbone(32),
-                             config=MagicLensConfig("compact", 32, 4))
+                             config=MagicLensConfig("compact", 32, 4, image_residual=residual))
     params = init_params(model, jax.random.PRNGKey(0), pre.image_size)
     # Perturb the zero-initialised LN/per-dim scales so (1+scale) and softplus are exercised.
     rng = np.random.default_rng(0)
@@ -111,9 +115,40 @@ def test_fuse_matches_numpy_reference(standin_backbone):
     txt = rng.standard_normal((3, 32)).astype(np.float32)
     ours = model.apply({"params": params}, jnp.asarray(img), jnp.asarray(txt),
                        method=model.fuse)
-    ref = _reference_forward(jax.tree_util.tree_map(np.asarray, params), img, txt, heads=4)
+    ref = _reference_forward(jax.tree_util.tree_map(np.asarray, params), img, txt, heads=4,
+                             residual=residual)
     np.testing.assert_allclose(np.asarray(ours), ref, atol=2e-5)
     np.testing.assert_allclose(np.linalg.norm(np.asarray(ours), axis=-1), 1.0, atol=1e-5)
+
+
+def test_image_residual_starts_as_image_only_and_learns_from_text(standin_backbone):
+    """compact's residual head starts at exactly the image embedding (zero pooler output), so
+    training starts from image-only retrieval; once the pooler's LN scale moves off -1 the
+    instruction changes the embedding."""
+    model, pre = build_model("compact", backbone=standin_backbone(32),
+                             config=MagicLensConfig("compact", 32, 4, image_residual=True))
+    params = init_params(model, jax.random.PRNGKey(0), pre.image_size)
+    rng = np.random.default_rng(1)
+    img = rng.standard_normal((3, 32)).astype(np.float32)
+    txt_a, txt_b = (rng.standard_normal((3, 32)).astype(np.float32) for _ in range(2))
+    fuse = lambda p, t: np.asarray(model.apply({"params": p}, img, t, method=model.fuse))  # noqa: E731
+    unit = img / np.linalg.norm(img, axis=-1, keepdims=True)
+    np.testing.assert_allclose(fuse(params, txt_a), unit, atol=1e-6)
+    np.testing.assert_allclose(fuse(params, txt_b), unit, atol=1e-6)
+    moved = jax.tree_util.tree_map(np.array, params)
+    moved["contrastive_multimodal_pooler"]["pool_attn_ln"]["scale"] += 0.05
+    assert np.abs(fuse(moved, txt_a) - fuse(moved, txt_b)).max() > 1e-3
+
+
+def test_checkpoint_arch_is_recorded_and_old_exports_keep_theirs():
+    from trainer.models.magiclens import CONFIGS, arch_meta, config_for_checkpoint
+
+    assert CONFIGS["compact"].image_residual
+    assert not CONFIGS["base"].image_residual and not CONFIGS["large"].image_residual
+    for name, cfg in CONFIGS.items():
+        assert config_for_checkpoint({"config": name, **arch_meta(cfg)}) == cfg
+    # An export from before `arch` was recorded was trained without the residual.
+    assert not config_for_checkpoint({"config": "compact"}).image_residual
 
 
 def test_encode_target_is_query_with_empty_text(standin_backbone):

@@ -29,23 +29,27 @@ def toy(tmp_path_factory):
     return train_f, eval_f, d / "captions.jsonl"
 
 
-def _standin():
+def _standin(image_residual: bool = False):
     return dict(backbone=(StandInBackbone(64), StandInPreprocessor()),
-                model_config=MagicLensConfig("compact", 64, 4))
+                model_config=MagicLensConfig("compact", 64, 4, image_residual=image_residual))
 
 
-def test_training_learns_and_beats_sum_baseline(toy, tmp_path):
+@pytest.mark.parametrize("image_residual", [False, True])
+def test_training_learns_and_beats_sum_baseline(toy, tmp_path, image_residual):
     train_f, eval_f, caps = toy
     cfg = get_config("compact", steps=120, batch_size=32, align_steps=30, checkpoint_every=60)
     r = train(cfg, JsonlTriples(train_f), tmp_path / "wd", captions=read_captions(caps),
-              eval_triples=JsonlTriples(eval_f), **_standin())
-    assert np.mean(r.losses[-10:]) < 0.5 * np.mean(r.losses[:10])
+              eval_triples=JsonlTriples(eval_f), **_standin(image_residual))
+    # The residual head starts from image-only retrieval (a lower-loss start) and its pooler
+    # output grows from zero, so its loss falls less in 120 steps; R@1 below is the real test.
+    assert np.mean(r.losses[-10:]) < (0.7 if image_residual else 0.5) * np.mean(r.losses[:10])
     assert np.mean(r.align_losses[-5:]) < np.mean(r.align_losses[:5])
     m = r.metrics
     assert m["magiclens/R@1"] > m["image_text_sum/R@1"] + 10, m
     assert (r.checkpoint / "params").is_dir()
     meta = json.loads((r.checkpoint / "magiclens_meta.json").read_text())
     assert meta["config"] == "compact" and meta["metrics"]["magiclens/R@1"] == m["magiclens/R@1"]
+    assert meta["arch"]["image_residual"] is image_residual
 
 
 def test_resume_continues_the_same_run(toy, tmp_path):

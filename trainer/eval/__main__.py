@@ -17,12 +17,17 @@ def _load(args: argparse.Namespace):
     import jax
 
     from trainer.checkpoints import load_params
-    from trainer.models.magiclens import abstract_params, build_model, pretrained_params
+    from trainer.models.magiclens import (
+        abstract_params,
+        build_model,
+        config_for_checkpoint,
+        pretrained_params,
+    )
 
     if args.checkpoint:
         ckpt = Path(args.checkpoint)
         meta = json.loads((ckpt / "magiclens_meta.json").read_text())
-        model, pre = build_model(meta["config"])
+        model, pre = build_model(meta["config"], config=config_for_checkpoint(meta))
         params, _ = load_params(ckpt, abstract_params(model, pre.image_size))
         return model, params, pre, f"{meta['config']} @ {ckpt}"
     model, pre = build_model(args.config)

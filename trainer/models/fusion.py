@@ -26,10 +26,12 @@ class LayerNorm(nn.Module):
     dim: int
     epsilon: float = 1e-6
     dtype: Dtype = jnp.float32
+    scale_init: float = 0.0  # -1 starts the layer at exactly zero output
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        scale = self.param("scale", nn.initializers.zeros, (self.dim,), jnp.float32)
+        scale = self.param("scale", nn.initializers.constant(self.scale_init), (self.dim,),
+                           jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (self.dim,), jnp.float32)
         x32 = x.astype(jnp.float32)
         mean = jnp.mean(x32, axis=-1, keepdims=True)
@@ -202,12 +204,18 @@ class StackedTransformer(nn.Module):
 
 
 class AttentionPooler(nn.Module):
-    """One learned query token attends over the sequence (inner width 4D), then LayerNorm."""
+    """One learned query token attends over the sequence (inner width 4D), then LayerNorm.
+
+    `zero_init` starts the final LayerNorm at scale 0 (its `(1 + scale)` at -1), so the
+    pooler outputs exactly zero until training moves it: used when its output is added to a
+    residual (see MagicLensConfig.image_residual).
+    """
 
     dim: int
     num_heads: int
     num_query_tokens: int = 1
     dtype: Dtype = jnp.float32
+    zero_init: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -219,7 +227,8 @@ class AttentionPooler(nn.Module):
             self.dim, 4 * self.dim, self.num_heads, per_dim_scale=True, dtype=self.dtype,
             name="pool_attn",
         )(query, x)
-        return LayerNorm(self.dim, dtype=self.dtype, name="pool_attn_ln")(pooled)
+        return LayerNorm(self.dim, dtype=self.dtype, scale_init=-1.0 if self.zero_init else 0.0,
+                         name="pool_attn_ln")(pooled)
 
 
 def l2_normalize(x: jax.Array) -> jax.Array:

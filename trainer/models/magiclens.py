@@ -28,13 +28,32 @@ class MagicLensConfig:
     num_heads: int
     num_layers: int = 4
     ff_mult: int = 4
+    # Fused = unit(image embedding + pooler output), the pooler starting at zero: training
+    # starts from image-only retrieval and learns the instruction's shift. Off for the
+    # released base/large (their checkpoints were trained without it).
+    image_residual: bool = False
 
 
 CONFIGS: dict[str, MagicLensConfig] = {
     "base": MagicLensConfig(backbone="clip_b16", embed_dim=512, num_heads=8),
     "large": MagicLensConfig(backbone="clip_l14", embed_dim=768, num_heads=16),
-    "compact": MagicLensConfig(backbone="compact", embed_dim=512, num_heads=8),
+    "compact": MagicLensConfig(backbone="compact", embed_dim=512, num_heads=8,
+                               image_residual=True),
 }
+
+
+def config_for_checkpoint(meta: dict[str, Any]) -> MagicLensConfig:
+    """The architecture an exported checkpoint was trained with: its recorded `arch`, else
+    (exports written before `arch` was recorded) its named config without `image_residual`,
+    which did not exist then. Loading with the wrong one would silently change embeddings."""
+    if "arch" in meta:
+        return MagicLensConfig(**meta["arch"])
+    return dataclasses.replace(CONFIGS[meta.get("config", "compact")], image_residual=False)
+
+
+def arch_meta(config: MagicLensConfig) -> dict[str, Any]:
+    """What `config_for_checkpoint` reads back: store it in every export's metadata."""
+    return {"arch": dataclasses.asdict(config)}
 
 
 def backbone_submodule_name(config: MagicLensConfig) -> str:
@@ -64,7 +83,8 @@ class MagicLens(nn.Module):
             dtype=self.dtype, name="multimodal_encoder",
         )
         self.contrastive_multimodal_pooler = AttentionPooler(
-            cfg.embed_dim, cfg.num_heads, dtype=self.dtype, name="contrastive_multimodal_pooler"
+            cfg.embed_dim, cfg.num_heads, dtype=self.dtype, zero_init=cfg.image_residual,
+            name="contrastive_multimodal_pooler",
         )
 
     @property
@@ -77,6 +97,8 @@ class MagicLens(nn.Module):
         seq = jnp.stack([image_emb, text_emb], axis=1).astype(self.dtype)  # [B, 2, D]
         seq = self.multimodal_encoder(seq)
         pooled = self.contrastive_multimodal_pooler(seq)[:, 0]
+        if self.config.image_residual:
+            pooled = pooled.astype(jnp.float32) + image_emb.astype(jnp.float32)
         return l2_normalize(pooled)
 
     def encode_query(self, images: jax.Array, tokens: jax.Array) -> jax.Array:

@@ -115,12 +115,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from trainer.checkpoints import save_params
-    from trainer.models.magiclens import abstract_params, build_model
+    from trainer.models.magiclens import abstract_params, arch_meta, build_model
 
     model, preprocessor = build_model(args.config)
     target = abstract_params(model, preprocessor.image_size)
     params = load_released(args.path, target)
-    out = save_params(args.out, params, {"config": args.config, "source": str(args.path)})
+    out = save_params(args.out, params, {"config": args.config, "source": str(args.path),
+                                         **arch_meta(model.config)})
     print(f"wrote {out}")
 
 
