@@ -93,14 +93,21 @@ WORKLOADS: tuple[Workload, ...] = (
     # (main env) that consumes events and writes the pod's current-model file on /data.
     Workload("embedding", "services.embedding.server", image=TRITON_IMAGE,
              container="embedding-server",
-             args=("--current-file", CURRENT_MODEL_FILE),
+             # Listen ports stated, not left to the server's defaults: they are the ports
+             # the Service and the probes name (and what a local run moves).
+             args=("--current-file", CURRENT_MODEL_FILE, "--http-port", "8000",
+                   "--grpc-port", "8001", "--metrics-port", "8002"),
              env={"MAGICLENS_TRITON_HOST": "0.0.0.0"},
              http_port=8000, http_health_path="/v2/health/ready", metrics_port=8002,
              extra_ports=(("triton-grpc", 8001),),
              uses=frozenset({POSTGRES, KAFKA, S3}),
              requests=("2", "6Gi"), limits=("4", "12Gi"), startup_s=300, data_volume_gi=10,
              sidecar=Sidecar("embedding-worker", "services.embedding.worker",
-                             env=(("MAGICLENS_TRITON_URL", "127.0.0.1:8001"),))),
+                             # The same file the server beside it watches (its default
+                             # is <data>/serving/current_model.json: the server would wait
+                             # for a model forever).
+                             env=(("MAGICLENS_TRITON_URL", "127.0.0.1:8001"),
+                                  ("MAGICLENS_CURRENT_MODEL_FILE", CURRENT_MODEL_FILE)))),
     Workload("search-shard", "services.search.shard", kind="StatefulSet",
              grpc_port=50060, metrics_port=9160,
              uses=frozenset({POSTGRES, KAFKA, S3}),
