@@ -159,6 +159,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def smoke_targets(docs: list[policy.Doc]) -> list[tuple[str, str, int]]:
+    """(smoke name = pod name locally, kubectl port-forward ref, port) of each health endpoint:
+    every StatefulSet pod, one Service per Deployment."""
+    out = []
+    for d in docs:
+        if d.get("kind") not in policy.WORKLOAD_KINDS:
+            continue
+        w = catalog.BY_NAME.get(d["metadata"]["name"])
+        if w is None or w.probe_port is None:
+            continue
+        if w.kind == "StatefulSet":
+            out += [(f"{w.name}-{i}", f"pod/{w.name}-{i}", w.probe_port)
+                    for i in range(d["spec"].get("replicas", 1))]
+        else:
+            out.append((w.name, f"svc/{w.name}", w.probe_port))
+    return out
+
+
+def smoke_argv(targets: list[str]) -> list[str]:
+    """deploy/smoke.py's arguments for `name=host:port` targets: every health check, then the
+    one Search through the root (the same call for a cluster and for local processes)."""
+    return [a for t in targets for a in ("--target", t)] + ["--search", "search-root"]
+
+
 @contextlib.contextmanager
 def port_forwards(kubectl: str, context: str, ns: str, docs: list[policy.Doc]
                   ) -> Iterator[list[str]]:
@@ -166,22 +190,12 @@ def port_forwards(kubectl: str, context: str, ns: str, docs: list[policy.Doc]
     procs: list[subprocess.Popen[bytes]] = []
     targets: list[str] = []
     try:
-        for d in docs:
-            if d.get("kind") not in policy.WORKLOAD_KINDS:
-                continue
-            w = catalog.BY_NAME.get(d["metadata"]["name"])
-            if w is None or w.probe_port is None:
-                continue
-            pods = ([f"pod/{w.name}-{i}" for i in range(d["spec"].get("replicas", 1))]
-                    if w.kind == "StatefulSet" else [f"svc/{w.name}"])
-            for i, ref in enumerate(pods):
-                local = _free_port()
-                procs.append(subprocess.Popen(
-                    [kubectl, "--context", context, "-n", ns, "port-forward", ref,
-                     f"{local}:{w.probe_port}"], stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL))
-                label = f"{w.name}-{i}" if w.kind == "StatefulSet" else w.name
-                targets.append(f"{label}=127.0.0.1:{local}")
+        for label, ref, port in smoke_targets(docs):
+            local = _free_port()
+            procs.append(subprocess.Popen(
+                [kubectl, "--context", context, "-n", ns, "port-forward", ref,
+                 f"{local}:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            targets.append(f"{label}=127.0.0.1:{local}")
         deadline = time.monotonic() + 30
         for t in targets:
             port = int(t.rsplit(":", 1)[1])
@@ -201,8 +215,7 @@ def smoke(kubectl: str, context: str, ns: str, docs: list[policy.Doc]) -> int:
     from deploy import smoke as smoke_mod
 
     with port_forwards(kubectl, context, ns, docs) as targets:
-        args = [a for t in targets for a in ("--target", t)] + ["--search", "search-root"]
-        return smoke_mod.main(args)
+        return smoke_mod.main(smoke_argv(targets))
 
 
 def main(argv: list[str] | None = None) -> int:
