@@ -3,10 +3,11 @@ while it is being searched, and snapshotted to disk.
 
 Why: ScaNN's searches release the GIL and are thread-safe, but its Python wrapper mutates
 docid maps in upsert/delete without a lock, so writes take a write lock and searches a
-read lock. Below `brute_threshold` vectors an exact brute-force ScaNN searcher is both exact
-and faster than partitioning (threshold measured in bench/search.py); above it the searcher
-is a spherical k-means tree (spherical: vectors upserted later still route to the right
-leaves) + asymmetric hashing + exact reordering.
+read lock. Below `brute_threshold` vectors an exact brute-force ScaNN searcher answers
+within a fraction of a millisecond (threshold measured by bench/search.py --threshold-sweep,
+see DEFAULT_BRUTE_THRESHOLD); above it the searcher is a spherical k-means tree
+(spherical: vectors upserted later still route to the right leaves) + asymmetric hashing +
+exact reordering.
 """
 
 from __future__ import annotations
@@ -24,7 +25,19 @@ from pathlib import Path
 import numpy as np
 import scann
 
-DEFAULT_BRUTE_THRESHOLD = 20_000
+# Below this many vectors a shard searches by exact brute force, above it by the tree.
+# Measured with `python bench/search.py --threshold-sweep` (clustered 512-d, 300 queries,
+# the shard's own configs searched through ShardIndex.search, 2-core dev machine with a
+# 32 MiB L3): the tree is faster at every size from 1k up (1.2x at 1k, 7x at 10k), so QPS
+# alone never favours brute force. But brute force is exact and needs no training (a 4k
+# tree with these defaults missed neighbours for 26 of 4,000 queries on tightly clustered
+# 128-d data), and it stays cheap next to the ~3 ms gRPC fan-out only while the pool fits
+# in cache: p50 0.18 ms at 5k, 0.47 ms at 10k, then 0.80 ms at 15k, 1.26 ms (p99 3.9) at
+# 20k and 4.4 ms at 50k, where the tree answers in 0.06-0.13 ms at recall@10 >= 0.996.
+# So brute force below 10k (the largest size measured within a 0.5 ms p50 budget), the
+# tree from there. Configurable per shard: MAGICLENS_BRUTE_THRESHOLD; re-measure on the
+# node type you deploy (the cliff moves with its cache size).
+DEFAULT_BRUTE_THRESHOLD = 10_000
 MANIFEST = "manifest.json"
 
 
