@@ -28,6 +28,11 @@ class BadImageError(EmbeddingError):
     """The input itself is unusable (cannot be decoded, too large): retrying cannot help."""
 
 
+class ModelNotLoadedError(EmbeddingError):
+    """The pinned `model_version` is not loaded (yet): e.g. the server is still loading a
+    version that was just promoted. Not the input's fault; retry later."""
+
+
 @dataclass(frozen=True)
 class Embeddings:
     vectors: np.ndarray  # [B, D] float32, unit norm
@@ -71,6 +76,8 @@ class EmbeddingClient:
             status = str(exc.status() or "")
             if "UNAVAILABLE" in status or "DEADLINE" in status or "Deadline" in msg:
                 raise UnavailableError(f"embedding server {self.url}: {msg}") from None
+            if "is not loaded" in msg:  # the server raises it as BadInput, but it is not
+                raise ModelNotLoadedError(msg) from None
             if any("BadInput:" in ln for ln in errs):
                 raise BadImageError(msg) from None
             if "unknown model" in msg.lower() or "not ready" in msg.lower():

@@ -7,37 +7,73 @@
 - ModelPublished(promoted) -> record the version in `serving_models` and point the Triton
   server at it (atomic write of its current-model file); the reconciler then re-embeds every
   live image lacking an embedding of that version, and the shards rebuild blue/green.
+  Vectors of earlier versions are kept: the shards serve them until the new version covers
+  the pool.
 - Reconciler: images without an embedding for the serving version (and the current-model
   file drifting from Postgres) are re-derived from state, so nothing depends on Kafka.
+
+Why batches: one image per Triton request ran at ~6 images/s. Each ImageMined (real or
+synthetic) therefore embeds its image together with up to `embed_batch - 1` other pending
+images of the next ids (the rest of a re-embedding pass, or images mined just after it) in
+one request, in one transaction with their vectors and EmbeddingReady events. Later events
+for those images find the vector and do nothing. Rows are claimed with `FOR NO KEY UPDATE`
+(the event's own image waits, the others `SKIP LOCKED`) so two workers never embed the same
+image at once, and a vector insert that finds one already there emits no event: one
+EmbeddingReady per (image, version). A request that fails is retried one image at a time, so
+only a genuinely bad image is rejected; a version Triton is still loading is waited out.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 from magiclens.v1 import events_pb2
 from pydantic import Field
 
-from services.embedding.client import BadImageError, EmbeddingClient, EmbeddingError
+from services.embedding.client import (
+    MAX_REQUEST_IMAGES,
+    BadImageError,
+    EmbeddingClient,
+    EmbeddingError,
+    ModelNotLoadedError,
+)
 from services.embedding.current import read_current, write_current
 from services.runtime import db, outbox
 from services.runtime.blobstore import open_blobstore
-from services.runtime.bus import Consumer, Event
+from services.runtime.bus import Consumer, Event, ensure_topics
 from services.runtime.config import BaseServiceSettings, load_settings, run_main
+from services.runtime.errors import UnavailableError
 from services.runtime.logs import setup_logging
 from services.runtime.service import Service
-from services.runtime.topics import EMBEDDINGS_READY, IMAGES_MINED, MODELS_PUBLISHED
+from services.runtime.topics import EMBEDDINGS_READY, IMAGES_MINED, MODELS_PUBLISHED, Topic
 from services.search import store
 
 log = logging.getLogger("embedding-worker")
+
+LIVE = "i.status NOT IN ('rejected', 'deleted') AND i.blob_uri IS NOT NULL"
+# Batch-mates are looked for among the next ids only: bounded work per event on any pool.
+MATE_ID_WINDOW = 10_000
+# A reconcile pass stops after this long (Kafka polling waits meanwhile; the consumer group
+# drops a member that does not poll within max_poll_interval, 600 s); the next pass goes on.
+RECONCILE_PASS_S = 240.0
 
 
 class WorkerSettings(BaseServiceSettings):
     triton_url: str = "127.0.0.1:8001"
     current_model_file: Path | None = None  # default: <data_dir>/serving/current_model.json
     reconcile_batch: int = Field(default=256, ge=1, le=10_000)
+    embed_batch: int = Field(default=MAX_REQUEST_IMAGES, ge=1, le=MAX_REQUEST_IMAGES)
+    # Consumer group and topic names (overridable so tests run isolated from other consumers).
+    embedding_group: str = "magiclens-embedding-worker"
+    embedding_images_topic: str = IMAGES_MINED.name
+    embedding_models_topic: str = MODELS_PUBLISHED.name
+    embedding_ready_topic: str = EMBEDDINGS_READY.name
 
     @property
     def current_file(self) -> Path:
@@ -48,11 +84,46 @@ def checkpoint_path(uri: str) -> str:
     return uri.removeprefix("file://")
 
 
+def _topic(base: Topic, name: str) -> Topic:
+    if name == base.name:
+        return base
+    return Topic(name, base.key, base.message, base.producers, base.consumers, base.partitions)
+
+
+@dataclass
+class Pending:
+    """An image to embed, then its outcome: a vector (and the version that made it), or the
+    reason it is rejected, or neither (left for later)."""
+
+    image_id: int
+    blob_uri: str
+    discovered_at: datetime | None
+    data: bytes = b""
+    vector: np.ndarray | None = None
+    version: str = ""
+    bad: str = ""
+
+
 class Worker:
-    def __init__(self, settings: WorkerSettings) -> None:
+    def __init__(self, settings: WorkerSettings, client: EmbeddingClient | None = None) -> None:
         self.s = settings
-        self.client = EmbeddingClient(settings.triton_url)
+        self.client = client or EmbeddingClient(settings.triton_url)
         self.blobs = open_blobstore(settings.blob_root)
+        self.images_topic = _topic(IMAGES_MINED, settings.embedding_images_topic)
+        self.models_topic = _topic(MODELS_PUBLISHED, settings.embedding_models_topic)
+        self.ready_topic = _topic(EMBEDDINGS_READY, settings.embedding_ready_topic)
+        # counters (tests and the bench read them)
+        self.requests = self.embedded = self.rejected = self.fallbacks = 0
+
+    @property
+    def topics(self) -> list[Topic]:
+        return [self.images_topic, self.models_topic, self.ready_topic]
+
+    def consumer(self) -> Consumer:
+        return Consumer("embedding-worker", self.s.kafka_bootstrap_servers, self.s.database_url,
+                        [self.images_topic, self.models_topic], self.handle,
+                        group_id=self.s.embedding_group, reconciler=self.reconcile,
+                        reconcile_interval_s=self.s.reconcile_interval_s)
 
     def handle(self, conn, event: Event) -> None:
         msg = event.message
@@ -64,6 +135,11 @@ class Worker:
     def on_model_published(self, conn, msg: events_pb2.ModelPublished) -> None:
         if not msg.promoted:
             return
+        # Training's promote() has normally done this already; when the registry row is not
+        # promoted yet (an event from elsewhere), follow the event rather than fail on the
+        # one-promoted-version constraint and dead-letter the promotion.
+        conn.execute("UPDATE model_versions SET status = 'published', updated_at = now() "
+                     "WHERE status = 'promoted' AND model_version <> %s", (msg.model_version,))
         conn.execute(
             "INSERT INTO model_versions (model_version, config_name, checkpoint_uri, status) "
             "VALUES (%s, %s, %s, 'promoted') ON CONFLICT (model_version) DO UPDATE "
@@ -73,43 +149,120 @@ class Worker:
         write_current(self.s.current_file, msg.model_version, checkpoint_path(msg.checkpoint_uri))
         log.info("promoted model version", extra={"version": msg.model_version})
 
+    # ------------------------------------------------------------------ embedding
+
     def on_image_mined(self, conn, msg: events_pb2.ImageMined) -> None:
         serving = store.serving_version(conn)
         if serving is None:
             return  # nothing serves yet; the reconciler embeds once a version is promoted
         version = serving[0]
-        row = conn.execute(
-            "SELECT i.blob_uri, i.status, p.discovered_at FROM images i "
-            "LEFT JOIN pages p ON p.page_id = i.first_page_id WHERE i.image_id = %s",
-            (msg.image_id,)).fetchone()
-        if row is None or not row["blob_uri"] or row["status"] in ("rejected", "deleted"):
-            return
-        done = conn.execute("SELECT 1 FROM image_embeddings WHERE image_id = %s AND "
-                            "model_version = %s", (msg.image_id, version)).fetchone()
-        if done:
-            return
-        data = self.blobs.get(row["blob_uri"])
+        batch = self._claim(conn, msg.image_id, version)
+        if not batch:
+            return  # gone, rejected or already embedded (its own or another event's batch)
+        for p in list(batch):
+            try:
+                p.data = self.blobs.get(p.blob_uri)
+            except Exception:
+                if p.image_id == msg.image_id:
+                    raise  # retried, then dead-lettered; the reconciler tries again later
+                log.warning("blob unreadable; left for its own event",
+                            extra={"image_id": p.image_id, "blob_uri": p.blob_uri})
+                batch.remove(p)
+        log.debug("embedding batch", extra={"version": version,
+                                            "image_ids": [p.image_id for p in batch]})
+        self._embed(batch, version, own=msg.image_id)
+        for p in batch:
+            if p.bad:
+                self._reject(conn, p.image_id, p.bad)
+            elif p.vector is not None:
+                self._store(conn, p, msg)
+
+    def _claim(self, conn, image_id: int, version: str) -> list[Pending]:
+        """The event's image (first) and pending batch-mates of the next ids, row-locked.
+
+        The event's own row is waited for; a worker holding it commits or rolls back first,
+        and the separate statement after the lock sees what it stored."""
+        select = ("SELECT i.image_id, i.blob_uri, p.discovered_at FROM images i "
+                  "LEFT JOIN pages p ON p.page_id = i.first_page_id ")
+        own = conn.execute(select + f"WHERE i.image_id = %s AND {LIVE} FOR NO KEY UPDATE OF i",
+                           (image_id,)).fetchone()
+        if own is None or _embedded(conn, version, [image_id]):
+            return []
+        mates = []
+        if self.s.embed_batch > 1:
+            mates = conn.execute(
+                select + f"WHERE i.image_id > %s AND i.image_id <= %s AND {LIVE} "
+                "AND NOT EXISTS (SELECT 1 FROM image_embeddings e WHERE e.image_id = i.image_id "
+                "AND e.model_version = %s) ORDER BY i.image_id LIMIT %s "
+                "FOR NO KEY UPDATE OF i SKIP LOCKED",
+                (image_id, image_id + MATE_ID_WINDOW, version, self.s.embed_batch - 1)
+            ).fetchall()
+            if mates:  # one committed between this statement's snapshot and its lock
+                done = _embedded(conn, version, [r["image_id"] for r in mates])
+                mates = [r for r in mates if r["image_id"] not in done]
+        return [Pending(r["image_id"], r["blob_uri"], r["discovered_at"]) for r in [own, *mates]]
+
+    def _request(self, images: list[bytes], version: str):
+        self.requests += 1
         try:
-            emb = self.client.embed_targets([data], model_version=version)
-        except EmbeddingError as exc:
-            if not isinstance(exc, BadImageError):
-                raise  # e.g. the version is not loaded yet: retried, then reconciled
-            conn.execute("UPDATE images SET status = 'rejected', status_reason = %s, "
-                         "updated_at = now() WHERE image_id = %s",
-                         (f"embedding: {exc}"[:500], msg.image_id))
-            return
-        conn.execute(
-            "INSERT INTO image_embeddings (image_id, model_version, embedding) VALUES (%s, %s, %s)"
-            " ON CONFLICT DO NOTHING",
-            (msg.image_id, emb.model_version, emb.vectors[0].astype("<f4").tobytes()))
-        ready = events_pb2.EmbeddingReady(image_id=msg.image_id, model_version=emb.model_version)
-        if msg.HasField("page_discovered_at"):
+            return self.client.embed_targets(images, model_version=version)
+        except ModelNotLoadedError as exc:
+            # Triton is still loading the version just promoted: wait it out, reject nothing.
+            raise UnavailableError(str(exc)) from None
+
+    def _embed(self, batch: list[Pending], version: str, own: int) -> None:
+        """One request for the batch; if it fails, one request per image, so only the image
+        at fault is rejected (or, for a failure that is not its input's, left for later)."""
+        if len(batch) > 1:
+            try:
+                emb = self._request([p.data for p in batch], version)
+            except EmbeddingError as exc:
+                self.fallbacks += 1
+                log.info("batch failed; embedding its images one by one",
+                         extra={"images": len(batch), "error": str(exc)})
+            else:
+                for p, vec in zip(batch, emb.vectors, strict=True):
+                    p.vector, p.version = vec, emb.model_version
+                return
+        for p in batch:
+            try:
+                emb = self._request([p.data], version)
+            except BadImageError as exc:
+                p.bad = str(exc)
+                continue
+            except EmbeddingError as exc:
+                if p.image_id == own:
+                    raise  # not the input's fault: retried, then dead-lettered and reconciled
+                log.warning("image not embedded; left for its own event",
+                            extra={"image_id": p.image_id, "error": str(exc)})
+                continue
+            p.vector, p.version = emb.vectors[0], emb.model_version
+
+    def _store(self, conn, p: Pending, msg: events_pb2.ImageMined) -> None:
+        inserted = conn.execute(
+            "INSERT INTO image_embeddings (image_id, model_version, embedding) "
+            "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1",
+            (p.image_id, p.version, p.vector.astype("<f4").tobytes())).fetchone()
+        if inserted is None:
+            return  # stored before (another worker): its EmbeddingReady was emitted then
+        self.embedded += 1
+        ready = events_pb2.EmbeddingReady(image_id=p.image_id, model_version=p.version)
+        if p.image_id == msg.image_id and msg.HasField("page_discovered_at"):
             ready.page_discovered_at.CopyFrom(msg.page_discovered_at)
-        elif row["discovered_at"] is not None:
+        elif p.discovered_at is not None:
             ts = Timestamp()
-            ts.FromDatetime(row["discovered_at"])
+            ts.FromDatetime(p.discovered_at)
             ready.page_discovered_at.CopyFrom(ts)
-        outbox.enqueue(conn, EMBEDDINGS_READY, msg.image_id, ready)
+        outbox.enqueue(conn, self.ready_topic, p.image_id, ready)
+
+    def _reject(self, conn, image_id: int, reason: str) -> None:
+        self.rejected += 1
+        conn.execute("UPDATE images SET status = 'rejected', status_reason = %s, "
+                     "updated_at = now() WHERE image_id = %s",
+                     (f"embedding: {reason}"[:500], image_id))
+        log.info("image rejected", extra={"image_id": image_id, "reason": reason})
+
+    # ------------------------------------------------------------------ reconciliation
 
     def reconcile(self):
         with db.connect(self.s.database_url) as conn:
@@ -119,14 +272,29 @@ class Worker:
             version, uri = serving
             if read_current(self.s.current_file) != (version, checkpoint_path(uri)):
                 write_current(self.s.current_file, version, checkpoint_path(uri))
-            rows = conn.execute(
-                "SELECT i.image_id FROM images i WHERE i.status NOT IN ('rejected', 'deleted') "
-                "AND i.blob_uri IS NOT NULL AND NOT EXISTS (SELECT 1 FROM image_embeddings e "
-                "WHERE e.image_id = i.image_id AND e.model_version = %s) "
-                "ORDER BY i.image_id LIMIT %s", (version, self.s.reconcile_batch)).fetchall()
-        for r in rows:
-            yield Event(IMAGES_MINED.name, str(r["image_id"]), "",
-                        events_pb2.ImageMined(image_id=r["image_id"]))
+        deadline = time.monotonic() + RECONCILE_PASS_S
+        after = 0
+        while time.monotonic() < deadline:
+            with db.connect(self.s.database_url) as conn:
+                rows = conn.execute(
+                    f"SELECT i.image_id FROM images i WHERE {LIVE} AND i.image_id > %s "
+                    "AND NOT EXISTS (SELECT 1 FROM image_embeddings e WHERE e.image_id = "
+                    "i.image_id AND e.model_version = %s) ORDER BY i.image_id LIMIT %s",
+                    (after, version, self.s.reconcile_batch)).fetchall()
+            if not rows:
+                return
+            for r in rows:
+                # the handler embeds this image and the next pending ones in one request;
+                # the events for those then find their vectors and cost one query each
+                yield Event(self.images_topic.name, str(r["image_id"]), "",
+                            events_pb2.ImageMined(image_id=r["image_id"]))
+            after = rows[-1]["image_id"]
+
+
+def _embedded(conn, version: str, ids: list[int]) -> set[int]:
+    rows = conn.execute("SELECT image_id FROM image_embeddings WHERE model_version = %s "
+                        "AND image_id = ANY(%s)", (version, ids)).fetchall()
+    return {r["image_id"] for r in rows}
 
 
 def main() -> int:
@@ -135,10 +303,8 @@ def main() -> int:
     service = Service("embedding-worker", settings)
     service.prepare()
     worker = Worker(settings)
-    service.add_consumer(Consumer("embedding-worker", settings.kafka_bootstrap_servers,
-                                  settings.database_url, [IMAGES_MINED, MODELS_PUBLISHED],
-                                  worker.handle, reconciler=worker.reconcile,
-                                  reconcile_interval_s=settings.reconcile_interval_s))
+    ensure_topics(settings.kafka_bootstrap_servers, worker.topics)
+    service.add_consumer(worker.consumer())
     service.add_outbox_relay()
     return service.run_forever()
 
