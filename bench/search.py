@@ -191,7 +191,7 @@ def _hnswlib(n, db, qs, exact, k) -> None:
         h = hnswlib.Index(space="ip", dim=db.shape[1])
         h.init_index(max_elements=n, ef_construction=100, M=16)
         h.add_items(db, np.arange(n))
-    for ef in (32, 64, 128):
+    for ef in (32, 64, 128, 256):
         h.set_ef(ef)
         row(f"hnswlib M=16 ef={ef}", *timed(lambda q: h.knn_query(q, k)[0][0].tolist(), qs),
             exact, b if ef == 32 else None)
