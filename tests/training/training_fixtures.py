@@ -4,9 +4,9 @@ Seed data are real photos (scikit-image samples), cropped and transformed; the i
 names the transformation. Rows go into pages/images/pairs/triples as mining and triplegen
 would write them, with the bytes in the blob store.
 
-The backbone is a small genuine Flax model (pixel pooling + Dense image tower, embedding-bag
-text tower, linear projections) so a job trains in seconds; the production path builds the
-MobileNetV2 + MiniLM backbone instead (minutes of XLA compilation on CPU).
+The backbone is the small genuine Flax stand-in of tests/standin.py (shared with tests/trainer)
+so a job trains in seconds; the production path builds the MobileNetV2 + MiniLM backbone
+instead (minutes of XLA compilation on CPU).
 """
 
 from __future__ import annotations
@@ -14,21 +14,22 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-import zlib
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import psycopg
 from PIL import Image, ImageOps
 
 from services.runtime import db
 from services.runtime.blobstore import BlobStore
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/
+from standin import StandInBackbone, StandInPreprocessor
 
 TRANSFORMS = {
     "flip": ("the same picture mirrored left to right", ImageOps.mirror),
@@ -162,64 +163,11 @@ def seed(url: str, blobs: BlobStore, tag: str) -> Seeded:
 
 # ----------------------------------------------------------------------------- tiny backbone
 
-class TinyBackbone(nn.Module):
-    embed_dim: int = 64
-
-    def setup(self) -> None:
-        self.img_tower = nn.Dense(48)
-        self.tok_embed = nn.Embed(997, 32)
-        self.img_proj = nn.Dense(self.embed_dim)
-        self.txt_proj = nn.Dense(self.embed_dim)
-
-    def image_features(self, images: jax.Array) -> jax.Array:
-        b, h, w, c = images.shape
-        x = images.reshape(b, 8, h // 8, 8, w // 8, c).mean(axis=(2, 4)).reshape(b, -1)
-        return jnp.tanh(self.img_tower(x))
-
-    def text_features(self, tokens: jax.Array) -> jax.Array:
-        mask = (tokens > 0).astype(jnp.float32)[..., None]
-        return (self.tok_embed(tokens) * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)
-
-    def project_image(self, f: jax.Array) -> jax.Array:
-        return self.img_proj(f)
-
-    def project_text(self, f: jax.Array) -> jax.Array:
-        return self.txt_proj(f)
-
-    def encode_image(self, images: jax.Array) -> jax.Array:
-        return self.project_image(self.image_features(images))
-
-    def encode_text(self, tokens: jax.Array) -> jax.Array:
-        return self.project_text(self.text_features(tokens))
-
-    def __call__(self, images: jax.Array, tokens: jax.Array):
-        return self.encode_image(images), self.encode_text(tokens)
-
-
-class TinyPreprocessor:
-    image_size = 32
-    max_len = 12
-
-    def tokenize(self, texts: list[str]) -> np.ndarray:
-        out = np.zeros((len(texts), self.max_len), np.int32)
-        for i, t in enumerate(texts):
-            ids = [1] + [2 + zlib.crc32(w.encode()) % 995 for w in t.lower().split()]
-            out[i, : min(len(ids), self.max_len)] = ids[: self.max_len]
-        return out
-
-    def texts(self, texts: list[str]) -> np.ndarray:
-        return self.tokenize(texts)
-
-    def images(self, images) -> np.ndarray:
-        return np.stack([np.asarray(p.convert("RGB").resize((32, 32), Image.BILINEAR),
-                                    np.float32) / 255.0 for p in images])
-
-
 def tiny_model_kwargs(cfg) -> dict:
     """Extra trainer.train.train arguments: the tiny backbone, embedding width 64."""
     from trainer.models.magiclens import MagicLensConfig
 
-    return dict(backbone=(TinyBackbone(64), TinyPreprocessor()),
+    return dict(backbone=(StandInBackbone(64), StandInPreprocessor()),
                 model_config=MagicLensConfig("compact", 64, 2, num_layers=1))
 
 
