@@ -2,12 +2,19 @@
 
 `file:///path` (default, under the data directory) on one machine; `s3://bucket/prefix` on
 clusters (any S3-compatible store; needs boto3 and the usual AWS_* environment variables).
+
+Large artifacts (model checkpoint archives, GBs for the big configs) do not fit `put`'s
+in-memory bytes: `put_file` stores a local file under a caller-chosen key (e.g.
+`models/<version>.tar`) and `get_file` streams a blob into a local file (multipart both ways
+on S3).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Protocol
@@ -20,6 +27,22 @@ class BlobStore(Protocol):
     def put(self, data: bytes, suffix: str = "") -> str: ...
     def get(self, uri: str) -> bytes: ...
     def exists(self, uri: str) -> bool: ...
+    def put_file(self, path: Path, key: str) -> str: ...
+    def get_file(self, uri: str, dest: Path, max_bytes: int) -> int: ...
+
+
+class BlobTooLarge(ValueError):
+    """A blob is larger than the caller accepts; nothing was written."""
+
+
+_KEY = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
+
+
+def check_key(key: str) -> str:
+    """A named key: relative, `/`-separated, no `.`/`..` parts, plain characters only."""
+    if not _KEY.fullmatch(key) or any(part in (".", "..") for part in key.split("/")):
+        raise ValueError(f"bad blob key {key!r}")
+    return key
 
 
 def content_key(data: bytes, suffix: str = "") -> str:
@@ -62,6 +85,28 @@ class FileBlobStore:
     def exists(self, uri: str) -> bool:
         return self._path(uri).exists()
 
+    def put_file(self, path: Path, key: str) -> str:
+        """Copy a local file to `key` (replaced atomically if it exists)."""
+        target = self.root / check_key(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        os.close(fd)
+        try:
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, target)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return f"file://{target}"
+
+    def get_file(self, uri: str, dest: Path, max_bytes: int) -> int:
+        """Copy the blob to `dest`; BlobTooLarge (nothing written) past `max_bytes`."""
+        src = self._path(uri)
+        size = src.stat().st_size
+        if size > max_bytes:
+            raise BlobTooLarge(f"{uri} is {size} bytes; limit {max_bytes}")
+        shutil.copyfile(src, dest)
+        return size
+
 
 class S3BlobStore:
     """Blobs in an S3-compatible bucket (endpoint from AWS_ENDPOINT_URL when set)."""
@@ -95,6 +140,24 @@ class S3BlobStore:
         except Exception:
             return False
         return True
+
+    def put_file(self, path: Path, key: str) -> str:
+        """Upload a local file to `<prefix>/<key>` (multipart when large; replaces `key`)."""
+        full = "/".join(p for p in (self.prefix, check_key(key)) if p)
+        self.client.upload_file(str(path), self.bucket, full)
+        return f"s3://{self.bucket}/{full}"
+
+    def get_file(self, uri: str, dest: Path, max_bytes: int) -> int:
+        """Download to `dest` (streamed); BlobTooLarge before any byte moves past `max_bytes`."""
+        key = self._key(uri)
+        size = int(self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+        if size > max_bytes:
+            raise BlobTooLarge(f"{uri} is {size} bytes; limit {max_bytes}")
+        self.client.download_file(self.bucket, key, str(dest))
+        got = Path(dest).stat().st_size
+        if got != size:  # the object changed between HEAD and GET
+            raise OSError(f"{uri}: downloaded {got} bytes, expected {size}")
+        return size
 
 
 def open_blobstore(uri: str) -> BlobStore:
