@@ -44,7 +44,7 @@ from services.embedding.client import (
     ModelNotLoadedError,
 )
 from services.embedding.current import read_current, write_current
-from services.runtime import db, outbox
+from services.runtime import checkpoint_store, db, outbox
 from services.runtime.blobstore import open_blobstore
 from services.runtime.bus import Consumer, Event, ensure_topics
 from services.runtime.config import BaseServiceSettings, load_settings, run_main
@@ -80,8 +80,11 @@ class WorkerSettings(BaseServiceSettings):
         return self.current_model_file or Path(self.data_dir) / "serving" / "current_model.json"
 
 
-def checkpoint_path(uri: str) -> str:
-    return uri.removeprefix("file://")
+def checkpoint_path(uri: str, current_file: Path, blobs) -> str:
+    """The checkpoint as a directory on this pod's disk, beside the current-model file that
+    the Triton server reads: a file:// URI's own path; an archive in the object store is
+    fetched into `<that dir>/checkpoints/` once (services/runtime/checkpoint_store.py)."""
+    return str(checkpoint_store.fetch(uri, current_file.parent / "checkpoints", blobs))
 
 
 def _topic(base: Topic, name: str) -> Topic:
@@ -146,7 +149,8 @@ class Worker:
             "SET status = 'promoted', updated_at = now()",
             (msg.model_version, msg.config_name or "compact", msg.checkpoint_uri))
         store.set_serving_version(conn, msg.model_version, msg.checkpoint_uri)
-        write_current(self.s.current_file, msg.model_version, checkpoint_path(msg.checkpoint_uri))
+        write_current(self.s.current_file, msg.model_version,
+                      checkpoint_path(msg.checkpoint_uri, self.s.current_file, self.blobs))
         log.info("promoted model version", extra={"version": msg.model_version})
 
     # ------------------------------------------------------------------ embedding
@@ -270,8 +274,14 @@ class Worker:
             if serving is None:
                 return
             version, uri = serving
-            if read_current(self.s.current_file) != (version, checkpoint_path(uri)):
-                write_current(self.s.current_file, version, checkpoint_path(uri))
+            try:
+                local = checkpoint_path(uri, self.s.current_file, self.blobs)
+            except checkpoint_store.ArchiveRefused as exc:  # its event was dead-lettered
+                log.error("promoted checkpoint refused", extra={"version": version,
+                                                                "error": str(exc)})
+                return
+            if read_current(self.s.current_file) != (version, local):
+                write_current(self.s.current_file, version, local)
         deadline = time.monotonic() + RECONCILE_PASS_S
         after = 0
         while time.monotonic() < deadline:

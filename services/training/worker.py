@@ -28,7 +28,8 @@ from typing import Any
 
 import psycopg
 
-from services.runtime import db
+from services.runtime import checkpoint_store, db
+from services.runtime.blobstore import open_blobstore
 from services.runtime.errors import UnavailableError
 from services.training import store
 from services.training.config import TrainingSettings
@@ -301,6 +302,11 @@ class TrainingWorker:
         if target.exists():  # a previous attempt died between the move and the commit
             shutil.rmtree(target)
         os.replace(result.checkpoint, target)
+        # Other pods cannot read this pod's disk: with an object store the checkpoint goes
+        # there first (checkpoint_store), so the event committed below never names a blob
+        # that is not there yet.
+        checkpoint_uri = checkpoint_store.publish(open_blobstore(self.settings.blob_root),
+                                                  target, run.model_version)
         model_config = self.model_kwargs(cfg).get("model_config") or CONFIGS[cfg.model]
         metrics = {k: float(v) for k, v in result.metrics.items()}
         metrics["data/train_triples"] = float(data["train"]["triples"])
@@ -309,7 +315,7 @@ class TrainingWorker:
                   "run_id": run.run_id}
         final_loss = progress.losses[-1] if progress.losses else None
         with db.transaction(self.url) as conn:
-            ok = store.publish(conn, self.topic, run, checkpoint_uri=target.absolute().as_uri(),
+            ok = store.publish(conn, self.topic, run, checkpoint_uri=checkpoint_uri,
                                config=config, metrics=metrics,
                                embed_dim=int(model_config.embed_dim), final_loss=final_loss)
         if not ok:  # someone else owns the run now: leave its state alone
