@@ -8,13 +8,22 @@ Three layers, each returning readable one-line problems (empty list = pass):
   so their resources get a structural check of the fields those operators require and of
   cross-references (topic -> Kafka cluster, ScaledObject -> Deployment and topic).
 - `policy_problems`: what every workload must have (limits, probes, hardening, pinned images,
-  a PDB, NetworkPolicies, scrape annotations, resolvable config and secret references).
+  a PDB, NetworkPolicies, scrape annotations, resolvable config and secret references), and
+  that every place a container writes is a writable volume: root filesystems are read-only,
+  so each variable in WRITE_PATHS — as the container sees it: the image's ENV (read from
+  deploy/Dockerfile), then the ConfigMap, then its own env; or, unset, the code's default —
+  and every absolute path in its command must lie on an emptyDir/PVC mount, or (BAKED) be
+  filled in the image at build time so the code finds its files there and writes nothing.
 """
 
 from __future__ import annotations
 
+import posixpath
 import re
-from collections.abc import Iterable
+import shlex
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -27,6 +36,36 @@ PROBE_EXEMPT = {
     "outbox-relay": "no server: services.runtime.outbox exposes no health port",
     "embedding-worker": "no server: services.embedding.worker exposes no health port",
 }
+# Variables naming where a process writes, and where the code writes when one is unset (in
+# the image /app is the source tree, on the read-only root filesystem). Values are resolved
+# against the container's environment.
+WRITE_PATHS: dict[str, Callable[[dict[str, str]], str]] = {
+    # services/runtime/config.py data_dir (snapshots, runs, models, caches, infra state)
+    "MAGICLENS_DATA_DIR": lambda env: "/app/data",
+    # trainer/weights/compact.py weights_dir(): converted pretrained weights, written on a miss
+    "MAGICLENS_WEIGHTS_DIR": lambda env: "/app/data/weights",
+    # services/embedding/model.py: the XLA cache defaults to beside the weights
+    "MAGICLENS_JAX_CACHE_DIR": lambda env: posixpath.join(posixpath.dirname(
+        _resolved(env, "MAGICLENS_WEIGHTS_DIR")), "cache", "jax"),
+    # services/embedding/worker.py: the current-model file, and fetched checkpoints beside it
+    "MAGICLENS_CURRENT_MODEL_FILE": lambda env: posixpath.join(
+        _resolved(env, "MAGICLENS_DATA_DIR"), "serving", "current_model.json"),
+    "HOME": lambda env: "/",  # caches of libraries (PyTriton, matplotlib)
+    "TMPDIR": lambda env: "/tmp",  # Python's tempfile
+}
+# Of those, the ones an image may satisfy read-only: it is built with the files the code would
+# otherwise write there (deploy/Dockerfile, stage `weights`), so it only reads them. The path
+# must be exactly a COPY destination of the image (not merely inside /app).
+BAKED = {"MAGICLENS_WEIGHTS_DIR": "converted at build time (Dockerfile stage `weights`)"}
+# Containers that write no file at all (names), with the reason.
+WRITE_EXEMPT = {
+    "migrate": "services.runtime.db reads its SQL files from the image and writes only to "
+               "PostgreSQL",
+}
+WRITABLE_VOLUMES = ("emptyDir", "persistentVolumeClaim", "ephemeral")
+DOCKERFILE = Path(__file__).resolve().parent / "Dockerfile"
+IMAGE_PREFIX = "magiclens-"  # ghcr.io/magiclens/magiclens-<Dockerfile target>:<tag>
+
 # Secrets that an operator in the cluster creates (not rendered by kustomize).
 OPERATOR_SECRETS = {"magiclens-pg-app": ("postgresql.cnpg.io/v1", "Cluster", "magiclens-pg")}
 PLACEHOLDER = "REPLACE_ME"
@@ -189,8 +228,134 @@ def _containers(pod: Doc) -> list[tuple[str, Doc]]:
             + [("main", c) for c in spec.get("containers", [])])
 
 
-def policy_problems(docs: list[Doc]) -> list[str]:
+# ---------------------------------------------------------------- images and writable paths
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """What a Dockerfile target gives its containers: ENV, WORKDIR, COPY destinations."""
+
+    env: dict[str, str]
+    workdir: str
+    copied: tuple[str, ...]
+
+
+def dockerfile_stages(text: str) -> dict[str, list[str]]:
+    """Stage name -> its instructions, the FROM line first (continuations joined, comments
+    dropped)."""
+    text = re.sub(r"\\\n", " ", text)
+    stages: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r"FROM\s+(\S+)(?:\s+AS\s+(\S+))?", line, re.IGNORECASE)
+        if m:
+            current = m.group(2) or m.group(1)
+            stages[current] = [line]
+        elif current is not None:
+            stages[current].append(line)
+    return stages
+
+
+def dockerfile_images(text: str) -> dict[str, ImageSpec]:
+    """Every stage of a Dockerfile, with what it inherits from the stages it is built on."""
+    stages = dockerfile_stages(text)
+    out: dict[str, ImageSpec] = {}
+
+    def spec(name: str) -> ImageSpec:
+        if name in out:
+            return out[name]
+        base, lines = stages[name][0].split()[1], stages[name][1:]
+        inherited = spec(base) if base in stages else ImageSpec({}, "/", ())
+        env, workdir = dict(inherited.env), inherited.workdir
+        copied = list(inherited.copied)
+        for line in lines:
+            op, _, rest = line.partition(" ")
+            op = op.upper()
+            if op == "ENV":
+                words = shlex.split(rest)
+                if words and "=" not in words[0]:  # legacy `ENV KEY value`
+                    env[words[0]] = " ".join(words[1:])
+                else:
+                    env.update(w.split("=", 1) for w in words)
+            elif op == "WORKDIR":
+                workdir = posixpath.join(workdir, rest.strip())
+            elif op == "COPY":
+                copied.append(posixpath.normpath(shlex.split(rest)[-1]))
+        out[name] = ImageSpec(env, workdir, tuple(copied))
+        return out[name]
+
+    for name in stages:
+        spec(name)
+    return out
+
+
+def image_target(image: str) -> str:
+    """`ghcr.io/magiclens/magiclens-service-cuda:0.1.0` -> `service-cuda`."""
+    name = image.split("@", 1)[0].rsplit("/", 1)[-1].split(":", 1)[0]
+    return name.removeprefix(IMAGE_PREFIX) if name.startswith(IMAGE_PREFIX) else ""
+
+
+def _resolved(env: dict[str, str], var: str) -> str:
+    return env.get(var) or WRITE_PATHS[var](env)
+
+
+def _under(path: str, roots: Iterable[str]) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def _writable_mounts(workload: Doc, pod: Doc, ctr: Doc) -> list[str]:
+    volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+    claims = {t["metadata"]["name"] for t in workload["spec"].get("volumeClaimTemplates", [])}
+    return [m["mountPath"] for m in ctr.get("volumeMounts", [])
+            if not m.get("readOnly") and (m["name"] in claims or any(
+                k in volumes.get(m["name"], {}) for k in WRITABLE_VOLUMES))]
+
+
+def write_path_problems(cn: str, workload: Doc, pod: Doc, ctr: Doc,
+                        config_maps: dict[str, dict[str, str]],
+                        images: dict[str, ImageSpec]) -> list[str]:
+    """Every place this container writes is on a writable volume (see the module docstring)."""
+    if ctr["name"] in WRITE_EXEMPT:
+        return []
+    target = image_target(ctr.get("image", ""))
+    if target not in images:
+        return [f"{cn}: image {ctr.get('image')!r} is not a deploy/Dockerfile target, so where "
+                "it writes cannot be checked"]
+    image = images[target]
+    env = dict(image.env)
+    for ref in ctr.get("envFrom", []):
+        if "configMapRef" in ref:
+            env.update(config_maps.get(ref["configMapRef"]["name"], {}))
+    env.update({e["name"]: e["value"] for e in ctr.get("env", []) if "value" in e})
+    mounts = _writable_mounts(workload, pod, ctr)
+    problems = []
+
+    def check(what: str, path: str, baked: str = "") -> None:
+        path = posixpath.normpath(posixpath.join(image.workdir, path))
+        if _under(path, mounts) or (baked and path in image.copied):
+            return
+        problems.append(f"{cn}: {what} is on the read-only root filesystem: not on a writable "
+                        f"volume (mounted: {', '.join(mounts) or 'none'})"
+                        + (f" nor {baked}" if baked else ""))
+
+    for var in WRITE_PATHS:
+        path = _resolved(env, var)
+        check(f"{var}={path}" + ("" if var in env else " (unset: the code's default)"), path,
+              BAKED.get(var, ""))
+    for arg in [*ctr.get("command", [])[1:], *ctr.get("args", [])]:
+        if arg.startswith("/"):
+            check(f"argument {arg}", arg)
+    return problems
+
+
+def policy_problems(docs: list[Doc], dockerfile: str | None = None) -> list[str]:
+    """`dockerfile`: the text of deploy/Dockerfile (read from the file when None)."""
     p: list[str] = []
+    images = dockerfile_images(DOCKERFILE.read_text() if dockerfile is None else dockerfile)
+    config_data = {d["metadata"]["name"]: {k: str(v) for k, v in (d.get("data") or {}).items()}
+                   for d in _by_kind(docs, "ConfigMap")}
     config_maps = {d["metadata"]["name"] for d in _by_kind(docs, "ConfigMap")}
     secrets = {d["metadata"]["name"] for d in _by_kind(docs, "Secret")}
     for secret, (api, kind, owner) in OPERATOR_SECRETS.items():
@@ -248,6 +413,7 @@ def policy_problems(docs: list[Doc]) -> list[str]:
                 p.append(f"{cn}: capabilities do not drop ALL")
             if not image_pinned(ctr.get("image", "")):
                 p.append(f"{cn}: image {ctr.get('image')!r} is not pinned to a tag or digest")
+            p += write_path_problems(cn, w, pod, ctr, config_data, images)
             for ref in ctr.get("envFrom", []):
                 if "configMapRef" in ref and ref["configMapRef"]["name"] not in config_maps:
                     p.append(f"{cn}: ConfigMap {ref['configMapRef']['name']} is not rendered")
@@ -318,4 +484,5 @@ def placeholder_secrets(docs: list[Doc]) -> list[str]:
 
 
 def all_problems(docs: list[Doc]) -> list[str]:
+    """Everything above, against deploy/Dockerfile as it is in the tree."""
     return schema_problems(docs) + custom_resource_problems(docs) + policy_problems(docs)

@@ -24,7 +24,7 @@ def enable_compilation_cache(settings: TrainingSettings) -> None:
     """Reuse XLA compilations across runs (backbone feature extraction compiles for minutes)."""
     import jax
 
-    path = settings.data_dir / "jax_cache"
+    path = settings.jax_cache_dir or settings.data_dir / "jax_cache"
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)

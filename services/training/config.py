@@ -26,7 +26,10 @@ class TrainingSettings(BaseServiceSettings):
     training_max_attempts: int = Field(default=3, ge=1, le=100)
     training_progress_interval_s: float = Field(default=1.0, ge=0)
     training_checkpoint_every: int = Field(default=0, ge=0)  # 0: the config's own value
-    training_jax_cache: bool = True  # persistent XLA compilation cache under the data dir
+    training_jax_cache: bool = True  # persistent XLA compilation cache (below)
+    # MAGICLENS_JAX_CACHE_DIR, the variable the embedding server's cache follows too
+    # (default: <data dir>/jax_cache).
+    jax_cache_dir: Path | None = None
     # Auto-start on TripleCreated (0 = off).
     training_auto_min_new_triples: int = Field(default=0, ge=0)
     training_auto_config: str = "compact"

