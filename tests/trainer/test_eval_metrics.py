@@ -105,3 +105,17 @@ def test_report_files(tmp_path):
     md = paths["markdown"].read_text()
     assert "| magiclens | 50.00 |" in md
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_mean_pairwise_cosine_flags_a_collapsed_space():
+    from trainer.eval.corpus import mean_pairwise_cosine
+
+    eye = np.eye(4, dtype=np.float32)
+    assert abs(mean_pairwise_cosine(eye)) < 1e-6
+    same = np.tile(np.array([[0.6, 0.8]], np.float32), (5, 1))
+    assert abs(mean_pairwise_cosine(same) - 1.0) < 1e-6
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((50, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    c = x @ x.T
+    assert abs(mean_pairwise_cosine(x) - c[~np.eye(50, dtype=bool)].mean()) < 1e-5

@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
 
         metrics = evaluate_corpus(model, params, pre, args.corpus)
         text = (f"Held-out corpus queries: {int(metrics['queries'])}, gallery "
-                f"{int(metrics['gallery'])} images — {label}\n\n{quality_table(metrics)}\n\n"
+                f"{int(metrics['gallery'])} images — {label}\n\n{quality_table(metrics)}\n"
+                "(gallery cos: mean cosine between gallery embeddings; near 1 = collapsed)\n\n"
                 f"{relation_table(metrics)}\n")
     else:
         from trainer.data.triples import JsonlTriples
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         from trainer.eval.report import write_report
 
-        headline = {k: v for k, v in metrics.items() if k.count("/") == 1}
+        headline = {k: v for k, v in metrics.items()
+                    if k.count("/") == 1 and not k.endswith("/gallery_cos")}
         paths = write_report(headline, args.out, f"MagicLens evaluation — {label}")
         md = paths["markdown"]
         md.write_text(md.read_text() + "\n" + text)

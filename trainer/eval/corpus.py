@@ -64,6 +64,17 @@ def recall_any_at_k(rankings: Sequence[Sequence[str]], gts: Sequence[Sequence[st
             / max(n, 1) for k in ks}
 
 
+def mean_pairwise_cosine(embeddings: np.ndarray) -> float:
+    """Mean cosine between distinct gallery embeddings (unit vectors). Near 1 means the space
+    has collapsed: rankings may survive, but scores say little and quantised ANN search
+    (ScaNN's AH) loses the small differences that separate results."""
+    n = len(embeddings)
+    if n < 2:
+        return float("nan")
+    total = np.sum(embeddings, axis=0)
+    return float((total @ total - np.sum(embeddings * embeddings)) / (n * (n - 1)))
+
+
 def evaluate_corpus(model: MagicLens, params: Any, preprocessor: Any, corpus_dir: str | Path,
                     ks: Sequence[int] = (1, 5, 10), map_ks: Sequence[int] = (5,),
                     cache_file: Path | None = None) -> dict[str, float]:
@@ -85,6 +96,7 @@ def evaluate_corpus(model: MagicLens, params: Any, preprocessor: Any, corpus_dir
     top = max([*ks, *map_ks, 10])
     for method in METHODS:
         q, g = embs[method]
+        out[f"{method}/gallery_cos"] = mean_pairwise_cosine(np.asarray(g))
         ranks = rank_gallery(np.asarray(q) @ np.asarray(g).T, ids,
                              exclude=[qq.query for qq in queries], top=top)
         for k, v in recall_any_at_k(ranks, gts, ks).items():
@@ -105,10 +117,12 @@ def quality_table(metrics: dict[str, float], ks: Sequence[int] = (1, 5, 10),
                   map_ks: Sequence[int] = (5,)) -> str:
     """The headline table (markdown) for the demo and `magiclens eval`."""
     cols = [f"R@{k}" for k in ks] + [f"mAP@{k}" for k in map_ks]
-    lines = ["| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    lines = ["| method | " + " | ".join(cols) + " | gallery cos |",
+             "|---|" + "---|" * (len(cols) + 1)]
     for m in METHODS:
         lines.append(f"| {m} | " + " | ".join(f"{metrics.get(f'{m}/{c}', float('nan')):.1f}"
-                                            for c in cols) + " |")
+                                            for c in cols)
+                     + f" | {metrics.get(f'{m}/gallery_cos', float('nan')):.2f} |")
     return "\n".join(lines)
 
 
