@@ -118,6 +118,7 @@ class ShardIndex:
         self.lock = RWLock()
         self._searcher = None
         self.kind = "empty"
+        self.built_size = 0  # vectors the searcher was trained on (needs_rebuild compares)
         self._ids: set[int] = set()
         self.attrs: dict[int, tuple[str, str]] = {}  # id -> (source, page_domain) for filters
 
@@ -130,6 +131,7 @@ class ShardIndex:
         idx = cls(model_version, vectors.shape[1] if len(ids) else 0, params)
         idx._searcher, idx.kind = build_searcher(ids, vectors, idx.params)
         idx._ids = set(int(i) for i in ids)
+        idx.built_size = len(idx._ids)
         return idx
 
     def __len__(self) -> int:
@@ -148,6 +150,7 @@ class ShardIndex:
             if self._searcher is None:
                 self.dim = vectors.shape[1]
                 self._searcher, self.kind = build_searcher(np.asarray(ids), vectors, self.params)
+                self.built_size = len(set(ids))
             else:
                 if vectors.shape[1] != self.dim:
                     raise ValueError(f"vector dim {vectors.shape[1]} != index dim {self.dim}")
@@ -163,12 +166,13 @@ class ShardIndex:
                 self._ids.difference_update(present)
             return len(present)
 
-    def needs_rebuild(self, built_size: int) -> bool:
-        """Brute force that outgrew the threshold, or a tree whose size doubled/halved."""
-        n = len(self)
+    def needs_rebuild(self) -> bool:
+        """Brute force that outgrew the threshold, or a tree whose size doubled/halved since
+        it was built."""
+        n, built = len(self), self.built_size
         if self.kind == "brute_force":
             return n >= self.params.brute_threshold
-        return self.kind == "tree_ah" and (n > 2 * built_size or n < built_size / 2)
+        return self.kind == "tree_ah" and (n > 2 * built or n < built / 2)
 
     # ---------------------------------------------------------------- search
     def search(self, query: np.ndarray, k: int, exclude: Iterable[int] = (),
@@ -210,7 +214,8 @@ class ShardIndex:
                 self._searcher.serialize(str(gen / "scann"))
             ids = np.array(sorted(self._ids), np.int64)
             manifest = {"model_version": self.model_version, "dim": self.dim, "kind": self.kind,
-                        "num_vectors": len(ids), "params": self.params.__dict__}
+                        "num_vectors": len(ids), "built_size": self.built_size,
+                        "params": self.params.__dict__}
         np.save(gen / "ids.npy", ids, allow_pickle=False)
         (gen / MANIFEST).write_text(json.dumps(manifest))
         tmp = directory / "LATEST.tmp"
@@ -235,6 +240,7 @@ class ShardIndex:
         if len(ids):
             idx._searcher = scann.scann_ops_pybind.load_searcher(str(directory / "scann"))
         idx._ids = set(int(i) for i in ids)
+        idx.built_size = int(manifest.get("built_size", len(ids)))  # older snapshots: as before
         return idx
 
 

@@ -7,6 +7,11 @@ Postgres; then reconcile with Postgres (upsert missing, delete gone) and serve. 
 events upsert/delete as they arrive; a periodic sync repairs anything missed. When the
 promoted version changes, a new index is built beside the old one once the new version covers
 the partition (blue/green), then swapped in; the old one serves until then.
+
+Threads: gRPC handlers read, the EmbeddingReady consumer writes into the serving index, and
+the periodic jobs (sync, version check, snapshot) each run on their own thread. The serving
+index is replaced in one place only, `Shard._replace`, under one lock (see there); readers
+never take that lock, so no query waits for a build.
 """
 
 from __future__ import annotations
@@ -61,23 +66,26 @@ class Shard:
                                   leaves_to_search_frac=settings.leaves_frac)
         self.dir = (Path(settings.data_dir) / "index" / settings.index
                     / f"shard-{settings.shard}-of-{settings.num_shards}")
+        # The serving index. Readers take it once per request and use that object throughout;
+        # it carries its own model_version and built_size, so a reader or a job never mixes
+        # two indexes' state. Only `_replace` assigns it once the service runs.
         self.index = ShardIndex("", 0, self.params)
-        self.built_size = 0
         self.next_version = ""
         self.restored = False
-        self._swap = threading.Lock()
-        self._building = threading.Lock()
+        self._replacing = threading.Lock()  # held by the one build + swap under way
+        self._snapshotting = threading.Lock()
         self._dirty = False
 
     # ---------------------------------------------------------------- state
     def start(self) -> None:
+        """Restore or build the serving version (before any other thread runs), then sync."""
         with db.connect(self.s.database_url) as conn:
             serving = store.serving_version(conn)
         version = serving[0] if serving else ""
         snap = ShardIndex.restore(self.dir / "current")
         if snap is not None and snap.model_version == version and version:
             snap.params = self.params
-            self.index, self.built_size, self.restored = snap, len(snap), True
+            self.index, self.restored = snap, True
             log.info("restored snapshot", extra={"vectors": len(snap), "version": version})
         elif version:
             self.index = self._build(version)
@@ -91,14 +99,44 @@ class Shard:
             ids_a, vecs, attrs = store.load_embeddings(conn, version, ids)
         idx = ShardIndex.build(version, ids_a, vecs, self.params)
         idx.attrs = attrs
-        self.built_size = len(idx)
         log.info("built index", extra={"version": version, "vectors": len(idx), "kind": idx.kind,
                                        "seconds": round(time.monotonic() - t0, 2)})
         return idx
 
+    def _replace(self, old: ShardIndex, version: str) -> ShardIndex | None:
+        """Build `version` and serve it in place of `old`; the fresh index, or None (nothing
+        changed) when another build is under way or `old` no longer serves.
+
+        Invariant: this is the only writer of `self.index` while the service runs, and it
+        holds `_replacing` from the check to the swap, so "`old` still serves" stays true
+        until the swap: a job that read the index before someone else replaced it (e.g. a
+        sync rebuilding the old version across a blue/green swap) can never put it back.
+        The lock is taken without waiting, so at most one build runs at a time and a job that
+        finds one under way retries on its next tick. Readers never take it."""
+        if not self._replacing.acquire(blocking=False):
+            return None
+        try:
+            if self.index is not old:
+                return None
+            fresh = self._build(version)
+            self.index = fresh  # one reference assignment: a reader sees old or fresh, whole
+            self._dirty = True
+            VECTORS.set(len(fresh))
+            return fresh
+        finally:
+            self._replacing.release()
+
     def sync(self) -> tuple[int, int]:
-        """Make the index equal Postgres' view of this partition (the repair path)."""
+        """Make the index equal Postgres' view of this partition (the repair path); rebuild
+        it when it outgrew its searcher."""
         idx = self.index
+        added, gone = self._reconcile(idx)
+        if idx.needs_rebuild() and (fresh := self._replace(idx, idx.model_version)):
+            # Events applied to `idx` while `fresh` was built are in Postgres: carry them over.
+            self._reconcile(fresh)
+        return added, gone
+
+    def _reconcile(self, idx: ShardIndex) -> tuple[int, int]:
         if not idx.model_version:
             return 0, 0
         with db.connect(self.s.database_url) as conn:
@@ -112,17 +150,24 @@ class Shard:
         gone = idx.delete(have - want)
         if len(ids) or gone:
             self._dirty = True
-            log.info("synced", extra={"added": len(ids), "deleted": gone})
-        VECTORS.set(len(idx))
-        if idx.needs_rebuild(self.built_size):
-            self.index = self._build(idx.model_version)
-            self._dirty = True
+            log.info("synced", extra={"added": len(ids), "deleted": gone,
+                                      "version": idx.model_version})
+        VECTORS.set(len(self.index))
         return len(ids), gone
 
     def snapshot(self) -> None:
-        if self.index.model_version:
-            self.index.snapshot(self.dir / "current")
-            self._dirty = False
+        """Write the serving index to disk. Serialised, and each write takes the index that
+        serves when it starts, so the last snapshot written is of the latest index."""
+        with self._snapshotting:
+            idx = self.index
+            if not idx.model_version:
+                return
+            self._dirty = False  # before writing: a change made meanwhile marks it again
+            try:
+                idx.snapshot(self.dir / "current")
+            except BaseException:
+                self._dirty = True
+                raise
 
     def snapshot_if_dirty(self) -> None:
         if self._dirty:
@@ -130,28 +175,23 @@ class Shard:
 
     def check_version(self) -> None:
         """Blue/green: build the promoted version beside the serving one, then swap."""
+        current = self.index
         with db.connect(self.s.database_url) as conn:
             serving = store.serving_version(conn)
-            if serving is None or serving[0] == self.index.model_version:
+            if serving is None or serving[0] == current.model_version:
                 self.next_version = ""
                 return
             version = serving[0]
             self.next_version = version
             cov = store.coverage(conn, version, self.s.shard, self.s.num_shards)
-        if cov < self.s.bluegreen_min_coverage and self.index.model_version:
+        if cov < self.s.bluegreen_min_coverage and current.model_version:
             return  # keep serving the old index until the new version covers the partition
-        if not self._building.acquire(blocking=False):
-            return
-        try:
-            fresh = self._build(version)
-            with self._swap:
-                self.index = fresh
-            self.next_version = ""
-            self.sync()
-            self.snapshot()
-            log.info("swapped to new model version", extra={"version": version})
-        finally:
-            self._building.release()
+        if self._replace(current, version) is None:
+            return  # a build under way, or `current` was just rebuilt: the next check retries
+        self.next_version = ""
+        self.sync()  # events the old index took while the new one was built
+        self.snapshot()
+        log.info("swapped to new model version", extra={"version": version})
 
     # ---------------------------------------------------------------- events
     def handle(self, conn, event: Event) -> None:
@@ -173,9 +213,12 @@ class Shard:
         if not len(ids):
             return
         idx.attrs.update(attrs)
+        # Into the index read above. If `_replace` swaps it out meanwhile, nothing is lost:
+        # this row was committed before the event was sent, and every replacement is followed
+        # by a reconcile of the fresh index from Postgres.
         idx.upsert(ids, vecs)
         self._dirty = True
-        VECTORS.set(len(idx))
+        VECTORS.set(len(self.index))
         if msg.HasField("page_discovered_at"):
             discovered = msg.page_discovered_at.ToDatetime(tzinfo=UTC)
             FRESHNESS.observe(max(0.0, (datetime.now(UTC) - discovered).total_seconds()))
@@ -209,9 +252,9 @@ class ShardServicer(search_pb2_grpc.ShardServiceServicer):
             model_version=idx.model_version)
 
     def GetShardStatus(self, request, context):  # noqa: N802
-        s = self.shard
-        return search_pb2.ShardStatus(shard=s.s.shard, model_version=s.index.model_version,
-                                      num_vectors=len(s.index), next_model_version=s.next_version)
+        s, idx = self.shard, self.shard.index  # one index: its version and size agree
+        return search_pb2.ShardStatus(shard=s.s.shard, model_version=idx.model_version,
+                                      num_vectors=len(idx), next_model_version=s.next_version)
 
 
 def main(argv: list[str] | None = None) -> int:
