@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -39,6 +40,10 @@ PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 MAX_MESSAGE_BYTES = 10 * 1024 * 1024
 _EVENT_NS = uuid.UUID("6f1c1f0e-8a8e-4f43-9f7a-4d3b2c1a0e55")
+# The UUID spellings Postgres and Python agree on (uuid.UUID alone also takes "+…", "1_2…",
+# "uuid:…" anywhere, which Postgres refuses and which can make two different ids equal).
+_UUID_RE = re.compile(r"(?:urn:uuid:)?(\{)?[0-9a-f]{8}(?:-?[0-9a-f]{4}){3}-?[0-9a-f]{12}(?(1)\})",
+                      re.IGNORECASE)
 
 
 @dataclass
@@ -117,6 +122,24 @@ def derived_event_id(topic: str, value: bytes) -> str:
     return str(uuid.uuid5(_EVENT_NS, topic + ":" + hashlib.sha256(value).hexdigest()))
 
 
+def canonical_event_id(value: str) -> str | None:
+    """An event-id header as the canonical UUID text, or None when it is not a UUID."""
+    if not _UUID_RE.fullmatch(value):
+        return None
+    return str(uuid.UUID(value[9:] if value[:9].lower() == "urn:uuid:" else value))
+
+
+def reconciled_event_id(topic: str, key: str) -> str:
+    """The identity of a reconciled item: the same (topic, key) on every pass, so a dead letter
+    names the item and a later pass finds it (topic names cannot contain ':')."""
+    return str(uuid.uuid5(_EVENT_NS, f"reconciled:{topic}:{key}"))
+
+
+def _pg_text(value: str) -> str:
+    """Postgres text cannot hold NUL; a foreign key or an error message may."""
+    return value.replace("\x00", "\ufffd")
+
+
 # ---------------------------------------------------------------- admin / producer
 
 def _brokers_error(bootstrap: str, exc: Exception) -> UnavailableError:
@@ -177,6 +200,11 @@ class ConsumerOptions:
     heartbeat_interval_ms: int = 2000
     max_poll_interval_ms: int = 600_000
     retry_backoff_s: float = 0.5
+    # A dead-lettered reconciled item is tried again (max_attempts more times) this long after
+    # it was dead-lettered, the wait doubling with each dead-lettering up to the max
+    # (dead_letters.retry_at; set it to now() or delete the row to retry at the next pass).
+    dead_letter_retry_s: float = 300.0
+    dead_letter_retry_max_s: float = 86_400.0
 
 
 class Consumer:
@@ -185,6 +213,9 @@ class Consumer:
     `handler(conn, event)` runs inside the transaction that also records the event id, so an
     event redelivered after a crash (or resent by a producer) has no second effect. A handler
     that keeps failing sends the event to `dead_letters` (nothing is lost, nothing blocks).
+    A reconciled (synthetic) event is keyed by `reconciled_event_id(topic, key)`: its dead
+    letter parks the item, later passes skip it until a retry is due (ConsumerOptions), and
+    a retry that succeeds deletes the dead letter in the handler's transaction.
     """
 
     def __init__(self, name: str, bootstrap: str, database_url: str, topics: list[Topic],
@@ -274,41 +305,61 @@ class Consumer:
         topic = self._by_name.get(record.topic) or BY_NAME[record.topic]
         headers = _headers(record.headers)
         value = record.value or b""
-        event_id = headers.get("event-id") or derived_event_id(record.topic, value)
-        try:
-            uuid.UUID(event_id)
-        except ValueError:
-            event_id = derived_event_id(record.topic, value)
+        event_id = (canonical_event_id(headers.get("event-id", ""))
+                    or derived_event_id(record.topic, value))
         key = (record.key or b"").decode(errors="replace")
         try:
             message = decode(topic, value, headers)
         except BadEvent as exc:
-            self._dead_letter(record.topic, key, event_id, value, str(exc))
+            self._dead_letter(record.topic, key, event_id, value, str(exc), processed=True)
             return
         self.handle(Event(record.topic, key, event_id, message, record.partition,
                           record.offset, headers))
 
-    def handle(self, event: Event) -> bool:
-        """Apply one event exactly once; returns False when it was a duplicate or dead-lettered.
+    @staticmethod
+    def event_id(event: Event) -> str:
+        """The id the event is recorded under: its own when it is a UUID; for a reconciled
+        event without one, its item's (topic, key); otherwise derived from its content."""
+        own = canonical_event_id(event.event_id)
+        if own is not None:
+            return own
+        if event.synthetic:
+            return reconciled_event_id(event.topic, event.key)
+        return derived_event_id(event.topic, event.message.SerializeToString())
 
-        A database outage is waited out (nothing committed, offset not moved); a handler that
-        raises is retried `max_attempts` times, then the event is dead-lettered.
+    def handle(self, event: Event) -> bool:
+        """Apply one event exactly once; returns False when it was a duplicate, a parked
+        reconciled item not due for a retry, or dead-lettered.
+
+        A database outage (psycopg.OperationalError, UnavailableError) is waited out: nothing
+        committed, the offset not moved, no attempt counted. A handler that raises anything
+        else is retried `max_attempts` times, then the event is dead-lettered.
         """
+        event_id = self.event_id(event)
         last_error = ""
         attempt = 0
         while attempt < self.options.max_attempts:
             try:
                 conn = self._db()
                 with conn.transaction():
+                    parked = self._parked(conn, event_id) if event.synthetic else None
+                    if parked == "waiting":
+                        return False
                     if not event.synthetic:
                         row = conn.execute(
                             "INSERT INTO processed_events (consumer, event_id) VALUES (%s, %s) "
-                            "ON CONFLICT DO NOTHING RETURNING 1", (self.name, event.event_id)
+                            "ON CONFLICT DO NOTHING RETURNING 1", (self.name, event_id)
                         ).fetchone()
                         if row is None:
-                            log.debug("duplicate event skipped", extra={"event_id": event.event_id})
+                            log.debug("duplicate event skipped", extra={"event_id": event_id})
                             return False
                     self.handler(conn, event)
+                    if parked:
+                        conn.execute("DELETE FROM dead_letters WHERE consumer = %s "
+                                     "AND event_id = %s", (self.name, event_id))
+                        log.info("dead-lettered item succeeded on retry",
+                                 extra={"topic": event.topic, "key": event.key,
+                                        "event_id": event_id})
                 self.processed += 1
                 return True
             except (psycopg.OperationalError, UnavailableError) as exc:
@@ -319,26 +370,65 @@ class Consumer:
             except Exception as exc:
                 attempt += 1
                 last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("handler failed", extra={"event_id": event.event_id,
+                log.exception("handler failed", extra={"event_id": event_id,
                                                        "attempt": attempt})
                 if self.stop_event.wait(self.options.retry_backoff_s * attempt):
                     raise Stopping from exc
         value = event.message.SerializeToString()
-        self._dead_letter(event.topic, event.key, event.event_id, value, last_error)
+        # A Kafka event is marked processed (redelivery skips it); a reconciled item is not:
+        # Postgres still says it is pending, and its dead letter decides when it is retried.
+        self._dead_letter(event.topic, event.key, event_id, value, last_error,
+                          processed=not event.synthetic)
         return False
 
-    def _dead_letter(self, topic: str, key: str, event_id: str, value: bytes, error: str) -> None:
-        log.error("event dead-lettered", extra={"topic": topic, "event_id": event_id,
-                                                "error": error})
-        conn = self._db()
-        with conn.transaction():
-            conn.execute(
-                "INSERT INTO dead_letters (consumer, event_id, topic, msg_key, payload, error) "
-                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (consumer, event_id) DO UPDATE "
-                "SET error = EXCLUDED.error, attempts = dead_letters.attempts + 1",
-                (self.name, event_id, topic, key, value, error[:2000]))
-            conn.execute("INSERT INTO processed_events (consumer, event_id) VALUES (%s, %s) "
-                         "ON CONFLICT DO NOTHING", (self.name, event_id))
+    def _parked(self, conn: psycopg.Connection, event_id: str) -> str | None:
+        """None when the item has no dead letter; "due" when its retry is due, else "waiting"
+        (retry_at NULL: parked until someone sets it or deletes the row)."""
+        row = conn.execute("SELECT retry_at <= now() AS due FROM dead_letters "
+                           "WHERE consumer = %s AND event_id = %s",
+                           (self.name, event_id)).fetchone()
+        if row is None:
+            return None
+        if row["due"]:
+            return "due"
+        log.debug("dead-lettered item skipped until its retry", extra={"event_id": event_id})
+        return "waiting"
+
+    def _dead_letter(self, topic: str, key: str, event_id: str, value: bytes, error: str,
+                     processed: bool) -> None:
+        """Record the event in dead_letters: a Kafka event (`processed`) also in
+        processed_events, never retried; a reconciled item with its next retry_at. A database
+        outage is waited out, as in handle(), so the consumer never dies of it."""
+        log.error("event dead-lettered", extra={"topic": topic, "key": key,
+                                                "event_id": event_id, "error": error})
+        o = self.options
+        while True:
+            try:
+                conn = self._db()
+                with conn.transaction():
+                    conn.execute(
+                        "INSERT INTO dead_letters (consumer, event_id, topic, msg_key, payload, "
+                        "error, retry_at) VALUES (%(c)s, %(id)s, %(t)s, %(k)s, %(v)s, %(e)s, "
+                        "CASE WHEN %(retry)s THEN now() + make_interval(secs => %(base)s) END) "
+                        "ON CONFLICT (consumer, event_id) DO UPDATE SET error = EXCLUDED.error, "
+                        "attempts = dead_letters.attempts + 1, failed_at = now(), "
+                        "retry_at = CASE WHEN %(retry)s THEN now() + make_interval(secs => "
+                        "least(%(max)s, %(base)s * 2 ^ least(dead_letters.attempts, 60))) END",
+                        {"c": self.name, "id": event_id, "t": _pg_text(topic),
+                         "k": _pg_text(key), "v": value, "e": _pg_text(error[:2000]),
+                         "retry": not processed, "base": o.dead_letter_retry_s,
+                         "max": o.dead_letter_retry_max_s})
+                    if processed:
+                        conn.execute("INSERT INTO processed_events (consumer, event_id) "
+                                     "VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                                     (self.name, event_id))
+                return
+            except (psycopg.OperationalError, UnavailableError) as exc:
+                log.warning("database unavailable, waiting to dead-letter",
+                            extra={"error": str(exc)})
+                self._conn = None
+                if self.stop_event.wait(1.0):
+                    raise Stopping from exc
 
     def reconcile(self) -> int:
         """Re-derive pending work from Postgres state and apply it (handlers are idempotent)."""
@@ -357,10 +447,15 @@ class Consumer:
             log.warning("reconciliation postponed: database unavailable",
                         extra={"error": str(exc)})
             self._conn = None
+        except Exception:
+            # A reconciler that raises must not take Kafka consumption down with it: the
+            # pending work is still in Postgres and the next pass derives it again.
+            log.exception("reconciliation pass failed; the next pass retries",
+                          extra={"consumer": self.name})
         if n:
             log.info("reconciled pending work", extra={"consumer": self.name, "events": n})
         return n
 
 
-__all__ = ["BadEvent", "Consumer", "ConsumerOptions", "Event", "decode",
-           "encode", "ensure_topics", "make_producer", "publish"]
+__all__ = ["BadEvent", "Consumer", "ConsumerOptions", "Event", "canonical_event_id", "decode",
+           "encode", "ensure_topics", "make_producer", "publish", "reconciled_event_id"]
