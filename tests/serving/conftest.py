@@ -70,29 +70,55 @@ def augmented_images(per_photo: int = 25, seed: int = 0) -> list[bytes]:
     return out
 
 
-@pytest.fixture(scope="session")
-def checkpoints() -> dict[str, Path]:
-    """{'serving-a': dir, 'serving-b': dir}: two real model versions."""
-    from services.embedding.model import create_initial_checkpoint
+def _head_perturbed(src: Path, dst: Path, version: str, seed: int) -> None:
+    """Copy checkpoint `src` to `dst` with the fusion head moved off its initialisation, as
+    training would: compact's residual head starts at exactly the image embedding (query ==
+    target), which would hide a server that ignores the instruction."""
+    import jax
+
     from trainer.checkpoints import load_params, save_params
 
-    a, b = CACHE / "model-a", CACHE / "model-b"
-    if not (a / "magiclens_meta.json").exists():
-        create_initial_checkpoint(a, "serving-a", seed=0)
-    if not (b / "magiclens_meta.json").exists():
-        import jax
+    params, meta = load_params(src)
+    rng = np.random.default_rng(seed)
 
-        params, meta = load_params(a)
-        rng = np.random.default_rng(1)
+    def perturb(path, x):
+        keys = [getattr(p, "key", "") for p in path]
+        if keys and keys[0] in ("multimodal_encoder", "contrastive_multimodal_pooler"):
+            return np.asarray(x) + rng.normal(0, 0.05, np.shape(x)).astype(np.float32)
+        return x
 
-        def perturb(path, x):
-            keys = [getattr(p, "key", "") for p in path]
-            if keys and keys[0] in ("multimodal_encoder", "contrastive_multimodal_pooler"):
-                return np.asarray(x) + rng.normal(0, 0.05, np.shape(x)).astype(np.float32)
-            return x
+    params = jax.tree_util.tree_map_with_path(perturb, params)
+    save_params(dst, params, {**meta, "model_version": version, "seed": seed,
+                              "origin": "pretrained-towers+perturbed-head"})
 
-        params = jax.tree_util.tree_map_with_path(perturb, params)
-        save_params(b, params, {**meta, "model_version": "serving-b", "seed": 1})
+
+@pytest.fixture(scope="session")
+def checkpoints() -> dict[str, Path]:
+    """{'serving-a': dir, 'serving-b': dir}: two real model versions with distinct heads.
+
+    Cached under data/cache/serving-test, keyed by the current compact architecture so a
+    change to it rebuilds them."""
+    import json
+    import shutil
+
+    from services.embedding.model import create_initial_checkpoint
+    from trainer.models.magiclens import CONFIGS, arch_meta
+
+    arch = arch_meta(CONFIGS["compact"])["arch"]
+    root = CACHE / ("residual" if arch["image_residual"] else "plain")
+    a, b = root / "model-a", root / "model-b"
+
+    def current(d: Path) -> bool:
+        meta = d / "magiclens_meta.json"
+        return meta.exists() and json.loads(meta.read_text()).get("arch") == arch
+
+    if not (current(a) and current(b)):
+        shutil.rmtree(root, ignore_errors=True)
+        init = root / "init"
+        create_initial_checkpoint(init, "init", seed=0)
+        _head_perturbed(init, a, "serving-a", seed=0)
+        _head_perturbed(init, b, "serving-b", seed=1)
+        shutil.rmtree(init)
     return {"serving-a": a, "serving-b": b}
 
 
