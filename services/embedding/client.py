@@ -76,8 +76,9 @@ class EmbeddingClient:
             status = str(exc.status() or "")
             if "UNAVAILABLE" in status or "DEADLINE" in status or "Deadline" in msg:
                 raise UnavailableError(f"embedding server {self.url}: {msg}") from None
-            if "is not loaded" in msg:  # the server raises it as BadInput, but it is not
-                raise ModelNotLoadedError(msg) from None
+            if any("ModelNotLoadedError:" in ln for ln in errs):  # the server's own class
+                detail = msg.split("ModelNotLoadedError:", 1)[-1].strip()
+                raise ModelNotLoadedError(detail) from None
             if any("BadInput:" in ln for ln in errs):
                 raise BadImageError(msg) from None
             if "unknown model" in msg.lower() or "not ready" in msg.lower():

@@ -42,6 +42,11 @@ TARGET_MODEL = "target"
 VERSION_PARAM = "model_version"
 
 
+class ModelNotLoadedError(LookupError):
+    """The request pins a version this server has not loaded (yet): not the input's fault.
+    Clients recognise it by this class name in the error (services/embedding/client.py)."""
+
+
 class ModelHolder:
     """The loaded versions (newest last) and which one serves by default."""
 
@@ -65,7 +70,7 @@ class ModelHolder:
                 raise RuntimeError("no model loaded yet")
             key = version or self.current
             if key not in self._models:
-                raise BadInput(f"model version {key!r} is not loaded "
+                raise ModelNotLoadedError(f"model version {key!r} is not loaded "
                                f"(loaded: {', '.join(self._models)})")
             return self._models[key]
 

@@ -24,7 +24,7 @@ import grpc
 from magiclens.v1 import search_pb2, search_pb2_grpc
 from pydantic import Field
 
-from services.embedding.client import EmbeddingClient, EmbeddingError
+from services.embedding.client import EmbeddingClient, EmbeddingError, ModelNotLoadedError
 from services.embedding.inputs import MAX_IMAGE_BYTES, MAX_INSTRUCTION_CHARS, BadInput, decode_image
 from services.runtime import db
 from services.runtime.blobstore import open_blobstore
@@ -159,10 +159,10 @@ class Root(search_pb2_grpc.SearchServiceServicer):
                 emb = self.embedder.embed_queries([data], [request.instruction],
                                                   model_version=version,
                                                   timeout_s=max(0.1, deadline - time.monotonic()))
+            except ModelNotLoadedError as exc:  # e.g. Triton still loading a new version
+                context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
             except EmbeddingError as exc:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT
-                              if "not loaded" not in str(exc) else grpc.StatusCode.UNAVAILABLE,
-                              str(exc))
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             except UnavailableError as exc:
                 if time.monotonic() >= deadline:
                     context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "embedding timed out")
