@@ -79,10 +79,10 @@ def serving_overhead(args) -> None:
 def worker_throughput(args) -> None:
     import psycopg
 
+    from runtime import db, infra
+    from runtime.blobstore import open_blobstore
+    from runtime.config import load_settings
     from services.embedding.worker import Worker, WorkerSettings
-    from services.runtime import db, infra
-    from services.runtime.blobstore import open_blobstore
-    from services.runtime.config import load_settings
     from services.search import store
 
     client = EmbeddingClient(args.triton_url)

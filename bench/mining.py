@@ -25,13 +25,13 @@ from pathlib import Path
 import psycopg
 from magiclens.v1 import events_pb2
 
+from runtime import db
+from runtime.bus import encode, ensure_topics, make_producer
+from runtime.config import BaseServiceSettings, load_settings
 from services.ingest import sitemap
 from services.ingest.demo import SITE, ensure_corpus
 from services.mining.config import MiningSettings
 from services.mining.handlers import pages_topic
-from services.runtime import db
-from services.runtime.bus import encode, ensure_topics, make_producer
-from services.runtime.config import BaseServiceSettings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -31,7 +31,7 @@ sys.path[:0] = [str(_ROOT), str(_ROOT / "gen")]
 
 from magiclens.v1 import search_pb2, search_pb2_grpc  # noqa: E402
 
-from services.runtime.grpc_server import GrpcServer  # noqa: E402
+from runtime.grpc_server import GrpcServer  # noqa: E402
 from services.search.index import IndexParams, ShardIndex  # noqa: E402
 from services.search.shard import ShardServicer  # noqa: E402
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy import catalog, gen_base, policy, tool
-from services.runtime import infra
+from runtime import infra
 
 # What the pods' image sets and a local process needs the same of (deploy/Dockerfile).
 IMAGE_ENV_PASSTHROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER")

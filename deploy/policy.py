@@ -33,14 +33,14 @@ WORKLOAD_KINDS = ("Deployment", "StatefulSet")
 # Containers without any server to probe (names). They only consume/poll and publish; a dead
 # one exits and the container restarts. They need a health/metrics port to be probed.
 PROBE_EXEMPT = {
-    "outbox-relay": "no server: services.runtime.outbox exposes no health port",
+    "outbox-relay": "no server: runtime.outbox exposes no health port",
     "embedding-worker": "no server: services.embedding.worker exposes no health port",
 }
 # Variables naming where a process writes, and where the code writes when one is unset (in
 # the image /app is the source tree, on the read-only root filesystem). Values are resolved
 # against the container's environment.
 WRITE_PATHS: dict[str, Callable[[dict[str, str]], str]] = {
-    # services/runtime/config.py data_dir (snapshots, runs, models, caches, infra state)
+    # runtime/config.py data_dir (snapshots, runs, models, caches, infra state)
     "MAGICLENS_DATA_DIR": lambda env: "/app/data",
     # trainer/weights/compact.py weights_dir(): converted pretrained weights, written on a miss
     "MAGICLENS_WEIGHTS_DIR": lambda env: "/app/data/weights",
@@ -59,7 +59,7 @@ WRITE_PATHS: dict[str, Callable[[dict[str, str]], str]] = {
 BAKED = {"MAGICLENS_WEIGHTS_DIR": "converted at build time (Dockerfile stage `weights`)"}
 # Containers that write no file at all (names), with the reason.
 WRITE_EXEMPT = {
-    "migrate": "services.runtime.db reads its SQL files from the image and writes only to "
+    "migrate": "runtime.db reads its SQL files from the image and writes only to "
                "PostgreSQL",
 }
 WRITABLE_VOLUMES = ("emptyDir", "persistentVolumeClaim", "ephemeral")

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from services.runtime import db, infra
-from services.runtime.bus import ensure_topics
+from runtime import db, infra
+from runtime.bus import ensure_topics
 
 
 @dataclass(frozen=True)

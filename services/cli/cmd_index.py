@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from runtime import db
+from runtime.config import load_settings
 from services.cli import backends
 from services.cli.errors import NotBuiltError, UsageError
 from services.cli.output import emit, table
 from services.cli.settings import ClientSettings
-from services.runtime import db
-from services.runtime.config import load_settings
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".svg"}
 MAX_FILES = 5000

@@ -13,6 +13,8 @@ import sys
 import traceback
 from typing import NoReturn
 
+from runtime.config import load_settings
+from runtime.errors import ConfigError, ServiceError
 from services.cli import (
     cmd_eval,
     cmd_index,
@@ -23,8 +25,6 @@ from services.cli import (
 )
 from services.cli.errors import EXIT_FAILED, EXIT_USAGE, CliError
 from services.cli.settings import ClientSettings
-from services.runtime.config import load_settings
-from services.runtime.errors import ConfigError, ServiceError
 
 PROG = "magiclens"
 

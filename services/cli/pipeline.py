@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from services.runtime import db
+from runtime import db
 
 _BY_STATUS = ("pages", "images", "pairs", "triples", "training_runs", "index_snapshots")
 
@@ -33,7 +33,7 @@ def _metrics(value: Any) -> dict[str, float]:
 def pipeline_status(database_url: str) -> dict[str, Any]:
     """Counts by status, model versions with metrics, embeddings and index snapshots.
 
-    Raises services.runtime.errors.UnavailableError (one line) when Postgres is unreachable.
+    Raises runtime.errors.UnavailableError (one line) when Postgres is unreachable.
     """
     with db.connect(database_url, timeout=3) as conn:
         tables = _tables(conn)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from services.runtime.config import BaseServiceSettings
+from runtime.config import BaseServiceSettings
 
 
 def _check_addr(v: str) -> str:

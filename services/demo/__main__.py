@@ -24,8 +24,8 @@ import psycopg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg.rows import dict_row
 
-from services.runtime import db, infra
-from services.runtime.bus import ensure_topics
+from runtime import db, infra
+from runtime.bus import ensure_topics
 
 ROOT = infra.project_root()
 DATA = Path(os.environ.get("MAGICLENS_DATA_DIR", ROOT / "data"))
@@ -153,7 +153,7 @@ def step_corpus(size: str) -> None:
 
 
 def step_services() -> None:
-    run([sys.executable, "-m", "services.runtime.procs", "up"], "start every service")
+    run([sys.executable, "-m", "runtime.procs", "up"], "start every service")
     wait_until("services healthy", lambda: all(grpc_healthy(p) for p in SERVICES.values()),
                lambda: ", ".join(f"{n} {'up' if grpc_healthy(p) else '…'}"
                                  for n, p in SERVICES.items()), timeout=300)

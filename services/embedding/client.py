@@ -14,7 +14,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from services.runtime.errors import UnavailableError
+from runtime.errors import UnavailableError
 
 DEFAULT_URL = "127.0.0.1:8001"
 MAX_REQUEST_IMAGES = 16  # the server's max_batch_size

@@ -36,6 +36,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from magiclens.v1 import events_pb2
 from pydantic import Field
 
+from runtime import checkpoint_store, db, outbox
+from runtime.blobstore import open_blobstore
+from runtime.bus import Consumer, Event, ensure_topics
+from runtime.config import BaseServiceSettings, load_settings, run_main
+from runtime.errors import UnavailableError
+from runtime.logs import setup_logging
+from runtime.service import Service
+from runtime.topics import EMBEDDINGS_READY, IMAGES_MINED, MODELS_PUBLISHED, Topic
 from services.embedding.client import (
     MAX_REQUEST_IMAGES,
     BadImageError,
@@ -44,14 +52,6 @@ from services.embedding.client import (
     ModelNotLoadedError,
 )
 from services.embedding.current import read_current, write_current
-from services.runtime import checkpoint_store, db, outbox
-from services.runtime.blobstore import open_blobstore
-from services.runtime.bus import Consumer, Event, ensure_topics
-from services.runtime.config import BaseServiceSettings, load_settings, run_main
-from services.runtime.errors import UnavailableError
-from services.runtime.logs import setup_logging
-from services.runtime.service import Service
-from services.runtime.topics import EMBEDDINGS_READY, IMAGES_MINED, MODELS_PUBLISHED, Topic
 from services.search import store
 
 log = logging.getLogger("embedding-worker")
@@ -83,7 +83,7 @@ class WorkerSettings(BaseServiceSettings):
 def checkpoint_path(uri: str, current_file: Path, blobs) -> str:
     """The checkpoint as a directory on this pod's disk, beside the current-model file that
     the Triton server reads: a file:// URI's own path; an archive in the object store is
-    fetched into `<that dir>/checkpoints/` once (services/runtime/checkpoint_store.py)."""
+    fetched into `<that dir>/checkpoints/` once (runtime/checkpoint_store.py)."""
     return str(checkpoint_store.fetch(uri, current_file.parent / "checkpoints", blobs))
 
 

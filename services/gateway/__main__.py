@@ -6,11 +6,11 @@ import signal
 import sys
 import threading
 
+from runtime.config import load_settings, run_main
+from runtime.errors import UnavailableError
+from runtime.logs import setup_logging
 from services.gateway.app import make_server
 from services.gateway.config import GatewaySettings
-from services.runtime.config import load_settings, run_main
-from services.runtime.errors import UnavailableError
-from services.runtime.logs import setup_logging
 
 
 def main() -> int:

@@ -25,6 +25,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from magiclens.v1 import common_pb2, search_pb2, search_pb2_grpc
 
+from runtime.blobstore import open_blobstore
+from runtime.errors import ServiceError
 from services.cli import rpc
 from services.cli.cmd_search import response_dict
 from services.cli.cmd_status import index_status
@@ -34,8 +36,6 @@ from services.cli.pipeline import pipeline_status
 from services.gateway import pool
 from services.gateway.config import GatewaySettings
 from services.gateway.examples import ExamplesError, load_examples
-from services.runtime.blobstore import open_blobstore
-from services.runtime.errors import ServiceError
 
 log = logging.getLogger("magiclens.gateway")
 STATIC_DIR = Path(__file__).with_name("static")

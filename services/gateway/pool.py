@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.runtime import db
-from services.runtime.blobstore import BlobStore
+from runtime import db
+from runtime.blobstore import BlobStore
 
 SERVABLE_MIME = {"image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp"}
 MAX_SAMPLE = 96

@@ -15,17 +15,17 @@ from pathlib import Path
 
 from magiclens.v1 import events_pb2
 
+from runtime import db
+from runtime.blobstore import open_blobstore
+from runtime.bus import encode, ensure_topics, make_producer
+from runtime.config import load_settings, run_main
+from runtime.errors import ConfigError
 from services.ingest import sitemap, warc
 from services.mining.config import MiningSettings
 from services.mining.fetch import Fetcher, FetchError
 from services.mining.handlers import pages_topic
 from services.mining.netguard import Blocked, Guard
 from services.mining.urls import BadUrl, normalise
-from services.runtime import db
-from services.runtime.blobstore import open_blobstore
-from services.runtime.bus import encode, ensure_topics, make_producer
-from services.runtime.config import load_settings, run_main
-from services.runtime.errors import ConfigError
 
 
 def _fetcher(settings: MiningSettings, allow_private: bool) -> Fetcher:

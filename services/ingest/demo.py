@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.request
 
-from services.runtime.infra import project_root
+from runtime.infra import project_root
 
 SITE = "http://127.0.0.1:8765/"
 
@@ -62,6 +62,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from services.runtime.config import run_main
+    from runtime.config import run_main
 
     run_main("ingest", main)

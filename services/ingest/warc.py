@@ -13,8 +13,8 @@ from typing import BinaryIO
 import psycopg
 from warcio.archiveiterator import ArchiveIterator
 
+from runtime.blobstore import BlobStore
 from services.mining import archive
-from services.runtime.blobstore import BlobStore
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import logging
 
+from runtime.bus import ensure_topics
+from runtime.config import load_settings, run_main
+from runtime.logs import setup_logging
+from runtime.service import Service
 from services.mining.config import MiningSettings
 from services.mining.handlers import make_consumer, pages_topic
 from services.mining.miner import Miner
 from services.mining.server import MiningServicer, registration
-from services.runtime.bus import ensure_topics
-from services.runtime.config import load_settings, run_main
-from services.runtime.logs import setup_logging
-from services.runtime.service import Service
 
 log = logging.getLogger("mining")
 

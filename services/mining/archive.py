@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import psycopg
 
+from runtime.blobstore import BlobStore
 from services.mining.urls import normalise, url_hash
-from services.runtime.blobstore import BlobStore
 
 
 def store(conn: psycopg.Connection, blobs: BlobStore, url: str, content_type: str,

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from services.runtime.config import BaseServiceSettings
-from services.runtime.topics import PAGES_DISCOVERED
+from runtime.config import BaseServiceSettings
+from runtime.topics import PAGES_DISCOVERED
 
 
 class MiningSettings(BaseServiceSettings):

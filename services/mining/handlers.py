@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from magiclens.v1 import events_pb2
 
+from runtime.bus import Consumer
+from runtime.topics import PAGES_DISCOVERED, Topic
 from services.mining.config import MiningSettings
 from services.mining.miner import Miner
-from services.runtime.bus import Consumer
-from services.runtime.topics import PAGES_DISCOVERED, Topic
 
 
 def pages_topic(settings: MiningSettings) -> Topic:

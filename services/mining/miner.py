@@ -27,6 +27,10 @@ from magiclens.v1 import events_pb2
 from PIL import Image
 from prometheus_client import Counter
 
+from runtime import db, outbox
+from runtime.blobstore import BlobStore, open_blobstore
+from runtime.bus import Event
+from runtime.topics import IMAGES_MINED, PAIRS_MINED
 from services.mining import archive
 from services.mining.config import MiningSettings
 from services.mining.fetch import Fetcher, FetchError
@@ -44,10 +48,6 @@ from services.mining.imaging import (
 )
 from services.mining.netguard import Blocked, Guard
 from services.mining.urls import BadUrl, display, domain, normalise, url_hash
-from services.runtime import db, outbox
-from services.runtime.blobstore import BlobStore, open_blobstore
-from services.runtime.bus import Event
-from services.runtime.topics import IMAGES_MINED, PAIRS_MINED
 
 log = logging.getLogger(__name__)
 

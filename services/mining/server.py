@@ -7,6 +7,7 @@ import io
 import grpc
 from magiclens.v1 import events_pb2, mining_pb2, mining_pb2_grpc
 
+from runtime import db, outbox
 from services.ingest import sitemap, warc
 from services.mining.config import MiningSettings
 from services.mining.fetch import FetchError
@@ -14,7 +15,6 @@ from services.mining.handlers import pages_topic
 from services.mining.miner import Miner
 from services.mining.netguard import Blocked
 from services.mining.urls import BadUrl, domain, normalise, url_hash
-from services.runtime import db, outbox
 
 MAX_URLS_PER_CALL = 10_000
 

@@ -24,14 +24,14 @@ import grpc
 from magiclens.v1 import search_pb2, search_pb2_grpc
 from pydantic import Field
 
+from runtime import db
+from runtime.blobstore import open_blobstore
+from runtime.config import BaseServiceSettings, load_settings, run_main
+from runtime.errors import UnavailableError
+from runtime.logs import setup_logging
+from runtime.service import Service
 from services.embedding.client import EmbeddingClient, EmbeddingError, ModelNotLoadedError
 from services.embedding.inputs import MAX_IMAGE_BYTES, MAX_INSTRUCTION_CHARS, BadInput, decode_image
-from services.runtime import db
-from services.runtime.blobstore import open_blobstore
-from services.runtime.config import BaseServiceSettings, load_settings, run_main
-from services.runtime.errors import UnavailableError
-from services.runtime.logs import setup_logging
-from services.runtime.service import Service
 from services.search import store
 
 log = logging.getLogger("search-root")

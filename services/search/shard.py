@@ -30,12 +30,12 @@ from magiclens.v1 import events_pb2, search_pb2, search_pb2_grpc
 from prometheus_client import Gauge, Histogram
 from pydantic import Field
 
-from services.runtime import db
-from services.runtime.bus import Consumer, Event
-from services.runtime.config import BaseServiceSettings, load_settings, run_main
-from services.runtime.logs import setup_logging
-from services.runtime.service import Service
-from services.runtime.topics import EMBEDDINGS_READY, MODELS_PUBLISHED
+from runtime import db
+from runtime.bus import Consumer, Event
+from runtime.config import BaseServiceSettings, load_settings, run_main
+from runtime.logs import setup_logging
+from runtime.service import Service
+from runtime.topics import EMBEDDINGS_READY, MODELS_PUBLISHED
 from services.search import store
 from services.search.index import DEFAULT_BRUTE_THRESHOLD, IndexParams, ShardIndex
 
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                                    ("shard", args.shard)) if v is not None}
     settings = load_settings(ShardSettings, **overrides)
     if settings.shard >= settings.num_shards:
-        from services.runtime.errors import ConfigError
+        from runtime.errors import ConfigError
         raise ConfigError(f"--shard {settings.shard} must be < --num-shards {settings.num_shards}")
     if "MAGICLENS_GRPC_PORT" not in os.environ:
         settings.grpc_port = 50060 + settings.shard

@@ -7,10 +7,10 @@ import logging
 import os
 import threading
 
-from services.runtime.bus import ensure_topics
-from services.runtime.config import load_settings, run_main
-from services.runtime.logs import setup_logging
-from services.runtime.service import Service
+from runtime.bus import ensure_topics
+from runtime.config import load_settings, run_main
+from runtime.logs import setup_logging
+from runtime.service import Service
 from services.training import store
 from services.training.config import TrainingSettings
 from services.training.handlers import make_consumer, triples_topic

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from pydantic import Field
 
-from services.runtime.config import BaseServiceSettings
-from services.runtime.topics import MODELS_PUBLISHED, TRIPLES_CREATED
+from runtime.config import BaseServiceSettings
+from runtime.topics import MODELS_PUBLISHED, TRIPLES_CREATED
 
 
 class TrainingSettings(BaseServiceSettings):

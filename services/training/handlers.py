@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import psycopg
 from magiclens.v1 import events_pb2
 
-from services.runtime.bus import Consumer, Event
-from services.runtime.topics import TRIPLES_CREATED, Topic
+from runtime.bus import Consumer, Event
+from runtime.topics import TRIPLES_CREATED, Topic
 from services.training import store
 from services.training.config import TrainingSettings
 from services.training.triples import SQL

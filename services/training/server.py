@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 from magiclens.v1 import training_pb2, training_pb2_grpc
 
-from services.runtime import db
+from runtime import db
 from services.training import store
 from services.training.config import TrainingSettings
 from services.training.worker import TrainingWorker, available_configs, resolve_config

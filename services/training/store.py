@@ -16,8 +16,8 @@ from typing import Any
 import psycopg
 from magiclens.v1 import events_pb2
 
-from services.runtime import outbox
-from services.runtime.topics import MODELS_PUBLISHED, Topic
+from runtime import outbox
+from runtime.topics import MODELS_PUBLISHED, Topic
 
 _PROMOTE_LOCK = 0x4D4C_5052_4F4D  # serialises PromoteModel calls
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from services.runtime import db
-from services.runtime.blobstore import BlobStore, open_blobstore
+from runtime import db
+from runtime.blobstore import BlobStore, open_blobstore
 from trainer.data.triples import MAX_INSTRUCTION_CHARS, Triple, write_jsonl
 
 SPLITS = ("train", "heldout")
@@ -188,7 +188,7 @@ class PostgresTripleSource:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m services.training.triples OUT.jsonl [--split heldout]` for offline runs."""
-    from services.runtime.config import BaseServiceSettings, load_settings
+    from runtime.config import BaseServiceSettings, load_settings
 
     ap = argparse.ArgumentParser(description="Export Postgres triples as trainer JSONL; images "
                                              "are written to an images/ folder beside it.")
@@ -205,6 +205,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from services.runtime.config import run_main
+    from runtime.config import run_main
 
     run_main("training-export", main)

@@ -28,9 +28,9 @@ from typing import Any
 
 import psycopg
 
-from services.runtime import checkpoint_store, db
-from services.runtime.blobstore import open_blobstore
-from services.runtime.errors import UnavailableError
+from runtime import checkpoint_store, db
+from runtime.blobstore import open_blobstore
+from runtime.errors import UnavailableError
 from services.training import store
 from services.training.config import TrainingSettings
 from services.training.progress import latest_checkpoint_step

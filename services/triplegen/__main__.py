@@ -15,9 +15,9 @@ import logging
 import sys
 from pathlib import Path
 
-from services.runtime import db
-from services.runtime.config import load_settings, run_main
-from services.runtime.logs import setup_logging
+from runtime import db
+from runtime.config import load_settings, run_main
+from runtime.logs import setup_logging
 from services.triplegen.config import TripleGenSettings
 
 log = logging.getLogger("triplegen")
@@ -26,10 +26,10 @@ log = logging.getLogger("triplegen")
 def serve(settings: TripleGenSettings) -> int:
     from magiclens.v1 import triplegen_pb2_grpc
 
-    from services.runtime.bus import Consumer
-    from services.runtime.outbox import check_dependencies
-    from services.runtime.service import Service
-    from services.runtime.topics import IMAGES_MINED, PAIRS_MINED
+    from runtime.bus import Consumer
+    from runtime.outbox import check_dependencies
+    from runtime.service import Service
+    from runtime.topics import IMAGES_MINED, PAIRS_MINED
     from services.triplegen.handlers import make_handler, make_reconciler
     from services.triplegen.server import TripleGenServicer
     from services.triplegen.service import build_context
@@ -53,7 +53,7 @@ def serve(settings: TripleGenSettings) -> int:
 
 def process(settings: TripleGenSettings) -> int:
     """Drain pending work page by page (each page one transaction), no Kafka needed."""
-    from services.runtime.topics import IMAGES_MINED
+    from runtime.topics import IMAGES_MINED
     from services.triplegen import pipeline
     from services.triplegen.handlers import make_reconciler
     from services.triplegen.service import build_context

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from services.runtime.config import BaseServiceSettings
+from runtime.config import BaseServiceSettings
 
 DEFAULT_GRPC_PORT = 50052
 DEFAULT_METRICS_PORT = 9152

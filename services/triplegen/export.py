@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from urllib.parse import urlparse
 
-from services.runtime import db
+from runtime import db
 
 
 def image_ref(uri: str) -> str:

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import psycopg
 from magiclens.v1 import events_pb2
 
-from services.runtime import db
-from services.runtime.bus import Event
-from services.runtime.topics import IMAGES_MINED, PAIRS_MINED
+from runtime import db
+from runtime.bus import Event
+from runtime.topics import IMAGES_MINED, PAIRS_MINED
 from services.triplegen import pipeline
 
 log = logging.getLogger(__name__)

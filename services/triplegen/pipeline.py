@@ -17,9 +17,9 @@ import numpy as np
 import psycopg
 from magiclens.v1 import events_pb2
 
-from services.runtime import outbox
-from services.runtime.blobstore import BlobStore
-from services.runtime.topics import TRIPLES_CREATED
+from runtime import outbox
+from runtime.blobstore import BlobStore
+from runtime.topics import TRIPLES_CREATED
 from services.triplegen.annotate import (
     ANNOTATOR_VERSION,
     BACKBONE_NAME,

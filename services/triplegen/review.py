@@ -11,8 +11,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from services.runtime import db
-from services.runtime.blobstore import open_blobstore
+from runtime import db
+from runtime.blobstore import open_blobstore
 from services.triplegen.annotate import decode_image
 
 THUMB = 160

@@ -5,8 +5,8 @@ from __future__ import annotations
 import grpc
 from magiclens.v1 import events_pb2, triplegen_pb2, triplegen_pb2_grpc
 
-from services.runtime import db, outbox
-from services.runtime.topics import PAIRS_MINED
+from runtime import db, outbox
+from runtime.topics import PAIRS_MINED
 
 WRITERS = ("metadata", "llm")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.runtime.blobstore import open_blobstore
+from runtime.blobstore import open_blobstore
 from services.triplegen.config import TripleGenSettings
 from services.triplegen.filtering import FilterConfig
 from services.triplegen.pipeline import Context

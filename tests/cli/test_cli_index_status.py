@@ -9,9 +9,9 @@ import pytest
 import skimage.data
 from PIL import Image
 
+from runtime import db
+from runtime.topics import IMAGES_MINED
 from services.cli.main import main
-from services.runtime import db
-from services.runtime.topics import IMAGES_MINED
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 

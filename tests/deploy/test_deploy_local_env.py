@@ -94,7 +94,7 @@ def test_every_dev_workload_resolves_to_local_addresses(dev_text, tmp_path):
     assert procs["search-root"].env["MAGICLENS_SHARDS"] == "127.0.0.1:50060"
     assert procs["search-root"].env["MAGICLENS_TRITON_URL"] == "127.0.0.1:8001"
     assert procs["gateway"].env["MAGICLENS_SEARCH_ADDR"] == "127.0.0.1:50055"
-    assert procs["outbox-relay"].command[1:] == ["-m", "services.runtime.outbox"]
+    assert procs["outbox-relay"].command[1:] == ["-m", "runtime.outbox"]
     server = procs["embedding-server"]
     assert server.command[0].endswith(".venv-triton/bin/python")
     cur = server.command.index("--current-file") + 1
@@ -157,8 +157,8 @@ def _stop(p: subprocess.Popen[str]) -> tuple[int, str]:
 def test_outbox_relay_publishes_with_the_dev_environment(dev_text, infra_servers, tmp_path):
     from magiclens.v1 import events_pb2
 
-    from services.runtime import db, outbox
-    from services.runtime.topics import PAGES_DISCOVERED
+    from runtime import db, outbox
+    from runtime.topics import PAGES_DISCOVERED
 
     relay = _procs(dev_text, infra_servers, tmp_path)["outbox-relay"]
     assert relay.env["DATABASE_URL"] == infra_servers.database_url
@@ -232,7 +232,7 @@ def test_search_shard_and_root_serve_with_the_dev_environment(dev_text, infra_se
 
 
 def test_smoke_reports_serving_and_unreachable_targets(capsys):
-    from services.runtime.grpc_server import GrpcServer
+    from runtime.grpc_server import GrpcServer
 
     server = GrpcServer([], port=0)
     port = server.start()
@@ -296,7 +296,7 @@ def test_dev_workloads_as_local_processes_pass_the_smoke_with_search_hits(
     smoke (every health endpoint + the Search) must pass with every ingested image a hit."""
     import httpx
 
-    from services.runtime import db
+    from runtime import db
 
     if not serving.TRITON_PY.exists():
         pytest.skip(".venv-triton is missing (./taskw sets it up)")

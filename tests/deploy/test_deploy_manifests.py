@@ -21,7 +21,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from deploy import catalog, gen_base, policy, tool  # noqa: E402
-from services.runtime.topics import ALL_TOPICS  # noqa: E402
+from runtime.topics import ALL_TOPICS  # noqa: E402
 
 ENVS = ("dev", "prod")
 
@@ -140,7 +140,7 @@ def test_keda_scales_workers_on_their_consumer_group(rendered, env):
         meta = so["spec"]["triggers"][0]["metadata"]
         assert (meta["consumerGroup"], meta["topic"]) == (group, topic)
         assert meta["bootstrapServers"] == catalog.KAFKA_BOOTSTRAP
-        # The runtime's Consumer names its group magiclens-<name> (services/runtime/bus.py).
+        # The runtime's Consumer names its group magiclens-<name> (runtime/bus.py).
         assert group == f"magiclens-{name}"
         # Tansu locally, Kafka in clusters: never rely on `latest` (see the platform brief).
         assert meta["offsetResetPolicy"] == "earliest"
@@ -184,7 +184,7 @@ def test_migrations_run_before_each_database_client(rendered):
         w = catalog.BY_NAME[d["metadata"]["name"]]
         inits = d["spec"]["template"]["spec"].get("initContainers", [])
         if w.migrate and catalog.POSTGRES in w.uses:
-            assert inits[0]["command"] == ["python", "-m", "services.runtime.db"], w.name
+            assert inits[0]["command"] == ["python", "-m", "runtime.db"], w.name
             assert inits[0]["image"].split(":")[0] in (catalog.SERVICE_IMAGE,
                                                        f"{catalog.SERVICE_IMAGE}-cuda")
         else:

@@ -31,9 +31,9 @@ for p in (ROOT, ROOT / "tests"):
 import serving.conftest  # noqa: E402
 from s3 import s3_server  # noqa: E402
 
-from services.runtime import db  # noqa: E402
-from services.runtime.blobstore import open_blobstore  # noqa: E402
-from services.runtime.config import load_settings  # noqa: E402
+from runtime import db  # noqa: E402
+from runtime.blobstore import open_blobstore  # noqa: E402
+from runtime.config import load_settings  # noqa: E402
 
 # the serving tests' fixture: real compact checkpoints (cached under data/cache/serving-test)
 checkpoints = serving.conftest.checkpoints

@@ -16,9 +16,9 @@ import psycopg
 from magiclens.v1 import events_pb2
 from PIL import Image
 
+from runtime import db
+from runtime.bus import Event
 from services.mining.miner import Miner
-from services.runtime import db
-from services.runtime.bus import Event
 
 
 @dataclass

@@ -16,9 +16,9 @@ from kafka import KafkaConsumer, KafkaProducer
 from magiclens.v1 import events_pb2, mining_pb2, mining_pb2_grpc
 from mining_support import free_port, noise_image
 
+from runtime.bus import ensure_topics, make_producer, publish
 from services.mining.config import MiningSettings
 from services.mining.handlers import pages_topic
-from services.runtime.bus import ensure_topics, make_producer, publish
 
 
 def _wait(predicate, timeout: float, what: str) -> None:

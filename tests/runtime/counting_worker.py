@@ -13,9 +13,9 @@ import time
 
 from magiclens.v1 import events_pb2
 
-from services.runtime.bus import Consumer, ConsumerOptions, Event
-from services.runtime.config import BaseServiceSettings, load_settings
-from services.runtime.topics import Topic
+from runtime.bus import Consumer, ConsumerOptions, Event
+from runtime.config import BaseServiceSettings, load_settings
+from runtime.topics import Topic
 
 
 def make_consumer(topic_name: str, table: str, group: str, database_url: str, bootstrap: str,

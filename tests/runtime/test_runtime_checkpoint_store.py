@@ -1,4 +1,4 @@
-"""services/runtime/checkpoint_store.py: an exported checkpoint goes from the training pod's
+"""runtime/checkpoint_store.py: an exported checkpoint goes from the training pod's
 disk through the object store to the embedding pod's disk, and an archive that is not a plain
 checkpoint is refused without writing anything outside (or leaving anything inside) the cache.
 
@@ -21,9 +21,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/
 from s3 import s3_server
 
-from services.runtime import checkpoint_store as cs
-from services.runtime.blobstore import FileBlobStore, check_key, open_blobstore
-from services.runtime.errors import UnavailableError
+from runtime import checkpoint_store as cs
+from runtime.blobstore import FileBlobStore, check_key, open_blobstore
+from runtime.errors import UnavailableError
 
 
 @pytest.fixture(scope="module")

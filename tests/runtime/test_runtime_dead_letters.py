@@ -11,9 +11,9 @@ import psycopg
 from kafka import KafkaProducer
 from magiclens.v1 import events_pb2
 
-from services.runtime.bus import Consumer, ConsumerOptions, Event, ensure_topics
-from services.runtime.errors import UnavailableError
-from services.runtime.topics import Topic
+from runtime.bus import Consumer, ConsumerOptions, Event, ensure_topics
+from runtime.errors import UnavailableError
+from runtime.topics import Topic
 
 
 def _topic(name: str) -> Topic:

@@ -14,13 +14,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from magiclens.v1 import events_pb2
 
-from services.runtime import db
-from services.runtime.blobstore import FileBlobStore, open_blobstore
-from services.runtime.bus import BadEvent, decode
-from services.runtime.config import BaseServiceSettings, load_settings
-from services.runtime.errors import ConfigError, UnavailableError
-from services.runtime.grpc_server import GrpcServer
-from services.runtime.topics import ALL_TOPICS, PAGES_DISCOVERED, markdown_table
+from runtime import db
+from runtime.blobstore import FileBlobStore, open_blobstore
+from runtime.bus import BadEvent, decode
+from runtime.config import BaseServiceSettings, load_settings
+from runtime.errors import ConfigError, UnavailableError
+from runtime.grpc_server import GrpcServer
+from runtime.topics import ALL_TOPICS, PAGES_DISCOVERED, markdown_table
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPECTED_TABLES = {"pages", "images", "page_images", "image_rejections", "image_annotations",
@@ -79,7 +79,7 @@ def test_bad_configuration_is_one_clear_line(monkeypatch):
 
 
 def _run_relay(env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "services.runtime.outbox"], env=env,
+    return subprocess.run([sys.executable, "-m", "runtime.outbox"], env=env,
                           capture_output=True, text=True, timeout=60)
 
 

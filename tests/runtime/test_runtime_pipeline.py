@@ -17,9 +17,9 @@ import pytest
 from kafka import KafkaProducer
 from magiclens.v1 import events_pb2
 
-from services.runtime import db, infra, outbox
-from services.runtime.bus import Consumer, ensure_topics, make_producer, publish
-from services.runtime.topics import Topic
+from runtime import db, infra, outbox
+from runtime.bus import Consumer, ensure_topics, make_producer, publish
+from runtime.topics import Topic
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -77,7 +77,7 @@ def test_outbox_relay_sigkilled_mid_batch_delivers_everything_once(infra_servers
             outbox.enqueue(conn, topic, k, events_pb2.PageDiscovered(url=k))
 
     def relay() -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "services.runtime.outbox"],
+        return subprocess.Popen([sys.executable, "-m", "runtime.outbox"],
                                 env=infra_servers.env(MAGICLENS_OUTBOX_BATCH="10"),
                                 stderr=subprocess.DEVNULL)
 

@@ -65,7 +65,7 @@ def _wait_for(pred, timeout: float, what: str):
 
 
 def _insert_embeddings(url: str, version: str, rows: list[tuple[int, np.ndarray]]) -> None:
-    from services.runtime import db
+    from runtime import db
 
     with db.transaction(url) as conn, conn.cursor() as cur:
         cur.executemany("INSERT INTO image_embeddings (image_id, model_version, embedding) "
@@ -76,7 +76,7 @@ def _insert_embeddings(url: str, version: str, rows: list[tuple[int, np.ndarray]
 @pytest.fixture
 def pool(fresh_db):
     """N live images in a private database with version-A embeddings; A is serving."""
-    from services.runtime import db
+    from runtime import db
     from services.search import store
 
     rng = np.random.default_rng(7)
@@ -105,7 +105,7 @@ def pool(fresh_db):
 
 def test_bluegreen_rebuild_serves_old_index_until_swap_then_new(
         infra_servers, fresh_db, pool, tmp_path):
-    from services.runtime import db
+    from runtime import db
     from services.search import store
 
     ids, vec_b, queries, truth = pool

@@ -24,13 +24,13 @@ from conftest import PHOTOS, ROOT, photo, png
 from magiclens.v1 import events_pb2
 from PIL import Image
 
+from runtime import db
+from runtime.blobstore import open_blobstore
+from runtime.bus import Event, ensure_topics, make_producer, publish
+from runtime.config import load_settings
 from services.embedding.client import EmbeddingClient
 from services.embedding.current import read_current
 from services.embedding.worker import Worker, WorkerSettings
-from services.runtime import db
-from services.runtime.blobstore import open_blobstore
-from services.runtime.bus import Event, ensure_topics, make_producer, publish
-from services.runtime.config import load_settings
 from services.search import store
 
 DISCOVERED = datetime.now(UTC) - timedelta(minutes=5)

@@ -127,8 +127,8 @@ def _wait_port(port, proc, log, timeout=90):
 @pytest.fixture(scope="module")
 def cluster(infra_servers, corpus, triton, checkpoints, tmp_path_factory):
     """Postgres rows for the pool (as the worker writes them), 2 shards, the root."""
-    from services.runtime import db
-    from services.runtime.blobstore import open_blobstore
+    from runtime import db
+    from runtime.blobstore import open_blobstore
     from services.search import store
 
     imgs, vecs = corpus
@@ -334,9 +334,9 @@ def test_killed_shard_gives_partial_then_full_after_snapshot_restore(cluster):
 
 
 def test_embedding_ready_event_makes_image_searchable_and_measures_freshness(cluster, corpus):
-    from services.runtime import db
-    from services.runtime.bus import make_producer, publish
-    from services.runtime.topics import EMBEDDINGS_READY
+    from runtime import db
+    from runtime.bus import make_producer, publish
+    from runtime.topics import EMBEDDINGS_READY
 
     _, vecs = corpus
     with db.transaction(cluster.database_url) as conn:

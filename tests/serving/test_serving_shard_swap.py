@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 from magiclens.v1 import events_pb2
 
-from services.runtime import db
-from services.runtime.bus import Event
-from services.runtime.topics import EMBEDDINGS_READY
+from runtime import db
+from runtime.bus import Event
+from runtime.topics import EMBEDDINGS_READY
 from services.search import store
 from services.search.index import ShardIndex
 from services.search.shard import Shard, ShardSettings

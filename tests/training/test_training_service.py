@@ -28,12 +28,12 @@ from training_fixtures import (
     tiny_model_kwargs,
 )
 
-from services.runtime import db
-from services.runtime.blobstore import open_blobstore
-from services.runtime.bus import ensure_topics
-from services.runtime.config import load_settings
-from services.runtime.grpc_server import GrpcServer
-from services.runtime.outbox import OutboxRelay
+from runtime import db
+from runtime.blobstore import open_blobstore
+from runtime.bus import ensure_topics
+from runtime.config import load_settings
+from runtime.grpc_server import GrpcServer
+from runtime.outbox import OutboxRelay
 from services.training import client, store
 from services.training.config import TrainingSettings
 from services.training.server import TrainingServicer, registration

@@ -17,9 +17,9 @@ from training_fixtures import (
     tiny_model_kwargs,
 )
 
-from services.runtime import db
-from services.runtime.blobstore import open_blobstore
-from services.runtime.config import load_settings
+from runtime import db
+from runtime.blobstore import open_blobstore
+from runtime.config import load_settings
 from services.training import handlers, store
 from services.training.config import TrainingSettings
 from services.training.triples import PostgresTripleSource

@@ -25,8 +25,8 @@ import numpy as np
 import psycopg
 from PIL import Image, ImageOps
 
-from services.runtime import db
-from services.runtime.blobstore import BlobStore
+from runtime import db
+from runtime.blobstore import BlobStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/
 from standin import StandInBackbone, StandInPreprocessor

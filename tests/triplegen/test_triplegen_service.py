@@ -24,10 +24,10 @@ import pytest
 from magiclens.v1 import events_pb2, triplegen_pb2, triplegen_pb2_grpc
 from PIL import Image, ImageOps
 
-from services.runtime import db
-from services.runtime.blobstore import FileBlobStore
-from services.runtime.bus import make_producer, publish
-from services.runtime.topics import PAIRS_MINED
+from runtime import db
+from runtime.blobstore import FileBlobStore
+from runtime.bus import make_producer, publish
+from runtime.topics import PAIRS_MINED
 from trainer.data.triples import JsonlTriples
 
 ROOT = Path(__file__).resolve().parents[2]

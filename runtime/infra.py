@@ -4,7 +4,7 @@ Why a module and not shell: tests, the demo and `task infra:*` all need the same
 start/stop with health waits, port checks and PID bookkeeping. When DATABASE_URL or
 KAFKA_BOOTSTRAP_SERVERS point elsewhere, the matching local server is not started.
 
-    python -m services.runtime.infra up|down|status
+    python -m runtime.infra up|down|status
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class InfraPaths:
 
 
 def project_root() -> Path:
-    return Path(os.environ.get("MAGICLENS_HOME", Path(__file__).resolve().parents[2]))
+    return Path(os.environ.get("MAGICLENS_HOME", Path(__file__).resolve().parents[1]))
 
 
 def default_paths() -> InfraPaths:

@@ -12,11 +12,11 @@ import signal
 import threading
 from collections.abc import Callable, Sequence
 
-from services.runtime import db
-from services.runtime.bus import Consumer, ensure_topics
-from services.runtime.config import BaseServiceSettings
-from services.runtime.grpc_server import GrpcServer, Registration
-from services.runtime.outbox import OutboxRelay
+from runtime import db
+from runtime.bus import Consumer, ensure_topics
+from runtime.config import BaseServiceSettings
+from runtime.grpc_server import GrpcServer, Registration
+from runtime.outbox import OutboxRelay
 
 log = logging.getLogger(__name__)
 

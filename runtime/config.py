@@ -15,8 +15,8 @@ from typing import TypeVar
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.runtime import infra
-from services.runtime.errors import ConfigError, ServiceError
+from runtime import infra
+from runtime.errors import ConfigError, ServiceError
 
 S = TypeVar("S", bound="BaseServiceSettings")
 

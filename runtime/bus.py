@@ -30,9 +30,9 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
-from services.runtime import db
-from services.runtime.errors import UnavailableError
-from services.runtime.topics import BY_NAME, Topic
+from runtime import db
+from runtime.errors import UnavailableError
+from runtime.topics import BY_NAME, Topic
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def _brokers_error(bootstrap: str, exc: Exception) -> UnavailableError:
 
 def ensure_topics(bootstrap: str, topics: Iterable[Topic] | None = None) -> None:
     """Create the topic table's topics when missing (idempotent)."""
-    from services.runtime.topics import ALL_TOPICS
+    from runtime.topics import ALL_TOPICS
 
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000,

@@ -3,7 +3,7 @@
 `enqueue(conn, topic, key, message)` inserts the event beside the caller's own writes; the
 relay publishes unpublished rows in id order, waits for the broker's acks, then stamps them.
 A relay killed between publish and stamp republishes on restart: delivery is at-least-once
-and consumers dedupe by event id. Run it with `python -m services.runtime.outbox`.
+and consumers dedupe by event id. Run it with `python -m runtime.outbox`.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from pydantic import Field
 
-from services.runtime import db
-from services.runtime.bus import make_headers, make_producer
-from services.runtime.config import BaseServiceSettings, load_settings
-from services.runtime.errors import UnavailableError
-from services.runtime.topics import Topic
+from runtime import db
+from runtime.bus import make_headers, make_producer
+from runtime.config import BaseServiceSettings, load_settings
+from runtime.errors import UnavailableError
+from runtime.topics import Topic
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def check_dependencies(settings: BaseServiceSettings) -> None:
 def main() -> int:
     import signal
 
-    from services.runtime.logs import setup_logging
+    from runtime.logs import setup_logging
 
     settings = load_settings(RelaySettings)
     setup_logging("outbox-relay", settings.log_level)
@@ -139,6 +139,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from services.runtime.config import run_main
+    from runtime.config import run_main
 
     run_main("outbox-relay", main)

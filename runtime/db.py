@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 from psycopg.rows import dict_row
 
-from services.runtime.errors import UnavailableError
+from runtime.errors import UnavailableError
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 _MIGRATION_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
@@ -105,7 +105,7 @@ def migrate(url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
 def main() -> int:
     import sys
 
-    from services.runtime.config import BaseServiceSettings, load_settings
+    from runtime.config import BaseServiceSettings, load_settings
 
     settings = load_settings(BaseServiceSettings)
     try:

@@ -1,7 +1,7 @@
 """The Kafka topic table: the single list every producer, consumer, test and manifest uses.
 
 Message types are defined in protos/magiclens/v1/events.proto. docs/topics.md is generated
-from this table (`python -m services.runtime.topics --markdown`).
+from this table (`python -m runtime.topics --markdown`).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def markdown_table() -> str:
 
 DOC_HEADER = """# Kafka topics
 
-Generated from `services/runtime/topics.py` (`task docs:topics`). Every record carries the \
+Generated from `runtime/topics.py` (`task docs:topics`). Every record carries the \
 headers `event-id`, `event-type` and `content-type`; see `protos/magiclens/v1/events.proto`.
 
 """

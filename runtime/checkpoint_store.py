@@ -36,8 +36,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from services.runtime.blobstore import BlobStore, FileBlobStore, check_key
-from services.runtime.errors import UnavailableError
+from runtime.blobstore import BlobStore, FileBlobStore, check_key
+from runtime.errors import UnavailableError
 
 META_FILE = "magiclens_meta.json"  # trainer.checkpoints.META_FILE (importing it loads JAX)
 ARCHIVE_PREFIX = "models"

@@ -4,7 +4,7 @@ Why not honcho/supervisor: `task up` must return while services keep running, wi
 file per service and PID bookkeeping that `task down` and `task logs` reuse; a Procfile stays
 the single definition (the Kubernetes manifests mirror it).
 
-    python -m services.runtime.procs up [NAME ...] | down | status | logs [NAME]
+    python -m runtime.procs up [NAME ...] | down | status | logs [NAME]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.runtime import infra
+from runtime import infra
 
 
 @dataclass(frozen=True)
