@@ -79,7 +79,7 @@ def serving_overhead(args) -> None:
 def worker_throughput(args) -> None:
     import psycopg
 
-    from runtime import db, infra
+    from runtime import db, ports
     from runtime.blobstore import open_blobstore
     from runtime.config import load_settings
     from services.embedding.worker import Worker, WorkerSettings
@@ -89,7 +89,7 @@ def worker_throughput(args) -> None:
     pool = images(args.pool)
     version = client.embed_targets(pool[:1]).model_version
     default_batch = WorkerSettings.model_fields["embed_batch"].default
-    admin = args.database_url or os.environ.get("DATABASE_URL") or infra.local_database_url()
+    admin = args.database_url or os.environ.get("DATABASE_URL") or ports.local_database_url()
     name = f"ml_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')

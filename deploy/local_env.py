@@ -43,7 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy import catalog, gen_base, policy, tool
-from runtime import infra
+from runtime.config import project_root
+from runtime.ports import local_database_url, local_kafka_bootstrap
 
 # What the pods' image sets and a local process needs the same of (deploy/Dockerfile).
 IMAGE_ENV_PASSTHROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER")
@@ -75,7 +76,7 @@ class LocalProcess:
 
 def base_env() -> dict[str, str]:
     """The image's own environment (PATH, HOME, PYTHONPATH, unbuffered output), locally."""
-    root = infra.project_root()
+    root = project_root()
     env = {k: os.environ[k] for k in IMAGE_ENV_PASSTHROUGH if k in os.environ}
     env.update(PYTHONPATH=f"{root}:{root / 'gen'}", PYTHONUNBUFFERED="1")
     return env
@@ -232,7 +233,7 @@ def _command(ctr: policy.Doc, pod: Pod, loc: Localizer) -> list[str]:
 def _interpreter(image: str) -> str:
     """The local environment matching the image: Triton's own venv, else the main one."""
     if image.split(":")[0].startswith(catalog.TRITON_IMAGE):
-        return str(infra.project_root() / ".venv-triton" / "bin" / "python")
+        return str(project_root() / ".venv-triton" / "bin" / "python")
     return sys.executable
 
 
@@ -253,9 +254,9 @@ def localized(env_name: str = "dev", *, database_url: str | None = None,
     config = {d["metadata"]["name"]: d.get("data") or {} for d in docs
               if d.get("kind") == "ConfigMap"}
     secrets = {d["metadata"]["name"] for d in docs if d.get("kind") == "Secret"}
-    loc = Localizer(docs, data_dir=data_dir or infra.project_root() / "data" / "local-dev",
-                    database_url=database_url or infra.local_database_url(),
-                    kafka_bootstrap=kafka_bootstrap or infra.local_kafka_bootstrap(),
+    loc = Localizer(docs, data_dir=data_dir or project_root() / "data" / "local-dev",
+                    database_url=database_url or local_database_url(),
+                    kafka_bootstrap=kafka_bootstrap or local_kafka_bootstrap(),
                     ports=ports)
     out: list[LocalProcess] = []
     for d in docs:

@@ -2,11 +2,13 @@
 
 Every service subclasses BaseServiceSettings; fields map to upper-case environment variables
 (DATABASE_URL, KAFKA_BOOTSTRAP_SERVERS, MAGICLENS_*). Defaults point at the local
-infrastructure that `task infra:up` starts, so a developer needs no configuration at all.
+infrastructure that `task infra:up` starts (runtime/ports.py), so a developer needs no
+configuration at all.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,10 +17,15 @@ from typing import TypeVar
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from runtime import infra
+from runtime import ports
 from runtime.errors import ConfigError, ServiceError
 
 S = TypeVar("S", bound="BaseServiceSettings")
+
+
+def project_root() -> Path:
+    """The checkout (MAGICLENS_HOME when set): the default data directory lives under it."""
+    return Path(os.environ.get("MAGICLENS_HOME", Path(__file__).resolve().parents[1]))
 
 
 class BaseServiceSettings(BaseSettings):
@@ -27,11 +34,11 @@ class BaseServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MAGICLENS_", extra="ignore",
                                       populate_by_name=True)
 
-    database_url: str = Field(default_factory=infra.local_database_url,
+    database_url: str = Field(default_factory=ports.local_database_url,
                               validation_alias="DATABASE_URL")
-    kafka_bootstrap_servers: str = Field(default_factory=infra.local_kafka_bootstrap,
+    kafka_bootstrap_servers: str = Field(default_factory=ports.local_kafka_bootstrap,
                                          validation_alias="KAFKA_BOOTSTRAP_SERVERS")
-    data_dir: Path = Field(default_factory=lambda: infra.project_root() / "data")
+    data_dir: Path = Field(default_factory=lambda: project_root() / "data")
     blob_uri: str = ""  # default: file://<data_dir>/blobs
     log_level: str = "INFO"
     grpc_port: int = Field(default=0, ge=0, le=65535)

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from runtime import db, infra
+from runtime import db
 from runtime.bus import ensure_topics
+from tools import infra
 
 
 @dataclass(frozen=True)

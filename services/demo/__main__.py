@@ -24,10 +24,12 @@ import psycopg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg.rows import dict_row
 
-from runtime import db, infra
+from runtime import db
 from runtime.bus import ensure_topics
+from runtime.config import project_root
+from tools import infra
 
-ROOT = infra.project_root()
+ROOT = project_root()
 DATA = Path(os.environ.get("MAGICLENS_DATA_DIR", ROOT / "data"))
 CORPUS = DATA / "corpus"
 SITE = "http://127.0.0.1:8765/"
@@ -153,7 +155,7 @@ def step_corpus(size: str) -> None:
 
 
 def step_services() -> None:
-    run([sys.executable, "-m", "runtime.procs", "up"], "start every service")
+    run([sys.executable, "-m", "tools.procs", "up"], "start every service")
     wait_until("services healthy", lambda: all(grpc_healthy(p) for p in SERVICES.values()),
                lambda: ", ".join(f"{n} {'up' if grpc_healthy(p) else '…'}"
                                  for n, p in SERVICES.items()), timeout=300)

@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.request
 
-from runtime.infra import project_root
+from runtime.config import project_root
 
 SITE = "http://127.0.0.1:8765/"
 

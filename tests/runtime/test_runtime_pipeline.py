@@ -17,9 +17,10 @@ import pytest
 from kafka import KafkaProducer
 from magiclens.v1 import events_pb2
 
-from runtime import db, infra, outbox
+from runtime import db, outbox
 from runtime.bus import Consumer, ensure_topics, make_producer, publish
 from runtime.topics import Topic
+from tools import infra
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))

@@ -18,7 +18,7 @@ def _free_port() -> int:
 
 
 def _infra(action: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "runtime.infra", action], env=env,
+    return subprocess.run([sys.executable, "-m", "tools.infra", action], env=env,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -4,7 +4,7 @@ Why a module and not shell: tests, the demo and `task infra:*` all need the same
 start/stop with health waits, port checks and PID bookkeeping. When DATABASE_URL or
 KAFKA_BOOTSTRAP_SERVERS point elsewhere, the matching local server is not started.
 
-    python -m runtime.infra up|down|status
+    python -m tools.infra up|down|status
 """
 
 from __future__ import annotations
@@ -24,10 +24,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
+
+from runtime.config import project_root
+from runtime.ports import kafka_port, local_database_url, local_kafka_bootstrap, pg_port
+
 PG_BIN_CANDIDATES = ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin",
                      "/usr/lib/postgresql/17/bin")
-DEFAULT_PG_PORT = 55432
-DEFAULT_KAFKA_PORT = 19092
 
 
 class InfraError(RuntimeError):
@@ -61,29 +64,9 @@ class InfraPaths:
         return self.root / "env.json"
 
 
-def project_root() -> Path:
-    return Path(os.environ.get("MAGICLENS_HOME", Path(__file__).resolve().parents[1]))
-
-
 def default_paths() -> InfraPaths:
     data = Path(os.environ.get("MAGICLENS_DATA_DIR", project_root() / "data"))
     return InfraPaths(data / "infra")
-
-
-def pg_port() -> int:
-    return int(os.environ.get("MAGICLENS_PG_PORT", DEFAULT_PG_PORT))
-
-
-def kafka_port() -> int:
-    return int(os.environ.get("MAGICLENS_KAFKA_PORT", DEFAULT_KAFKA_PORT))
-
-
-def local_database_url() -> str:
-    return f"postgresql://postgres@127.0.0.1:{pg_port()}/magiclens"
-
-
-def local_kafka_bootstrap() -> str:
-    return f"127.0.0.1:{kafka_port()}"
 
 
 def _port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -101,7 +84,7 @@ def _wait(predicate, timeout: float, what: str) -> None:
     raise InfraError(f"{what} did not become ready within {timeout:.0f}s")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -156,7 +139,7 @@ def pg_running(paths: InfraPaths) -> bool:
         pid = int(pidfile.read_text().splitlines()[0])
     except (ValueError, IndexError):
         return False
-    return _pid_alive(pid)
+    return pid_alive(pid)
 
 
 def pg_up(paths: InfraPaths, port: int) -> None:
@@ -198,8 +181,6 @@ def pg_up(paths: InfraPaths, port: int) -> None:
 
 
 def _ensure_database(port: int) -> None:
-    import psycopg
-
     with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres",
                          autocommit=True, connect_timeout=10) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname='magiclens'").fetchone()
@@ -245,7 +226,7 @@ def _read_pid(pidfile: Path) -> int | None:
 
 def tansu_running(paths: InfraPaths) -> bool:
     pid = _read_pid(paths.tansu_pid)
-    return pid is not None and _pid_alive(pid)
+    return pid is not None and pid_alive(pid)
 
 
 def tansu_up(paths: InfraPaths, port: int) -> None:
@@ -276,15 +257,15 @@ def tansu_up(paths: InfraPaths, port: int) -> None:
 
 def tansu_down(paths: InfraPaths) -> None:
     pid = _read_pid(paths.tansu_pid)
-    if pid is not None and _pid_alive(pid):
+    if pid is not None and pid_alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
-        while _pid_alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
             time.sleep(0.05)
-        if _pid_alive(pid):
+        if pid_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
     paths.tansu_pid.unlink(missing_ok=True)

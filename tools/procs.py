@@ -4,7 +4,7 @@ Why not honcho/supervisor: `task up` must return while services keep running, wi
 file per service and PID bookkeeping that `task down` and `task logs` reuse; a Procfile stays
 the single definition (the Kubernetes manifests mirror it).
 
-    python -m runtime.procs up [NAME ...] | down | status | logs [NAME]
+    python -m tools.procs up [NAME ...] | down | status | logs [NAME]
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime import infra
+from runtime.config import project_root
+from tools import infra
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class Supervisor:
         self.state_file.write_text(json.dumps(state, indent=2))
 
     def running(self) -> dict[str, int]:
-        return {n: p for n, p in self._state().items() if infra._pid_alive(p)}
+        return {n: p for n, p in self._state().items() if infra.pid_alive(p)}
 
     def up(self, names: list[str] | None = None, env: dict[str, str] | None = None) -> list[str]:
         specs = read_procfile(self.procfile)
@@ -92,13 +93,13 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(infra._pid_alive(p) for p in state.values()):
+        while time.monotonic() < deadline and any(infra.pid_alive(p) for p in state.values()):
             for pid in state.values():
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, os.WNOHANG)
             time.sleep(0.1)
         for pid in state.values():
-            if infra._pid_alive(pid):
+            if infra.pid_alive(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
         self._save({})
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*")
     parser.add_argument("--procfile", default="Procfile")
     args = parser.parse_args(argv)
-    root = infra.project_root()
+    root = project_root()
     sup = Supervisor(root, root / args.procfile)
     if args.action == "up":
         env = dict(os.environ)
