@@ -20,7 +20,7 @@ from runtime.blobstore import open_blobstore
 from runtime.bus import encode, ensure_topics, make_producer
 from runtime.config import load_settings, run_main
 from runtime.errors import ConfigError
-from services.ingest import sitemap, warc
+from services.mining import sitemap, warc
 from services.mining.config import MiningSettings
 from services.mining.fetch import Fetcher, FetchError
 from services.mining.handlers import pages_topic

@@ -8,7 +8,7 @@ import grpc
 from magiclens.v1 import events_pb2, mining_pb2, mining_pb2_grpc
 
 from runtime import db, outbox
-from services.ingest import sitemap, warc
+from services.mining import sitemap, warc
 from services.mining.config import MiningSettings
 from services.mining.fetch import FetchError
 from services.mining.handlers import pages_topic
