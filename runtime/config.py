@@ -75,6 +75,14 @@ class BaseServiceSettings(BaseSettings):
         return self.blob_uri or f"file://{self.data_dir / 'blobs'}"
 
 
+def check_addr(v: str) -> str:
+    """A `host:port` setting (a service another process calls), stripped."""
+    host, _, port = v.strip().rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"'{v}' is not host:port")
+    return v.strip()
+
+
 def _env_name(cls: type[BaseSettings], field: str) -> str:
     info = cls.model_fields.get(field)
     if info is not None and isinstance(info.validation_alias, str):

@@ -17,11 +17,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram, start_http_server
 
+from runtime.limits import MAX_GRPC_MESSAGE_BYTES
+
 log = logging.getLogger(__name__)
 
 RPC_TOTAL = Counter("magiclens_grpc_requests_total", "gRPC requests", ["method", "code"])
 RPC_SECONDS = Histogram("magiclens_grpc_request_seconds", "gRPC request latency", ["method"])
-MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 
 
 class MetricsInterceptor(grpc.ServerInterceptor):
@@ -66,8 +67,8 @@ class GrpcServer:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
             interceptors=[MetricsInterceptor()],
-            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+            options=[("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
+                     ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES)])
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [health.SERVICE_NAME, reflection.SERVICE_NAME]

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from magiclens.v1 import search_pb2, search_pb2_grpc
+from magiclens.v1 import search_pb2
 
-from services.cli import rpc
+from runtime import search_client
+from runtime.rpc import RpcFailure
+from runtime.search_client import response_dict
 from services.cli.errors import UsageError
 from services.cli.images import image_input
 from services.cli.output import emit, table
+from services.cli.rpc import cli_error
 from services.cli.settings import ClientSettings
 
 MAX_INSTRUCTION_CHARS = 1000
@@ -26,19 +29,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--domain", default="", help="only images from pages on this domain")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=run)
-
-
-def hit_dict(h: search_pb2.SearchHit) -> dict[str, Any]:
-    c = h.context
-    return {"image_id": h.image_id, "image_url": h.image_url, "score": round(h.score, 6),
-            "page_url": c.page_url, "page_title": c.page_title, "alt_text": c.alt_text,
-            "caption": c.caption}
-
-
-def response_dict(resp: search_pb2.SearchResponse) -> dict[str, Any]:
-    return {"model_version": resp.model_version, "partial": resp.partial,
-            "missing_shards": list(resp.missing_shards),
-            "hits": [hit_dict(h) for h in resp.hits]}
 
 
 def _human(data: dict[str, Any]) -> str:
@@ -61,9 +51,9 @@ def run(args: argparse.Namespace, settings: ClientSettings) -> int:
     request = search_pb2.SearchRequest(
         query=image_input(args.image), instruction=args.instruction, k=args.k,
         filters=search_pb2.SearchFilters(source=args.source, page_domain=args.domain))
-    with rpc.channel(settings.search_addr) as ch:
-        stub = search_pb2_grpc.SearchServiceStub(ch)
-        resp = rpc.call("search", settings.search_addr, stub.Search, request,
-                        settings.rpc_timeout_s)
+    try:
+        resp = search_client.search(settings.search_addr, request, settings.rpc_timeout_s)
+    except RpcFailure as exc:
+        raise cli_error(exc) from None
     emit(response_dict(resp), args.json, _human)
     return 0

@@ -5,34 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from magiclens.v1 import search_pb2, search_pb2_grpc
-
-from services.cli import rpc
-from services.cli.errors import CliError
+from runtime.pipeline_status import pipeline_status
+from runtime.search_client import index_status
 from services.cli.output import emit, table
-from services.cli.pipeline import pipeline_status
 from services.cli.settings import ClientSettings
-
-STATUS_RPC_TIMEOUT_S = 3.0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="pipeline counts, models and index size")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=run)
-
-
-def index_status(addr: str, timeout: float = STATUS_RPC_TIMEOUT_S) -> dict[str, Any]:
-    """The search root's view, or {"error": one line} when it cannot be asked."""
-    try:
-        with rpc.channel(addr) as ch:
-            st = rpc.call("search", addr, search_pb2_grpc.SearchServiceStub(ch).GetIndexStatus,
-                          search_pb2.GetIndexStatusRequest(), timeout)
-    except CliError as exc:
-        return {"available": False, "error": str(exc)}
-    return {"available": True, "model_version": st.model_version,
-            "num_vectors": st.num_vectors, "shards": st.shards, "shards_up": st.shards_up,
-            "freshness_p50_s": st.freshness_p50_s}
 
 
 def _counts(name: str, counts: dict[str, int] | None) -> str:

@@ -14,7 +14,7 @@ class CliError(Exception):
     def __init__(self, message: str, code: int = EXIT_FAILED, grpc_code: str = "") -> None:
         super().__init__(" ".join(str(message).split()))
         self.code = code
-        self.grpc_code = grpc_code  # the gRPC status name when a call failed, for the gateway
+        self.grpc_code = grpc_code  # the gRPC status name when a call failed
 
 
 class UsageError(CliError):

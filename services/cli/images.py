@@ -6,20 +6,11 @@ from pathlib import Path
 
 from magiclens.v1 import common_pb2
 
+from runtime.limits import MAX_URL_CHARS
+from runtime.search_client import parse_image_id
 from services.cli.errors import UsageError
 
 MAX_QUERY_IMAGE_BYTES = 10 * 1024 * 1024
-MAX_URL_CHARS = 2048
-MAX_IMAGE_ID = 2**63 - 1
-
-
-def parse_image_id(text: str) -> int | None:
-    """A positive pool id written as plain digits, else None."""
-    text = text.strip()
-    if not text.isdigit() or len(text) > 19:
-        return None
-    value = int(text)
-    return value if 0 < value <= MAX_IMAGE_ID else None
 
 
 def image_input(spec: str, max_bytes: int = MAX_QUERY_IMAGE_BYTES) -> common_pb2.ImageInput:

@@ -1,17 +1,10 @@
-"""Where the CLI (and the web gateway) find the services: environment, with local defaults."""
+"""Where the CLI finds the services: environment, with local defaults."""
 
 from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from runtime.config import BaseServiceSettings
-
-
-def _check_addr(v: str) -> str:
-    host, _, port = v.strip().rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"'{v}' is not host:port")
-    return v.strip()
+from runtime.config import BaseServiceSettings, check_addr
 
 
 class ClientSettings(BaseServiceSettings):
@@ -24,4 +17,4 @@ class ClientSettings(BaseServiceSettings):
     @field_validator("search_addr", "training_addr")
     @classmethod
     def _addr(cls, v: str) -> str:
-        return _check_addr(v)
+        return check_addr(v)

@@ -23,16 +23,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from magiclens.v1 import common_pb2, search_pb2, search_pb2_grpc
+from magiclens.v1 import common_pb2, search_pb2
 
+from runtime import search_client
 from runtime.blobstore import open_blobstore
 from runtime.errors import ServiceError
-from services.cli import rpc
-from services.cli.cmd_search import response_dict
-from services.cli.cmd_status import index_status
-from services.cli.errors import EXIT_NOT_BUILT, EXIT_USAGE, CliError
-from services.cli.images import MAX_URL_CHARS, parse_image_id
-from services.cli.pipeline import pipeline_status
+from runtime.limits import MAX_URL_CHARS
+from runtime.pipeline_status import pipeline_status
+from runtime.rpc import RpcFailure
+from runtime.search_client import index_status, parse_image_id, response_dict
 from services.gateway import pool
 from services.gateway.config import GatewaySettings
 from services.gateway.examples import ExamplesError, load_examples
@@ -75,16 +74,9 @@ class Gateway:
             raise HttpError(400, f"k must be between 1 and 100 (got {k})")
         req = search_pb2.SearchRequest(query=query, instruction=instruction, k=k)
         try:
-            with rpc.channel(s.search_addr) as ch:
-                resp = rpc.call("search", s.search_addr,
-                                search_pb2_grpc.SearchServiceStub(ch).Search, req,
-                                s.gateway_search_timeout_s)
-        except CliError as exc:
-            status = _HTTP_FOR_GRPC.get(exc.grpc_code, 502)
-            if exc.code == EXIT_USAGE:
-                status = 400
-            elif exc.code == EXIT_NOT_BUILT and exc.grpc_code != "UNIMPLEMENTED":
-                status = 503
+            resp = search_client.search(s.search_addr, req, s.gateway_search_timeout_s)
+        except RpcFailure as exc:
+            status = _HTTP_FOR_GRPC.get(exc.code, 502)
             extra = {"search_available": False} if status == 503 else {}
             raise HttpError(status, str(exc), **extra) from None
         data = response_dict(resp)

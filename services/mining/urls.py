@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from urllib.parse import urlsplit, urlunsplit
 
-MAX_URL_CHARS = 2048
+from runtime.limits import MAX_URL_CHARS
 
 
 class BadUrl(ValueError):
