@@ -28,10 +28,10 @@ from magiclens.v1 import events_pb2
 from runtime import db
 from runtime.bus import encode, ensure_topics, make_producer
 from runtime.config import BaseServiceSettings, load_settings
-from services.ingest.demo import SITE, ensure_corpus
 from services.mining import sitemap
 from services.mining.config import MiningSettings
 from services.mining.handlers import pages_topic
+from tools.ingest.demo import SITE, ensure_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,2 +1,3 @@
-"""Tools that run on a developer's machine, never in a production pod: the `magiclens` CLI,
-the demo, the demo-corpus builder, page ingestion and the local infrastructure launchers."""
+"""Tools for people, not workloads: the `magiclens` CLI, the demo, the demo-corpus builder,
+page ingestion and the local infrastructure launchers. No deployed workload runs one (the
+service image carries them only so an operator can run the CLI in a pod)."""

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from services.cli import backends
-from services.cli.errors import EXIT_FAILED, EXIT_NOT_BUILT, EXIT_USAGE
-from services.cli.main import main
+from tools.cli import backends
+from tools.cli.errors import EXIT_FAILED, EXIT_NOT_BUILT, EXIT_USAGE
+from tools.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -127,7 +127,7 @@ def test_eval_with_a_missing_input_is_one_line(capfd):
 def test_installed_entry_point_one_line_and_json_flag(tmp_path):
     """The real `magiclens` process: exit code and stderr as a user sees them."""
     exe = Path(sys.executable).with_name("magiclens")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "services.cli.main"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "tools.cli.main"]
     port = _free_port()
     env = {"PATH": "/usr/bin:/bin", "MAGICLENS_SEARCH_ADDR": f"127.0.0.1:{port}",
            "PYTHONPATH": f"{ROOT}:{ROOT / 'gen'}", "MAGICLENS_HOME": str(ROOT)}

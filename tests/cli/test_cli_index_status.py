@@ -11,7 +11,7 @@ from PIL import Image
 
 from runtime import db
 from runtime.topics import IMAGES_MINED
-from services.cli.main import main
+from tools.cli.main import main
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 

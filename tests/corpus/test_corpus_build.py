@@ -22,7 +22,7 @@ import pytest
 from bs4 import BeautifulSoup
 from warcio.archiveiterator import ArchiveIterator
 
-from services.corpus.build import HELDOUT_PERCENT, build, is_heldout
+from tools.corpus.build import HELDOUT_PERCENT, build, is_heldout
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("CORPUS_CACHE", REPO / "data" / "cache"))
@@ -197,7 +197,7 @@ def test_corpus_serve(built: tuple[Path, Path]) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "services.corpus", "serve", "--port",
+    proc = subprocess.Popen([sys.executable, "-m", "tools.corpus", "serve", "--port",
                              str(port), "--out", str(built[0])], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

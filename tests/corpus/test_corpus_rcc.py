@@ -7,7 +7,7 @@ import zlib
 
 import pytest
 
-from services.corpus.rcc import RccError, read_rcc
+from tools.corpus.rcc import RccError, read_rcc
 
 
 def _name(n: str) -> bytes:

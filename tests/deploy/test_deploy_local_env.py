@@ -334,7 +334,7 @@ def test_dev_workloads_as_local_processes_pass_the_smoke_with_search_hits(
                          (version, checkpoints["serving-a"].absolute().as_uri()))
         training = f"127.0.0.1:{loc.port('training', 50053)}"
         wait("training SERVING", lambda: smoke.grpc_health(training, 2), 120)
-        _run_in_pod(procs["training"], ["-m", "services.cli.main", "promote", version],
+        _run_in_pod(procs["training"], ["-m", "tools.cli.main", "promote", version],
                     logs / "cli-promote.out")
         # 2. The worker points its Triton at the promoted version (pod-local current file).
         wait("Triton ready with the promoted model",
@@ -343,10 +343,10 @@ def test_dev_workloads_as_local_processes_pass_the_smoke_with_search_hits(
         #    the archive (no network), images embedded by the worker, indexed by the shard.
         site = tmp_path / "site"
         n_images = _write_site(site)
-        from services.corpus.warc import write_warc
+        from tools.corpus.warc import write_warc
 
         write_warc(site, tmp_path / "e2e.warc.gz", SITE)
-        _run_in_pod(procs["mining"], ["-m", "services.ingest", "--warc",
+        _run_in_pod(procs["mining"], ["-m", "tools.ingest", "--warc",
                                       str(tmp_path / "e2e.warc.gz")], logs / "cli-ingest.out")
         # 4. deploy/tool.py's smoke, pointed at the local processes, until it passes.
         argv = [*tool.smoke_argv(targets), "--min-hits", str(n_images), "--timeout", "5"]

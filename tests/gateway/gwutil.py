@@ -15,10 +15,10 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from services.cli.cmd_index import index_folder
-from services.cli.settings import ClientSettings
 from services.gateway.app import make_server
 from services.gateway.config import GatewaySettings
+from tools.cli.cmd_index import index_folder
+from tools.cli.settings import ClientSettings
 
 PHOTOS = {"astronaut": "an astronaut in a spacesuit", "coffee": "a cup of coffee",
           "chelsea": "a tabby cat", "rocket": "a rocket on the launch pad",

@@ -168,7 +168,7 @@ def test_warc_is_mined_without_network(make_miner, settings_for, unique, infra_s
     """Ingest a WARC (HTML + images), then mine with no server running at all."""
     import argparse
 
-    from services.ingest.__main__ import collect
+    from tools.ingest.__main__ import collect
 
     base = f"http://warc-{unique}.example.org/"
     records = {"page.html": ("text/html", (

@@ -274,7 +274,7 @@ def test_cli_search_against_the_real_root(cluster, monkeypatch, capsys):
     """`magiclens search --json` shape, and an unknown image as one clear line."""
     import json
 
-    from services.cli.main import main
+    from tools.cli.main import main
 
     monkeypatch.setenv("MAGICLENS_SEARCH_ADDR", cluster.root_addr)
     code = main(["search", "--image", str(cluster.image_ids[0]), "-q", "the same thing",

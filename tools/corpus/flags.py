@@ -11,10 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from services.corpus import render
-from services.corpus.context import Context
-from services.corpus.fetch import SourceUnavailable, unavailable
-from services.corpus.model import Asset, Figure, Page, slug, stable_hash
+from tools.corpus import render
+from tools.corpus.context import Context
+from tools.corpus.fetch import SourceUnavailable, unavailable
+from tools.corpus.model import Asset, Figure, Page, slug, stable_hash
 
 MAX_JSON_BYTES = 8 * 1024 * 1024
 

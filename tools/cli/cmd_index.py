@@ -20,10 +20,10 @@ from urllib.parse import quote
 
 from runtime import db
 from runtime.config import load_settings
-from services.cli import backends
-from services.cli.errors import NotBuiltError, UsageError
-from services.cli.output import emit, table
-from services.cli.settings import ClientSettings
+from tools.cli import backends
+from tools.cli.errors import NotBuiltError, UsageError
+from tools.cli.output import emit, table
+from tools.cli.settings import ClientSettings
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".svg"}
 MAX_FILES = 5000

@@ -7,8 +7,8 @@ from typing import Any
 
 from runtime.pipeline_status import pipeline_status
 from runtime.search_client import index_status
-from services.cli.output import emit, table
-from services.cli.settings import ClientSettings
+from tools.cli.output import emit, table
+from tools.cli.settings import ClientSettings
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

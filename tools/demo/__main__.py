@@ -150,7 +150,7 @@ def step_corpus(size: str) -> None:
     if manifest.exists() and json.loads(manifest.read_text()).get("size") == size:
         say(f"corpus ({size}) already built")
         return
-    run([sys.executable, "-m", "services.corpus", "build", "--size", size, "--out",
+    run([sys.executable, "-m", "tools.corpus", "build", "--size", size, "--out",
          str(CORPUS)], f"build the {size} corpus")
 
 
@@ -166,7 +166,7 @@ def step_ingest(url: str) -> None:
     if counts(url)["pages"] >= pages_in_corpus:
         say("corpus pages already ingested")
     else:
-        run([sys.executable, "-m", "services.ingest", "--sitemap", SITE + "sitemap.xml",
+        run([sys.executable, "-m", "tools.ingest", "--sitemap", SITE + "sitemap.xml",
              "--allow-private", "--heldout-file", str(CORPUS / "heldout_pages.txt")],
             "publish the corpus pages to Kafka")
 

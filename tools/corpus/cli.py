@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import ClassVar
 
-from services.corpus.build import DEFAULT_BASE_URL, build
+from tools.corpus.build import DEFAULT_BASE_URL, build
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -26,7 +26,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 def serve(site: Path, port: int) -> None:
     """Static server bound to loopback only: the corpus is for local ingestion tests."""
     if not (site / "index.html").is_file():
-        raise SystemExit(f"no site at {site}; run `python -m services.corpus build` first")
+        raise SystemExit(f"no site at {site}; run `python -m tools.corpus build` first")
     handler = functools.partial(_Handler, directory=str(site))
     with http.server.ThreadingHTTPServer(("127.0.0.1", port), handler) as httpd:
         print(f"corpus: serving {site} at http://127.0.0.1:{port}/", flush=True)
@@ -35,7 +35,7 @@ def serve(site: Path, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m services.corpus")
+    ap = argparse.ArgumentParser(prog="python -m tools.corpus")
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build data/corpus")
     b.add_argument("--size", default=os.environ.get("CORPUS_SIZE", "default"),

@@ -13,7 +13,7 @@ BACKENDS: dict[str, tuple[tuple[str, ...], str]] = {
                "the search service (services/search)"),
     "training": (("services.training.__main__", "services.training.server"),
                  "the training service (services/training)"),
-    "ingest": (("services.ingest.__main__",), "page ingestion (services/ingest)"),
+    "ingest": (("tools.ingest.__main__",), "page ingestion (tools/ingest)"),
     "mining": (("services.mining.miner",), "the miner (services/mining)"),
     "eval": (("trainer.eval.__main__",), "the evaluation harness's command (trainer/eval)"),
 }

@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from services.corpus import render
-from services.corpus.context import Context
-from services.corpus.fetch import SourceUnavailable, unavailable
-from services.corpus.model import Asset, Figure, Page, slug, stable_hash
-from services.corpus.rcc import RccError, read_rcc_file
+from tools.corpus import render
+from tools.corpus.context import Context
+from tools.corpus.fetch import SourceUnavailable, unavailable
+from tools.corpus.model import Asset, Figure, Page, slug, stable_hash
+from tools.corpus.rcc import RccError, read_rcc_file
 
 ACT = "gcompris/src/activities/"
 COUNTRY_DIRS = {"france": "FRA", "india": "IND", "usa": "USA", "germany": "DEU", "egypt": "EGY"}

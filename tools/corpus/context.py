@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.corpus.fetch import Fetcher
-from services.corpus.model import Asset, Page
-from services.corpus.render import RenderCache
+from tools.corpus.fetch import Fetcher
+from tools.corpus.model import Asset, Page
+from tools.corpus.render import RenderCache
 
 # Caps per size. None means "everything". Chosen so small ~250 images, medium ~900 (every
 # relation the held-out queries test, sized for the 30-minute demo on 2 cores), default ~2.5k.

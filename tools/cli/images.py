@@ -8,7 +8,7 @@ from magiclens.v1 import common_pb2
 
 from runtime.limits import MAX_URL_CHARS
 from runtime.search_client import parse_image_id
-from services.cli.errors import UsageError
+from tools.cli.errors import UsageError
 
 MAX_QUERY_IMAGE_BYTES = 10 * 1024 * 1024
 

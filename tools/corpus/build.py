@@ -18,11 +18,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from services.corpus import clipart, emoji, evalq, flags, gcompris, render
-from services.corpus.context import SIZES, Context
-from services.corpus.fetch import Fetcher
-from services.corpus.model import Page
-from services.corpus.site import (
+from tools.corpus import clipart, emoji, evalq, flags, gcompris, render
+from tools.corpus.context import SIZES, Context
+from tools.corpus.fetch import Fetcher
+from tools.corpus.model import Page
+from tools.corpus.site import (
     ImgRef,
     page_mode,
     render_credits,
@@ -30,7 +30,7 @@ from services.corpus.site import (
     render_page,
     render_sitemap,
 )
-from services.corpus.warc import write_warc
+from tools.corpus.warc import write_warc
 
 HELDOUT_PERCENT = 15
 DEFAULT_BASE_URL = "http://127.0.0.1:8765/"

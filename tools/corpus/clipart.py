@@ -9,10 +9,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from services.corpus import render
-from services.corpus.context import Context
-from services.corpus.fetch import SourceUnavailable, unavailable
-from services.corpus.model import Asset, Figure, Page, slug, stable_hash
+from tools.corpus import render
+from tools.corpus.context import Context
+from tools.corpus.fetch import SourceUnavailable, unavailable
+from tools.corpus.model import Asset, Figure, Page, slug, stable_hash
 
 MAX_PNG_BYTES = 4 * 1024 * 1024
 

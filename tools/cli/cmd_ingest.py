@@ -1,4 +1,4 @@
-"""`magiclens ingest`: announce pages (URL, sitemap, WARC) through services.ingest."""
+"""`magiclens ingest`: announce pages (URL, sitemap, WARC) through tools.ingest."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import json
 import sys
 from pathlib import Path
 
-from services.cli import backends
-from services.cli.errors import CliError, NotBuiltError, UsageError
-from services.cli.settings import ClientSettings
+from tools.cli import backends
+from tools.cli.errors import CliError, NotBuiltError, UsageError
+from tools.cli.settings import ClientSettings
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,8 +38,8 @@ def run(args: argparse.Namespace, settings: ClientSettings) -> int:
         raise UsageError("--max-pages must be at least 1")
     if not backends.is_built("ingest"):
         raise NotBuiltError(f"{backends.describe('ingest')} is not built yet")
-    from services.ingest.__main__ import main as ingest_main
     from services.mining.urls import BadUrl, normalise
+    from tools.ingest.__main__ import main as ingest_main
 
     for u in args.url or []:
         try:

@@ -10,11 +10,11 @@ from magiclens.v1 import search_pb2
 from runtime import search_client
 from runtime.rpc import RpcFailure
 from runtime.search_client import response_dict
-from services.cli.errors import UsageError
-from services.cli.images import image_input
-from services.cli.output import emit, table
-from services.cli.rpc import cli_error
-from services.cli.settings import ClientSettings
+from tools.cli.errors import UsageError
+from tools.cli.images import image_input
+from tools.cli.output import emit, table
+from tools.cli.rpc import cli_error
+from tools.cli.settings import ClientSettings
 
 MAX_INSTRUCTION_CHARS = 1000
 

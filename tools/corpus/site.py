@@ -13,7 +13,7 @@ import posixpath
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from services.corpus.model import Page, stable_hash
+from tools.corpus.model import Page, stable_hash
 
 MODES = ("plain", "srcset", "picture", "lazy", "base")
 PLACEHOLDER = "data:image/gif;base64,R0lGODlhAQABAAAAACH5BAEKAAEALAAAAAABAAEAAAICTAEAOw=="

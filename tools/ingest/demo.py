@@ -1,4 +1,4 @@
-"""`python -m services.ingest.demo`: the demo's ingestion in one step (what `task ingest` runs).
+"""`python -m tools.ingest.demo`: the demo's ingestion in one step (what `task ingest` runs).
 
 Builds the corpus if it is missing, serves it on 127.0.0.1:8765 in the background (left
 running, pid in data/infra/corpus-serve.pid) unless something already serves it there, and
@@ -29,14 +29,14 @@ def ensure_corpus(size: str = "small", detach: bool = True) -> subprocess.Popen 
     """Build if missing and serve on :8765; returns the server we started (None if reused)."""
     root = project_root()
     if not (root / "data/corpus/site/sitemap.xml").exists():
-        subprocess.run([sys.executable, "-m", "services.corpus", "build", "--size", size],
+        subprocess.run([sys.executable, "-m", "tools.corpus", "build", "--size", size],
                        cwd=root, check=True)
     if serving():
         return None
     log_dir = root / "data/infra"
     log_dir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.corpus", "serve", "--port", "8765"], cwd=root,
+        [sys.executable, "-m", "tools.corpus", "serve", "--port", "8765"], cwd=root,
         stdout=(log_dir / "corpus-serve.log").open("ab"), stderr=subprocess.STDOUT,
         start_new_session=detach)
     (log_dir / "corpus-serve.pid").write_text(str(proc.pid))
@@ -48,7 +48,7 @@ def ensure_corpus(size: str = "small", detach: bool = True) -> subprocess.Popen 
 
 
 def main() -> int:
-    from services.ingest.__main__ import main as ingest_main
+    from tools.ingest.__main__ import main as ingest_main
 
     size = sys.argv[1] if len(sys.argv) > 1 else "small"
     ensure_corpus(size)

@@ -32,7 +32,7 @@ def write_warc(site: Path, out: Path, base_url: str) -> int:
     tmp = out.with_name(out.name + ".tmp")
     with tmp.open("wb") as fh:
         w = WARCWriter(fh, gzip=True)
-        info = b"software: magiclens services.corpus\r\nformat: WARC File Format 1.0\r\n"
+        info = b"software: magiclens tools.corpus\r\nformat: WARC File Format 1.0\r\n"
         w.write_record(w.create_warc_record(
             "", "warcinfo", payload=io.BytesIO(info), length=len(info),
             warc_content_type="application/warc-fields",

@@ -9,10 +9,10 @@ from typing import Any
 
 from magiclens.v1 import training_pb2, training_pb2_grpc
 
-from services.cli import rpc
-from services.cli.errors import CliError, UsageError
-from services.cli.output import emit, table
-from services.cli.settings import ClientSettings
+from tools.cli import rpc
+from tools.cli.errors import CliError, UsageError
+from tools.cli.output import emit, table
+from tools.cli.settings import ClientSettings
 
 FINAL_RUN_STATES = {"succeeded", "failed"}
 POLL_S = 2.0

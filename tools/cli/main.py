@@ -1,7 +1,7 @@
 """The `magiclens` command line: search, ingest, index, status, train, models, promote, eval.
 
 Every failure a user can cause or meet (a stopped service, a bad argument, a missing file)
-ends as ONE line on stderr and a distinct exit code (see services.cli.errors); set
+ends as ONE line on stderr and a distinct exit code (see tools.cli.errors); set
 MAGICLENS_DEBUG=1 to see the traceback of an unexpected error.
 """
 
@@ -15,7 +15,7 @@ from typing import NoReturn
 
 from runtime.config import load_settings
 from runtime.errors import ConfigError, ServiceError
-from services.cli import (
+from tools.cli import (
     cmd_eval,
     cmd_index,
     cmd_ingest,
@@ -23,8 +23,8 @@ from services.cli import (
     cmd_status,
     cmd_training,
 )
-from services.cli.errors import EXIT_FAILED, EXIT_USAGE, CliError
-from services.cli.settings import ClientSettings
+from tools.cli.errors import EXIT_FAILED, EXIT_USAGE, CliError
+from tools.cli.settings import ClientSettings
 
 PROG = "magiclens"
 

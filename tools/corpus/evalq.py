@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from services.corpus.model import stable_hash
+from tools.corpus.model import stable_hash
 
 STYLE_PHRASES = {
     "openmoji-line": ["as a line drawing", "the same thing as black-and-white line art",

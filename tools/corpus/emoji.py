@@ -18,10 +18,10 @@ from pathlib import Path
 
 from PIL import Image, ImageFont
 
-from services.corpus import render
-from services.corpus.context import Context
-from services.corpus.fetch import SourceUnavailable, unavailable
-from services.corpus.model import Asset, Figure, Page, slug, stable_hash
+from tools.corpus import render
+from tools.corpus.context import Context
+from tools.corpus.fetch import SourceUnavailable, unavailable
+from tools.corpus.model import Asset, Figure, Page, slug, stable_hash
 
 SKIN = {1: "light", 2: "medium-light", 3: "medium", 4: "medium-dark", 5: "dark"}
 SKIN_CP = {"1F3FB": 1, "1F3FC": 2, "1F3FD": 3, "1F3FE": 4, "1F3FF": 5}

@@ -8,8 +8,8 @@ from typing import TypeVar
 
 from runtime import rpc
 from runtime.rpc import RpcFailure, channel
-from services.cli import backends
-from services.cli.errors import CliError, NotBuiltError, UsageError
+from tools.cli import backends
+from tools.cli.errors import CliError, NotBuiltError, UsageError
 
 __all__ = ["call", "channel", "cli_error"]
 

@@ -1,4 +1,4 @@
-"""`python -m services.ingest --url U | --sitemap URL | --warc FILE`: announce pages on Kafka.
+"""`python -m tools.ingest --url U | --sitemap URL | --warc FILE`: announce pages on Kafka.
 
 Each page becomes a PageDiscovered event on the page topic (key = URL); the mining service
 does the rest. Sitemaps are fetched through the miner's SSRF guard (`--allow-private` lets
@@ -85,7 +85,7 @@ def collect(args: argparse.Namespace, settings: MiningSettings
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m services.ingest", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m tools.ingest", description=__doc__)
     ap.add_argument("--url", action="append", help="a page URL (repeatable)")
     ap.add_argument("--sitemap", help="a sitemap or sitemap index URL")
     ap.add_argument("--warc", type=Path, help="a WARC(.gz) file")

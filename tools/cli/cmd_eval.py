@@ -10,9 +10,9 @@ import argparse
 import subprocess
 import sys
 
-from services.cli import backends
-from services.cli.errors import CliError, NotBuiltError
-from services.cli.settings import ClientSettings
+from tools.cli import backends
+from tools.cli.errors import CliError, NotBuiltError
+from tools.cli.settings import ClientSettings
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

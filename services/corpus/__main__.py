@@ -1,5 +1,0 @@
-"""``python -m services.corpus`` entry point."""
-
-from services.corpus.cli import main
-
-raise SystemExit(main())
