@@ -122,7 +122,7 @@ WORKLOADS: tuple[Workload, ...] = (
              env={"MAGICLENS_GATEWAY_HOST": "0.0.0.0", "MAGICLENS_GATEWAY_PORT": "8080"},
              requests=("100m", "256Mi"), limits=("500m", "512Mi"), migrate=False),
     # No server of its own (no health or metrics endpoint yet): see deploy/README.md.
-    Workload("outbox-relay", "runtime.outbox", uses=frozenset({POSTGRES, KAFKA})),
+    Workload("outbox-relay", "services.outbox_relay", uses=frozenset({POSTGRES, KAFKA})),
 )
 
 BY_NAME = {w.name: w for w in WORKLOADS}

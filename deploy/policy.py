@@ -33,7 +33,7 @@ WORKLOAD_KINDS = ("Deployment", "StatefulSet")
 # Containers without any server to probe (names). They only consume/poll and publish; a dead
 # one exits and the container restarts. They need a health/metrics port to be probed.
 PROBE_EXEMPT = {
-    "outbox-relay": "no server: runtime.outbox exposes no health port",
+    "outbox-relay": "no server: services.outbox_relay exposes no health port",
     "embedding-worker": "no server: services.embedding.worker exposes no health port",
 }
 # Variables naming where a process writes, and where the code writes when one is unset (in

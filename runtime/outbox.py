@@ -3,25 +3,24 @@
 `enqueue(conn, topic, key, message)` inserts the event beside the caller's own writes; the
 relay publishes unpublished rows in id order, waits for the broker's acks, then stamps them.
 A relay killed between publish and stamp republishes on restart: delivery is at-least-once
-and consumers dedupe by event id. Run it with `python -m runtime.outbox`.
+and consumers dedupe by event id. Every service runs one beside its own work
+(runtime/service.py); `python -m services.outbox_relay` runs relays on their own.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 import uuid
 
 import psycopg
 from google.protobuf.message import Message
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
-from pydantic import Field
 
 from runtime import db
 from runtime.bus import make_headers, make_producer
-from runtime.config import BaseServiceSettings, load_settings
+from runtime.config import BaseServiceSettings
 from runtime.errors import UnavailableError
 from runtime.topics import Topic
 
@@ -108,37 +107,7 @@ class OutboxRelay:
             conn.close()
 
 
-class RelaySettings(BaseServiceSettings):
-    outbox_batch: int = Field(default=500, ge=1, le=10_000)
-
-
 def check_dependencies(settings: BaseServiceSettings) -> None:
     """Fail fast, with one line, when Postgres or the broker cannot be reached at start."""
     db.connect(settings.database_url).close()
     make_producer(settings.kafka_bootstrap_servers).close(timeout=2)
-
-
-def main() -> int:
-    import signal
-
-    from runtime.logs import setup_logging
-
-    settings = load_settings(RelaySettings)
-    setup_logging("outbox-relay", settings.log_level)
-    check_dependencies(settings)
-    relay = OutboxRelay(settings.database_url, settings.kafka_bootstrap_servers,
-                        batch_size=settings.outbox_batch)
-    signal.signal(signal.SIGTERM, lambda *_: relay.stop())
-    signal.signal(signal.SIGINT, lambda *_: relay.stop())
-    log.info("outbox relay started")
-    started = time.monotonic()
-    relay.run()
-    log.info("outbox relay stopped", extra={"published": relay.published,
-                                            "uptime_s": round(time.monotonic() - started, 1)})
-    return 0
-
-
-if __name__ == "__main__":
-    from runtime.config import run_main
-
-    run_main("outbox-relay", main)

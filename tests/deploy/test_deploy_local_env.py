@@ -94,7 +94,7 @@ def test_every_dev_workload_resolves_to_local_addresses(dev_text, tmp_path):
     assert procs["search-root"].env["MAGICLENS_SHARDS"] == "127.0.0.1:50060"
     assert procs["search-root"].env["MAGICLENS_TRITON_URL"] == "127.0.0.1:8001"
     assert procs["gateway"].env["MAGICLENS_SEARCH_ADDR"] == "127.0.0.1:50055"
-    assert procs["outbox-relay"].command[1:] == ["-m", "runtime.outbox"]
+    assert procs["outbox-relay"].command[1:] == ["-m", "services.outbox_relay"]
     server = procs["embedding-server"]
     assert server.command[0].endswith(".venv-triton/bin/python")
     cur = server.command.index("--current-file") + 1

@@ -79,7 +79,7 @@ def test_bad_configuration_is_one_clear_line(monkeypatch):
 
 
 def _run_relay(env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "runtime.outbox"], env=env,
+    return subprocess.run([sys.executable, "-m", "services.outbox_relay"], env=env,
                           capture_output=True, text=True, timeout=60)
 
 

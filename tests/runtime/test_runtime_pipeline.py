@@ -78,7 +78,7 @@ def test_outbox_relay_sigkilled_mid_batch_delivers_everything_once(infra_servers
             outbox.enqueue(conn, topic, k, events_pb2.PageDiscovered(url=k))
 
     def relay() -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "runtime.outbox"],
+        return subprocess.Popen([sys.executable, "-m", "services.outbox_relay"],
                                 env=infra_servers.env(MAGICLENS_OUTBOX_BATCH="10"),
                                 stderr=subprocess.DEVNULL)
 
