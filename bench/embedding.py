@@ -82,8 +82,8 @@ def worker_throughput(args) -> None:
     from runtime import db, ports
     from runtime.blobstore import open_blobstore
     from runtime.config import load_settings
+    from runtime.serving import set_serving_version
     from services.embedding.worker import Worker, WorkerSettings
-    from services.search import store
 
     client = EmbeddingClient(args.triton_url)
     pool = images(args.pool)
@@ -103,7 +103,7 @@ def worker_throughput(args) -> None:
             conn.execute("INSERT INTO model_versions (model_version, config_name, checkpoint_uri,"
                          " status) VALUES (%s, 'compact', 'file:///bench', 'promoted')",
                          (version,))
-            store.set_serving_version(conn, version, "file:///bench")
+            set_serving_version(conn, version, "file:///bench")
             page = conn.execute("INSERT INTO pages (url, url_hash, domain, source, status) "
                                 "VALUES ('https://bench.example/', 'bench', 'bench.example', "
                                 "'bench', 'mined') RETURNING page_id").fetchone()["page_id"]

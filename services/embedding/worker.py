@@ -43,6 +43,7 @@ from runtime.config import BaseServiceSettings, load_settings, run_main
 from runtime.errors import UnavailableError
 from runtime.logs import setup_logging
 from runtime.service import Service
+from runtime.serving import serving_version, set_serving_version, vector_bytes
 from runtime.topics import EMBEDDINGS_READY, IMAGES_MINED, MODELS_PUBLISHED, Topic
 from services.embedding.client import (
     MAX_REQUEST_IMAGES,
@@ -52,7 +53,6 @@ from services.embedding.client import (
     ModelNotLoadedError,
 )
 from services.embedding.current import read_current, write_current
-from services.search import store
 
 log = logging.getLogger("embedding-worker")
 
@@ -148,7 +148,7 @@ class Worker:
             "VALUES (%s, %s, %s, 'promoted') ON CONFLICT (model_version) DO UPDATE "
             "SET status = 'promoted', updated_at = now()",
             (msg.model_version, msg.config_name or "compact", msg.checkpoint_uri))
-        store.set_serving_version(conn, msg.model_version, msg.checkpoint_uri)
+        set_serving_version(conn, msg.model_version, msg.checkpoint_uri)
         write_current(self.s.current_file, msg.model_version,
                       checkpoint_path(msg.checkpoint_uri, self.s.current_file, self.blobs))
         log.info("promoted model version", extra={"version": msg.model_version})
@@ -156,7 +156,7 @@ class Worker:
     # ------------------------------------------------------------------ embedding
 
     def on_image_mined(self, conn, msg: events_pb2.ImageMined) -> None:
-        serving = store.serving_version(conn)
+        serving = serving_version(conn)
         if serving is None:
             return  # nothing serves yet; the reconciler embeds once a version is promoted
         version = serving[0]
@@ -246,7 +246,7 @@ class Worker:
         inserted = conn.execute(
             "INSERT INTO image_embeddings (image_id, model_version, embedding) "
             "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1",
-            (p.image_id, p.version, p.vector.astype("<f4").tobytes())).fetchone()
+            (p.image_id, p.version, vector_bytes(p.vector))).fetchone()
         if inserted is None:
             return  # stored before (another worker): its EmbeddingReady was emitted then
         self.embedded += 1
@@ -270,7 +270,7 @@ class Worker:
 
     def reconcile(self):
         with db.connect(self.s.database_url) as conn:
-            serving = store.serving_version(conn)
+            serving = serving_version(conn)
             if serving is None:
                 return
             version, uri = serving

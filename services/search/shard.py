@@ -35,6 +35,7 @@ from runtime.bus import Consumer, Event
 from runtime.config import BaseServiceSettings, load_settings, run_main
 from runtime.logs import setup_logging
 from runtime.service import Service
+from runtime.serving import serving_version
 from runtime.topics import EMBEDDINGS_READY, MODELS_PUBLISHED
 from services.search import store
 from services.search.index import DEFAULT_BRUTE_THRESHOLD, IndexParams, ShardIndex
@@ -80,7 +81,7 @@ class Shard:
     def start(self) -> None:
         """Restore or build the serving version (before any other thread runs), then sync."""
         with db.connect(self.s.database_url) as conn:
-            serving = store.serving_version(conn)
+            serving = serving_version(conn)
         version = serving[0] if serving else ""
         snap = ShardIndex.restore(self.dir / "current")
         if snap is not None and snap.model_version == version and version:
@@ -177,7 +178,7 @@ class Shard:
         """Blue/green: build the promoted version beside the serving one, then swap."""
         current = self.index
         with db.connect(self.s.database_url) as conn:
-            serving = store.serving_version(conn)
+            serving = serving_version(conn)
             if serving is None or serving[0] == current.model_version:
                 self.next_version = ""
                 return

@@ -1,4 +1,8 @@
-"""Postgres reads and writes the search tier needs (one place for its SQL)."""
+"""Postgres reads and writes the search tier needs (one place for its SQL).
+
+Which version serves is the runtime's registry (runtime/serving.py), shared with the
+embedding worker that records promotions.
+"""
 
 from __future__ import annotations
 
@@ -7,32 +11,9 @@ from datetime import datetime
 import numpy as np
 import psycopg
 
+from runtime.serving import vectors_from_rows
+
 LIVE = "i.status NOT IN ('rejected', 'deleted')"
-DEPLOYMENT = "default"
-
-
-def serving_version(conn: psycopg.Connection, name: str = DEPLOYMENT) -> tuple[str, str] | None:
-    """(model_version, checkpoint_uri) that should serve, or None before any promotion."""
-    row = conn.execute("SELECT model_version, checkpoint_uri FROM serving_models WHERE name = %s",
-                       (name,)).fetchone()
-    return (row["model_version"], row["checkpoint_uri"]) if row else None
-
-
-def set_serving_version(conn: psycopg.Connection, model_version: str, checkpoint_uri: str,
-                        name: str = DEPLOYMENT) -> None:
-    conn.execute(
-        "INSERT INTO serving_models (name, model_version, checkpoint_uri) VALUES (%s, %s, %s) "
-        "ON CONFLICT (name) DO UPDATE SET model_version = EXCLUDED.model_version, "
-        "checkpoint_uri = EXCLUDED.checkpoint_uri, updated_at = now()",
-        (name, model_version, checkpoint_uri))
-
-
-def _vectors(rows: list[dict], dim_hint: int = 0) -> np.ndarray:
-    if not rows:
-        return np.zeros((0, dim_hint), np.float32)
-    return np.stack([np.frombuffer(bytes(r["embedding"]), dtype="<f4") for r in rows])
-
-
 def partition_ids(conn: psycopg.Connection, version: str, shard: int, num_shards: int
                   ) -> set[int]:
     """Live images of this shard's partition that have an embedding of `version`."""
@@ -55,7 +36,7 @@ def load_embeddings(conn: psycopg.Connection, version: str, ids: list[int]
         "WHERE e.model_version = %s AND e.image_id = ANY(%s) ORDER BY e.image_id",
         (version, ids)).fetchall()
     attrs = {r["image_id"]: (r["source"], r["domain"]) for r in rows}
-    return np.array([r["image_id"] for r in rows], np.int64), _vectors(rows), attrs
+    return np.array([r["image_id"] for r in rows], np.int64), vectors_from_rows(rows), attrs
 
 
 def image_live(conn: psycopg.Connection, image_id: int) -> bool:

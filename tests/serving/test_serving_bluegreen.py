@@ -26,6 +26,7 @@ from conftest import ROOT, free_port
 from magiclens.v1 import search_pb2, search_pb2_grpc
 from test_serving_search import _start, _wait_port
 
+from runtime.serving import set_serving_version
 from services.search.index import ShardIndex
 
 N, D, K, QUERIES, THREADS = 4000, 128, 10, 64, 4
@@ -77,7 +78,6 @@ def _insert_embeddings(url: str, version: str, rows: list[tuple[int, np.ndarray]
 def pool(fresh_db):
     """N live images in a private database with version-A embeddings; A is serving."""
     from runtime import db
-    from services.search import store
 
     rng = np.random.default_rng(7)
     vec_a = _clustered(N, D, rng)
@@ -91,7 +91,7 @@ def pool(fresh_db):
         ids = np.array([r["image_id"] for r in cur.execute(
             "SELECT image_id FROM images WHERE content_hash LIKE %s ORDER BY image_id",
             ("bluegreen-%",)).fetchall()], np.int64)
-        store.set_serving_version(conn, A, "file:///a")
+        set_serving_version(conn, A, "file:///a")
     _insert_embeddings(fresh_db, A, list(zip(ids.tolist(), vec_a, strict=True)))
     qi = rng.choice(N, QUERIES, replace=False)
     queries = vec_a[qi] + 0.01 * rng.standard_normal((QUERIES, D), dtype=np.float32)
@@ -106,7 +106,6 @@ def pool(fresh_db):
 def test_bluegreen_rebuild_serves_old_index_until_swap_then_new(
         infra_servers, fresh_db, pool, tmp_path):
     from runtime import db
-    from services.search import store
 
     ids, vec_b, queries, truth = pool
     tag = os.urandom(4).hex()
@@ -158,7 +157,7 @@ def test_bluegreen_rebuild_serves_old_index_until_swap_then_new(
         _insert_embeddings(fresh_db, B, list(zip(ids[:half].tolist(), vec_b[:half],
                                                  strict=True)))
         with db.transaction(fresh_db) as conn:
-            store.set_serving_version(conn, B, "file:///b")
+            set_serving_version(conn, B, "file:///b")
         _wait_for(lambda: status().next_model_version == B, 30, "the shard to see version B")
         t_noticed = time.time()
         time.sleep(1.5)  # several version checks at 50% coverage

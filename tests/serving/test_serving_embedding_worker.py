@@ -28,10 +28,10 @@ from runtime import db
 from runtime.blobstore import open_blobstore
 from runtime.bus import Event, ensure_topics, make_producer, publish
 from runtime.config import load_settings
+from runtime.serving import serving_version
 from services.embedding.client import EmbeddingClient
 from services.embedding.current import read_current
 from services.embedding.worker import Worker, WorkerSettings
-from services.search import store
 
 DISCOVERED = datetime.now(UTC) - timedelta(minutes=5)
 
@@ -215,7 +215,7 @@ def test_images_get_one_vector_and_one_event_each_even_when_events_are_redeliver
 
 def _serving(e) -> str | None:
     with db.connect(e.url) as conn:
-        serving = store.serving_version(conn)
+        serving = serving_version(conn)
     return serving[0] if serving else None
 
 

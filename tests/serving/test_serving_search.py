@@ -129,7 +129,7 @@ def cluster(infra_servers, corpus, triton, checkpoints, tmp_path_factory):
     """Postgres rows for the pool (as the worker writes them), 2 shards, the root."""
     from runtime import db
     from runtime.blobstore import open_blobstore
-    from services.search import store
+    from runtime.serving import set_serving_version
 
     imgs, vecs = corpus
     d = tmp_path_factory.mktemp("search")
@@ -140,7 +140,7 @@ def cluster(infra_servers, corpus, triton, checkpoints, tmp_path_factory):
         conn.execute("INSERT INTO model_versions (model_version, config_name, checkpoint_uri, "
                      "status) VALUES ('serving-a', 'compact', %s, 'promoted') "
                      "ON CONFLICT DO NOTHING", (str(checkpoints["serving-a"]),))
-        store.set_serving_version(conn, "serving-a", str(checkpoints["serving-a"]))
+        set_serving_version(conn, "serving-a", str(checkpoints["serving-a"]))
         # earlier runs' pool rows are retired so this run's pool is the whole index
         conn.execute("UPDATE images SET status = 'deleted' WHERE source_url LIKE "
                      "'https://serving-test.example/%%'")

@@ -23,8 +23,8 @@ from magiclens.v1 import events_pb2
 
 from runtime import db
 from runtime.bus import Event
+from runtime.serving import set_serving_version
 from runtime.topics import EMBEDDINGS_READY
-from services.search import store
 from services.search.index import ShardIndex
 from services.search.shard import Shard, ShardSettings
 
@@ -107,7 +107,7 @@ def _embed(url: str, version: str, ids: list[int]) -> dict[int, np.ndarray]:
 
 def _promote(url: str, version: str) -> None:
     with db.transaction(url) as conn:
-        store.set_serving_version(conn, version, f"file:///{version}")
+        set_serving_version(conn, version, f"file:///{version}")
 
 
 def _started(url: str, tmp_path, images: list[int]) -> tuple[RecordingShard, str]:
