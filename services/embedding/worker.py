@@ -44,7 +44,7 @@ from runtime.errors import UnavailableError
 from runtime.logs import setup_logging
 from runtime.service import Service
 from runtime.serving import serving_version, set_serving_version, vector_bytes
-from runtime.topics import EMBEDDINGS_READY, IMAGES_MINED, MODELS_PUBLISHED, Topic
+from runtime.topics import EMBEDDINGS_READY, IMAGES_MINED, MODELS_PUBLISHED, Topic, renamed
 from services.embedding.client import (
     MAX_REQUEST_IMAGES,
     BadImageError,
@@ -87,12 +87,6 @@ def checkpoint_path(uri: str, current_file: Path, blobs) -> str:
     return str(checkpoint_store.fetch(uri, current_file.parent / "checkpoints", blobs))
 
 
-def _topic(base: Topic, name: str) -> Topic:
-    if name == base.name:
-        return base
-    return Topic(name, base.key, base.message, base.producers, base.consumers, base.partitions)
-
-
 @dataclass
 class Pending:
     """An image to embed, then its outcome: a vector (and the version that made it), or the
@@ -112,9 +106,9 @@ class Worker:
         self.s = settings
         self.client = client or EmbeddingClient(settings.triton_url)
         self.blobs = open_blobstore(settings.blob_root)
-        self.images_topic = _topic(IMAGES_MINED, settings.embedding_images_topic)
-        self.models_topic = _topic(MODELS_PUBLISHED, settings.embedding_models_topic)
-        self.ready_topic = _topic(EMBEDDINGS_READY, settings.embedding_ready_topic)
+        self.images_topic = renamed(IMAGES_MINED, settings.embedding_images_topic)
+        self.models_topic = renamed(MODELS_PUBLISHED, settings.embedding_models_topic)
+        self.ready_topic = renamed(EMBEDDINGS_READY, settings.embedding_ready_topic)
         # counters (tests and the bench read them)
         self.requests = self.embedded = self.rejected = self.fallbacks = 0
 

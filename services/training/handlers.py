@@ -14,7 +14,7 @@ import psycopg
 from magiclens.v1 import events_pb2
 
 from runtime.bus import Consumer, Event
-from runtime.topics import TRIPLES_CREATED, Topic
+from runtime.topics import TRIPLES_CREATED, Topic, renamed
 from services.training import store
 from services.training.config import TrainingSettings
 from services.training.triples import SQL
@@ -26,11 +26,7 @@ _AUTO_LOCK = 0x4D4C_4155_544F  # one auto-start decision at a time
 
 
 def triples_topic(settings: TrainingSettings) -> Topic:
-    name = settings.training_triples_topic
-    if name == TRIPLES_CREATED.name:
-        return TRIPLES_CREATED
-    return Topic(name, TRIPLES_CREATED.key, TRIPLES_CREATED.message, TRIPLES_CREATED.producers,
-                 TRIPLES_CREATED.consumers)
+    return renamed(TRIPLES_CREATED, settings.training_triples_topic)
 
 
 def new_training_triples(conn: psycopg.Connection) -> int:

@@ -17,7 +17,7 @@ import psycopg
 from magiclens.v1 import events_pb2
 
 from runtime import outbox
-from runtime.topics import MODELS_PUBLISHED, Topic
+from runtime.topics import MODELS_PUBLISHED, Topic, renamed
 
 _PROMOTE_LOCK = 0x4D4C_5052_4F4D  # serialises PromoteModel calls
 
@@ -31,10 +31,7 @@ class Conflict(RuntimeError):
 
 
 def models_topic(name: str) -> Topic:
-    if name == MODELS_PUBLISHED.name:
-        return MODELS_PUBLISHED
-    return Topic(name, MODELS_PUBLISHED.key, MODELS_PUBLISHED.message, MODELS_PUBLISHED.producers,
-                 MODELS_PUBLISHED.consumers, partitions=1)
+    return renamed(MODELS_PUBLISHED, name)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from runtime.bus import BadEvent, decode
 from runtime.config import BaseServiceSettings, load_settings
 from runtime.errors import ConfigError, UnavailableError
 from runtime.grpc_server import GrpcServer
-from runtime.topics import ALL_TOPICS, PAGES_DISCOVERED, markdown_table
+from runtime.topics import ALL_TOPICS, PAGES_DISCOVERED, markdown_table, renamed
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPECTED_TABLES = {"pages", "images", "page_images", "image_rejections", "image_annotations",
@@ -153,6 +153,14 @@ def test_topic_table_doc_is_current():
     doc = (ROOT / "docs/topics.md").read_text()
     assert markdown_table() in doc, "docs/topics.md is stale: run `task docs:topics`"
     assert len({t.name for t in ALL_TOPICS}) == len(ALL_TOPICS)
+
+
+def test_a_renamed_topic_keeps_everything_but_its_name():
+    assert renamed(PAGES_DISCOVERED, PAGES_DISCOVERED.name) is PAGES_DISCOVERED
+    private = renamed(PAGES_DISCOVERED, "test.pages")
+    assert private.name == "test.pages"
+    assert (private.key, private.message, private.partitions, private.accepts_json) == (
+        PAGES_DISCOVERED.key, PAGES_DISCOVERED.message, PAGES_DISCOVERED.partitions, True)
 
 
 def test_protos_pass_buf_lint():
