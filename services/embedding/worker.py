@@ -56,7 +56,6 @@ from services.embedding.current import read_current, write_current
 
 log = logging.getLogger("embedding-worker")
 
-LIVE = "i.status NOT IN ('rejected', 'deleted') AND i.blob_uri IS NOT NULL"
 # Batch-mates are looked for among the next ids only: bounded work per event on any pool.
 MATE_ID_WINDOW = 10_000
 # A reconcile pass stops after this long (Kafka polling waits meanwhile; the consumer group
@@ -180,16 +179,16 @@ class Worker:
 
         The event's own row is waited for; a worker holding it commits or rolls back first,
         and the separate statement after the lock sees what it stored."""
-        select = ("SELECT i.image_id, i.blob_uri, p.discovered_at FROM images i "
+        select = ("SELECT i.image_id, i.blob_uri, p.discovered_at FROM live_images i "
                   "LEFT JOIN pages p ON p.page_id = i.first_page_id ")
-        own = conn.execute(select + f"WHERE i.image_id = %s AND {LIVE} FOR NO KEY UPDATE OF i",
+        own = conn.execute(select + "WHERE i.image_id = %s FOR NO KEY UPDATE OF i",
                            (image_id,)).fetchone()
         if own is None or _embedded(conn, version, [image_id]):
             return []
         mates = []
         if self.s.embed_batch > 1:
             mates = conn.execute(
-                select + f"WHERE i.image_id > %s AND i.image_id <= %s AND {LIVE} "
+                select + "WHERE i.image_id > %s AND i.image_id <= %s "
                 "AND NOT EXISTS (SELECT 1 FROM image_embeddings e WHERE e.image_id = i.image_id "
                 "AND e.model_version = %s) ORDER BY i.image_id LIMIT %s "
                 "FOR NO KEY UPDATE OF i SKIP LOCKED",
@@ -281,7 +280,7 @@ class Worker:
         while time.monotonic() < deadline:
             with db.connect(self.s.database_url) as conn:
                 rows = conn.execute(
-                    f"SELECT i.image_id FROM images i WHERE {LIVE} AND i.image_id > %s "
+                    "SELECT i.image_id FROM live_images i WHERE i.image_id > %s "
                     "AND NOT EXISTS (SELECT 1 FROM image_embeddings e WHERE e.image_id = "
                     "i.image_id AND e.model_version = %s) ORDER BY i.image_id LIMIT %s",
                     (after, version, self.s.reconcile_batch)).fetchall()

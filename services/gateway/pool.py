@@ -12,15 +12,14 @@ MAX_SAMPLE = 96
 
 
 def sample(database_url: str, n: int) -> list[dict[str, Any]]:
-    """Up to n random usable pool images with where they came from."""
+    """Up to n random live pool images (the `live_images` view) with where they came from."""
     n = max(1, min(n, MAX_SAMPLE))
     with db.connect(database_url, timeout=3) as conn:
         rows = conn.execute(
             "SELECT i.image_id, i.width, i.height, coalesce(i.alt_text, '') AS alt_text, "
             "coalesce(i.caption, '') AS caption, coalesce(p.url, '') AS page_url, "
-            "coalesce(p.title, i.page_title, '') AS page_title FROM images i "
+            "coalesce(p.title, i.page_title, '') AS page_title FROM live_images i "
             "LEFT JOIN pages p ON p.page_id = i.first_page_id "
-            "WHERE i.status IN ('mined', 'annotated') AND i.blob_uri IS NOT NULL "
             "ORDER BY random() LIMIT %s", (n,)).fetchall()
     return [dict(r) | {"src": f"/images/{r['image_id']}"} for r in rows]
 
@@ -30,7 +29,10 @@ class BlobMissing(LookupError):
 
 
 def image_bytes(database_url: str, blobs: BlobStore, image_id: int) -> tuple[bytes, str] | None:
-    """(bytes, content type) of a pool image, or None when there is no such image."""
+    """(bytes, content type) of an image, or None when there is no such image.
+
+    Any image that is not deleted and has bytes: a rejected one stays viewable by its id,
+    although it is not live (not searchable, not offered in the picker)."""
     with db.connect(database_url, timeout=3) as conn:
         row = conn.execute("SELECT blob_uri, mime_type FROM images WHERE image_id = %s "
                            "AND status <> 'deleted' AND blob_uri IS NOT NULL",

@@ -97,10 +97,9 @@ class Root(search_pb2_grpc.SearchServiceServicer):
             data = fetch_url(q.image_url, self.allow, self.s.url_fetch_timeout_s)
         elif which == "image_id":
             with db.connect(self.s.database_url) as conn:
-                row = conn.execute("SELECT blob_uri FROM images WHERE image_id = %s AND "
-                                   "status NOT IN ('rejected', 'deleted')",
+                row = conn.execute("SELECT blob_uri FROM live_images WHERE image_id = %s",
                                    (q.image_id,)).fetchone()
-            if row is None or not row["blob_uri"]:
+            if row is None:
                 context.abort(grpc.StatusCode.NOT_FOUND, f"image {q.image_id} is not in the pool")
             return self.blobs.get(row["blob_uri"]), q.image_id
         else:

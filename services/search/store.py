@@ -13,13 +13,13 @@ import psycopg
 
 from runtime.serving import vectors_from_rows
 
-LIVE = "i.status NOT IN ('rejected', 'deleted')"
+
 def partition_ids(conn: psycopg.Connection, version: str, shard: int, num_shards: int
                   ) -> set[int]:
     """Live images of this shard's partition that have an embedding of `version`."""
     rows = conn.execute(
-        f"SELECT e.image_id FROM image_embeddings e JOIN images i USING (image_id) "
-        f"WHERE e.model_version = %s AND e.image_id %% %s = %s AND {LIVE}",
+        "SELECT e.image_id FROM image_embeddings e JOIN live_images i USING (image_id) "
+        "WHERE e.model_version = %s AND e.image_id %% %s = %s",
         (version, num_shards, shard)).fetchall()
     return {r["image_id"] for r in rows}
 
@@ -40,7 +40,7 @@ def load_embeddings(conn: psycopg.Connection, version: str, ids: list[int]
 
 
 def image_live(conn: psycopg.Connection, image_id: int) -> bool:
-    row = conn.execute(f"SELECT 1 FROM images i WHERE image_id = %s AND {LIVE}",
+    row = conn.execute("SELECT 1 FROM live_images WHERE image_id = %s",
                        (image_id,)).fetchone()
     return row is not None
 
@@ -48,9 +48,9 @@ def image_live(conn: psycopg.Connection, image_id: int) -> bool:
 def coverage(conn: psycopg.Connection, version: str, shard: int, num_shards: int) -> float:
     """Fraction of this partition's live images embedded with `version`."""
     row = conn.execute(
-        f"SELECT count(*) AS n, count(e.image_id) AS done FROM images i "
-        f"LEFT JOIN image_embeddings e ON e.image_id = i.image_id AND e.model_version = %s "
-        f"WHERE i.image_id %% %s = %s AND {LIVE}", (version, num_shards, shard)).fetchone()
+        "SELECT count(*) AS n, count(e.image_id) AS done FROM live_images i "
+        "LEFT JOIN image_embeddings e ON e.image_id = i.image_id AND e.model_version = %s "
+        "WHERE i.image_id %% %s = %s", (version, num_shards, shard)).fetchone()
     return 1.0 if row["n"] == 0 else row["done"] / row["n"]
 
 

@@ -1,6 +1,6 @@
 """Training triples from Postgres (the trainer's `TripleSource`), and their JSONL export.
 
-Which triples count: active ones joined to images that have blob bytes. `split="train"`
+Which triples count: active ones between live images (the `live_images` view). `split="train"`
 takes triples of split 'train' and drops every triple that touches a held-out page (the
 pair's page, or any page either image appears on), so held-out pages never leak into
 training. `split="heldout"` is the evaluation set: triples of split 'heldout' or on a
@@ -37,11 +37,9 @@ SELECT t.triple_id, t.instruction,
 FROM triples t
 JOIN pairs p ON p.pair_id = t.pair_id
 JOIN pages pg ON pg.page_id = p.page_id
-JOIN images q ON q.image_id = t.query_image_id
-JOIN images g ON g.image_id = t.target_image_id
+JOIN live_images q ON q.image_id = t.query_image_id
+JOIN live_images g ON g.image_id = t.target_image_id
 WHERE t.status = 'active'
-  AND q.blob_uri IS NOT NULL AND g.blob_uri IS NOT NULL
-  AND q.status NOT IN ('rejected', 'deleted') AND g.status NOT IN ('rejected', 'deleted')
 """
 _HELDOUT_IMAGE = """EXISTS (
     SELECT 1 FROM images i JOIN pages hp ON hp.page_id = i.first_page_id

@@ -69,6 +69,19 @@ def test_pipeline_state_is_in_postgres(fresh_database):
             conn.execute("UPDATE pages SET status = 'halfway'")
 
 
+def test_live_images_are_in_the_pool_and_have_bytes(fresh_database):
+    """One rule, in the schema: not rejected, not deleted, and with a blob."""
+    db.migrate(fresh_database)
+    with psycopg.connect(fresh_database) as conn:
+        for i, (status, blob) in enumerate([("mined", "file:///a"), ("annotated", "file:///b"),
+                                            ("rejected", "file:///c"), ("deleted", "file:///d"),
+                                            ("mined", None)]):
+            conn.execute("INSERT INTO images (content_hash, source_url, status, blob_uri) "
+                         "VALUES (%s, 'http://a/x.png', %s, %s)", (f"h{i}", status, blob))
+        live = {r[0] for r in conn.execute("SELECT content_hash FROM live_images")}
+    assert live == {"h0", "h1"}
+
+
 def test_bad_configuration_is_one_clear_line(monkeypatch):
     monkeypatch.setenv("DATABASE_URL", "mysql://nope")
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "no-port-here")

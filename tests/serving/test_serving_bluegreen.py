@@ -86,8 +86,11 @@ def pool(fresh_db):
         for v in (A, B):
             cur.execute("INSERT INTO model_versions (model_version, config_name, status) "
                         "VALUES (%s, 'compact', 'published')", (v,))
-        cur.executemany("INSERT INTO images (content_hash, source_url) VALUES (%s, %s)",
-                        [(f"bluegreen-{i}", f"https://bluegreen.example/{i}") for i in range(N)])
+        # Live images have bytes in the blob store (the shard never reads them).
+        cur.executemany("INSERT INTO images (content_hash, source_url, blob_uri) "
+                        "VALUES (%s, %s, %s)",
+                        [(f"bluegreen-{i}", f"https://bluegreen.example/{i}",
+                          f"file:///blobs/bluegreen-{i}") for i in range(N)])
         ids = np.array([r["image_id"] for r in cur.execute(
             "SELECT image_id FROM images WHERE content_hash LIKE %s ORDER BY image_id",
             ("bluegreen-%",)).fetchall()], np.int64)

@@ -340,9 +340,11 @@ def test_embedding_ready_event_makes_image_searchable_and_measures_freshness(clu
 
     _, vecs = corpus
     with db.transaction(cluster.database_url) as conn:
+        # A live image (its bytes are in the blob store; the shard never reads them).
         new_id = conn.execute(
             "INSERT INTO images (content_hash, source_url, first_page_id, blob_uri) VALUES "
-            "(%s, 'https://serving-test.example/new', %s, NULL) RETURNING image_id",
+            "(%s, 'https://serving-test.example/new', %s, 'file:///blobs/new') "
+            "RETURNING image_id",
             (os.urandom(16).hex(), cluster.page_id)).fetchone()["image_id"]
         conn.execute("INSERT INTO image_embeddings (image_id, model_version, embedding) "
                      "VALUES (%s, 'serving-a', %s)", (new_id, vecs[7].astype("<f4").tobytes()))

@@ -78,8 +78,11 @@ class Hold:
 @pytest.fixture(scope="module")
 def images(fresh_db) -> list[int]:
     with db.transaction(fresh_db) as conn, conn.cursor() as cur:
-        cur.executemany("INSERT INTO images (content_hash, source_url) VALUES (%s, %s)",
-                        [(f"swap-{i}", f"https://swap.example/{i}") for i in range(M)])
+        # Live images have bytes in the blob store (the shard never reads them).
+        cur.executemany("INSERT INTO images (content_hash, source_url, blob_uri) "
+                        "VALUES (%s, %s, %s)",
+                        [(f"swap-{i}", f"https://swap.example/{i}", f"file:///blobs/swap-{i}")
+                         for i in range(M)])
         return [r["image_id"] for r in cur.execute(
             "SELECT image_id FROM images WHERE content_hash LIKE 'swap-%' ORDER BY image_id"
         ).fetchall()]

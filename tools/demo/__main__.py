@@ -58,7 +58,7 @@ def counts(url: str) -> dict[str, int]:
     q = {
         "pages": "SELECT count(*) FROM pages",
         "pages_pending": "SELECT count(*) FROM pages WHERE status IN ('discovered','fetching')",
-        "images": "SELECT count(*) FROM images WHERE status <> 'rejected'",
+        "images": "SELECT count(*) FROM live_images",
         "annotated": "SELECT count(*) FROM image_annotations",
         "pairs": "SELECT count(*) FROM pairs",
         "pairs_pending": "SELECT count(*) FROM pairs WHERE status IN ('mined','kept')",
@@ -117,8 +117,7 @@ def indexed(url: str, version: str) -> tuple[int, int]:
     with psycopg.connect(url) as conn:
         have = conn.execute("SELECT count(*) FROM image_embeddings WHERE model_version = %s",
                             (version,)).fetchone()[0]
-        want = conn.execute("SELECT count(*) FROM images WHERE status <> 'rejected'"
-                            ).fetchone()[0]
+        want = conn.execute("SELECT count(*) FROM live_images").fetchone()[0]
     return have, want
 
 
@@ -232,7 +231,7 @@ def step_index(url: str, version: str) -> None:
 def _pool_ids(url: str) -> dict[str, int]:
     with psycopg.connect(url) as conn:
         return {u: i for u, i in conn.execute(
-            "SELECT source_url, image_id FROM images WHERE status <> 'rejected'")}
+            "SELECT source_url, image_id FROM live_images")}
 
 
 def _read_queries(name: str) -> list[dict]:
