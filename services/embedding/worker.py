@@ -43,8 +43,9 @@ from runtime.config import BaseServiceSettings, load_settings, run_main
 from runtime.errors import UnavailableError
 from runtime.logs import setup_logging
 from runtime.service import Service
-from runtime.serving import serving_version, set_serving_version, vector_bytes
+from runtime.serving import serving_version, set_serving_version
 from runtime.topics import EMBEDDINGS_READY, IMAGES_MINED, MODELS_PUBLISHED, Topic, renamed
+from services.embedding import store
 from services.embedding.client import (
     MAX_REQUEST_IMAGES,
     BadImageError,
@@ -131,16 +132,8 @@ class Worker:
     def on_model_published(self, conn, msg: events_pb2.ModelPublished) -> None:
         if not msg.promoted:
             return
-        # Training's promote() has normally done this already; when the registry row is not
-        # promoted yet (an event from elsewhere), follow the event rather than fail on the
-        # one-promoted-version constraint and dead-letter the promotion.
-        conn.execute("UPDATE model_versions SET status = 'published', updated_at = now() "
-                     "WHERE status = 'promoted' AND model_version <> %s", (msg.model_version,))
-        conn.execute(
-            "INSERT INTO model_versions (model_version, config_name, checkpoint_uri, status) "
-            "VALUES (%s, %s, %s, 'promoted') ON CONFLICT (model_version) DO UPDATE "
-            "SET status = 'promoted', updated_at = now()",
-            (msg.model_version, msg.config_name or "compact", msg.checkpoint_uri))
+        store.follow_promotion(conn, msg.model_version, msg.config_name or "compact",
+                               msg.checkpoint_uri)
         set_serving_version(conn, msg.model_version, msg.checkpoint_uri)
         write_current(self.s.current_file, msg.model_version,
                       checkpoint_path(msg.checkpoint_uri, self.s.current_file, self.blobs))
@@ -179,23 +172,15 @@ class Worker:
 
         The event's own row is waited for; a worker holding it commits or rolls back first,
         and the separate statement after the lock sees what it stored."""
-        select = ("SELECT i.image_id, i.blob_uri, p.discovered_at FROM live_images i "
-                  "LEFT JOIN pages p ON p.page_id = i.first_page_id ")
-        own = conn.execute(select + "WHERE i.image_id = %s FOR NO KEY UPDATE OF i",
-                           (image_id,)).fetchone()
-        if own is None or _embedded(conn, version, [image_id]):
+        own = store.claim(conn, image_id)
+        if own is None or store.embedded(conn, version, [image_id]):
             return []
         mates = []
         if self.s.embed_batch > 1:
-            mates = conn.execute(
-                select + "WHERE i.image_id > %s AND i.image_id <= %s "
-                "AND NOT EXISTS (SELECT 1 FROM image_embeddings e WHERE e.image_id = i.image_id "
-                "AND e.model_version = %s) ORDER BY i.image_id LIMIT %s "
-                "FOR NO KEY UPDATE OF i SKIP LOCKED",
-                (image_id, image_id + MATE_ID_WINDOW, version, self.s.embed_batch - 1)
-            ).fetchall()
+            mates = store.claim_pending_after(conn, image_id, MATE_ID_WINDOW, version,
+                                              self.s.embed_batch - 1)
             if mates:  # one committed between this statement's snapshot and its lock
-                done = _embedded(conn, version, [r["image_id"] for r in mates])
+                done = store.embedded(conn, version, [r["image_id"] for r in mates])
                 mates = [r for r in mates if r["image_id"] not in done]
         return [Pending(r["image_id"], r["blob_uri"], r["discovered_at"]) for r in [own, *mates]]
 
@@ -236,11 +221,7 @@ class Worker:
             p.vector, p.version = emb.vectors[0], emb.model_version
 
     def _store(self, conn, p: Pending, msg: events_pb2.ImageMined) -> None:
-        inserted = conn.execute(
-            "INSERT INTO image_embeddings (image_id, model_version, embedding) "
-            "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1",
-            (p.image_id, p.version, vector_bytes(p.vector))).fetchone()
-        if inserted is None:
+        if not store.insert_embedding(conn, p.image_id, p.version, p.vector):
             return  # stored before (another worker): its EmbeddingReady was emitted then
         self.embedded += 1
         ready = events_pb2.EmbeddingReady(image_id=p.image_id, model_version=p.version)
@@ -254,9 +235,7 @@ class Worker:
 
     def _reject(self, conn, image_id: int, reason: str) -> None:
         self.rejected += 1
-        conn.execute("UPDATE images SET status = 'rejected', status_reason = %s, "
-                     "updated_at = now() WHERE image_id = %s",
-                     (f"embedding: {reason}"[:500], image_id))
+        store.reject_image(conn, image_id, f"embedding: {reason}")
         log.info("image rejected", extra={"image_id": image_id, "reason": reason})
 
     # ------------------------------------------------------------------ reconciliation
@@ -279,25 +258,15 @@ class Worker:
         after = 0
         while time.monotonic() < deadline:
             with db.connect(self.s.database_url) as conn:
-                rows = conn.execute(
-                    "SELECT i.image_id FROM live_images i WHERE i.image_id > %s "
-                    "AND NOT EXISTS (SELECT 1 FROM image_embeddings e WHERE e.image_id = "
-                    "i.image_id AND e.model_version = %s) ORDER BY i.image_id LIMIT %s",
-                    (after, version, self.s.reconcile_batch)).fetchall()
-            if not rows:
+                ids = store.unembedded_ids(conn, version, after, self.s.reconcile_batch)
+            if not ids:
                 return
-            for r in rows:
+            for image_id in ids:
                 # the handler embeds this image and the next pending ones in one request;
                 # the events for those then find their vectors and cost one query each
-                yield Event(self.images_topic.name, str(r["image_id"]), "",
-                            events_pb2.ImageMined(image_id=r["image_id"]))
-            after = rows[-1]["image_id"]
-
-
-def _embedded(conn, version: str, ids: list[int]) -> set[int]:
-    rows = conn.execute("SELECT image_id FROM image_embeddings WHERE model_version = %s "
-                        "AND image_id = ANY(%s)", (version, ids)).fetchall()
-    return {r["image_id"] for r in rows}
+                yield Event(self.images_topic.name, str(image_id), "",
+                            events_pb2.ImageMined(image_id=image_id))
+            after = ids[-1]
 
 
 def main() -> int:

@@ -97,19 +97,16 @@ class Root(search_pb2_grpc.SearchServiceServicer):
             data = fetch_url(q.image_url, self.allow, self.s.url_fetch_timeout_s)
         elif which == "image_id":
             with db.connect(self.s.database_url) as conn:
-                row = conn.execute("SELECT blob_uri FROM live_images WHERE image_id = %s",
-                                   (q.image_id,)).fetchone()
-            if row is None:
+                uri = store.live_blob_uri(conn, q.image_id)
+            if uri is None:
                 context.abort(grpc.StatusCode.NOT_FOUND, f"image {q.image_id} is not in the pool")
-            return self.blobs.get(row["blob_uri"]), q.image_id
+            return self.blobs.get(uri), q.image_id
         else:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "query image is required")
         decode_image(data)  # validates format, size and dimensions (BadInput)
         digest = hashlib.sha256(data).hexdigest()
         with db.connect(self.s.database_url) as conn:
-            row = conn.execute("SELECT image_id FROM images WHERE content_hash = %s",
-                               (digest,)).fetchone()
-        return data, (row["image_id"] if row else None)
+            return data, store.image_id_by_content_hash(conn, digest)
 
     # ---------------------------------------------------------------- fan-out
     def _shard_versions(self, deadline: float) -> dict[int, str]:
