@@ -9,6 +9,7 @@ from __future__ import annotations
 import psycopg
 
 from runtime.blobstore import BlobStore
+from services.mining import store as db_store
 from services.mining.urls import normalise, url_hash
 
 
@@ -16,12 +17,8 @@ def store(conn: psycopg.Connection, blobs: BlobStore, url: str, content_type: st
           body: bytes, archive: str) -> str:
     url = normalise(url)
     uri = blobs.put(body)
-    conn.execute(
-        "INSERT INTO archived_responses (url_hash, url, content_type, blob_uri, size_bytes, "
-        "archive) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (url_hash) DO UPDATE SET "
-        "content_type = EXCLUDED.content_type, blob_uri = EXCLUDED.blob_uri, "
-        "size_bytes = EXCLUDED.size_bytes, archive = EXCLUDED.archive",
-        (url_hash(url), url, content_type[:200], uri, len(body), archive[:500]))
+    db_store.save_archived_response(conn, url_hash(url), url, content_type[:200], uri,
+                                    len(body), archive[:500])
     return uri
 
 
@@ -35,6 +32,5 @@ def lookup(conn: psycopg.Connection, urls: list[str]) -> dict[str, tuple[str, st
             continue
     if not hashes:
         return {}
-    rows = conn.execute("SELECT url_hash, content_type, blob_uri FROM archived_responses "
-                        "WHERE url_hash = ANY(%s)", (list(hashes),)).fetchall()
+    rows = db_store.archived_responses(conn, list(hashes))
     return {hashes[r["url_hash"]]: (r["content_type"], r["blob_uri"]) for r in rows}

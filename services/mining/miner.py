@@ -31,7 +31,7 @@ from runtime import db, outbox
 from runtime.blobstore import BlobStore, open_blobstore
 from runtime.bus import Event
 from runtime.topics import IMAGES_MINED, PAIRS_MINED
-from services.mining import archive
+from services.mining import archive, store
 from services.mining.config import MiningSettings
 from services.mining.fetch import Fetcher, FetchError
 from services.mining.htmlparse import Candidate, parse_page
@@ -128,11 +128,8 @@ class Miner:
         """Insert the page row in its own committed transaction (idempotent)."""
         if self._reg is None or self._reg.closed:
             self._reg = db.connect(self.settings.database_url, autocommit=True)
-        self._reg.execute(
-            "INSERT INTO pages (url, url_hash, domain, source, split, status, status_reason) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (url, url_hash(url), domain(url), (source or "web")[:100],
-             split if split in ("train", "heldout") else "train", status, reason))
+        store.register_page(self._reg, url, url_hash(url), domain(url), (source or "web")[:100],
+                            split if split in ("train", "heldout") else "train", status, reason)
 
     # ------------------------------------------------------------------ handler
     def handle(self, conn: psycopg.Connection, event: Event) -> None:
@@ -144,8 +141,7 @@ class Miner:
             log.warning("page event refused", extra={"url": msg.url[:200], "reason": str(exc)})
             return
         self.register(url, msg.source, msg.split)
-        row = conn.execute("SELECT * FROM pages WHERE url_hash = %s FOR UPDATE SKIP LOCKED",
-                           (url_hash(url),)).fetchone()
+        row = store.lock_page(conn, url_hash(url), skip_locked=True)
         if row is None:
             return  # another worker holds it right now
         retry_failed = (row["status"] == "failed" and not event.synthetic
@@ -167,10 +163,7 @@ class Miner:
     def reconcile(self) -> Iterator[Event]:
         """Pages that Postgres says are still pending (their events may be lost)."""
         with db.connect(self.settings.database_url) as conn:
-            rows = conn.execute(
-                "SELECT url, source, split FROM pages WHERE status IN ('discovered', 'fetching') "
-                "AND updated_at < now() - make_interval(secs => %s) ORDER BY page_id LIMIT 500",
-                (self.settings.mining_reconcile_min_age_s,)).fetchall()
+            rows = store.pending_pages(conn, self.settings.mining_reconcile_min_age_s)
         for r in rows:
             yield Event(self.settings.mining_pages_topic, r["url"], "",
                         events_pb2.PageDiscovered(url=r["url"], source=r["source"],
@@ -276,9 +269,7 @@ class Miner:
     def store(self, conn: psycopg.Connection, page: dict, out: Outcome) -> None:
         page_id = page["page_id"]
         if out.status != "mined":
-            conn.execute("UPDATE pages SET status = %s, status_reason = %s, attempts = attempts "
-                         "+ 1, updated_at = now(), mined_by = %s WHERE page_id = %s",
-                         (out.status, out.reason[:1000], self.worker_id, page_id))
+            store.finish_page(conn, page_id, out.status, out.reason[:1000], self.worker_id)
             return
         thr = self.settings.mining_phash_threshold
         ts = Timestamp()
@@ -312,12 +303,8 @@ class Miner:
             if image_id in linked:
                 out.rejections.append((c.url, f"near-duplicate of image {image_id} on this page"))
                 continue
-            conn.execute(
-                "INSERT INTO page_images (page_id, image_id, position, src_url, alt_text, "
-                "title_text, caption, context_text) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
-                "ON CONFLICT DO NOTHING",
-                (page_id, image_id, c.position, display(c.url), c.alt, c.title, c.caption,
-                 c.context))
+            store.link_image(conn, page_id, image_id, c.position, display(c.url), c.alt, c.title,
+                             c.caption, c.context)
             linked[image_id] = (c.position, d)
             if new:
                 new_images += 1
@@ -326,18 +313,13 @@ class Miner:
                     content_hash=d.content_hash, width=d.width, height=d.height,
                     page_discovered_at=ts))
         for src, reason in out.rejections:
-            conn.execute("INSERT INTO image_rejections (page_id, src_url, reason) "
-                         "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-                         (page_id, display(src), reason[:1000]))
+            store.reject_candidate(conn, page_id, display(src), reason[:1000])
         pair_ids = self._pairs(conn, page_id, linked, thr)
         if pair_ids:
             outbox.enqueue(conn, PAIRS_MINED, page_id,
                            events_pb2.PairsMined(page_id=page_id, pair_ids=pair_ids))
-        conn.execute("UPDATE pages SET status = 'mined', status_reason = %s, title = %s, "
-                     "http_status = %s, attempts = attempts + 1, mined_at = now(), "
-                     "updated_at = now(), mined_by = %s WHERE page_id = %s",
-                     (out.reason or None, out.title or None, out.http_status, self.worker_id,
-                      page_id))
+        store.finish_mined_page(conn, page_id, out.reason or None, out.title or None,
+                                out.http_status, self.worker_id)
         IMAGES.inc(new_images)
         REJECTED.inc(len(out.rejections))
         with self._lock:
@@ -346,16 +328,10 @@ class Miner:
 
     def _existing(self, conn: psycopg.Connection, d: Decoded, thr: int) -> int | None:
         """An image already stored with these bytes, or with a phash within `thr` bits."""
-        row = conn.execute("SELECT image_id FROM images WHERE content_hash = %s",
-                           (d.content_hash,)).fetchone()
-        if row:
-            return row["image_id"]
-        near = conn.execute(
-            "SELECT image_id, phash, colour_sig FROM images WHERE phash IS NOT NULL AND "
-            "bit_count((phash # %s)::bit(64)) <= %s "
-            "ORDER BY bit_count((phash # %s)::bit(64)), image_id LIMIT 20",
-            (d.phash, thr, d.phash)).fetchall()
-        for row in near:
+        found = store.image_by_content_hash(conn, d.content_hash)
+        if found is not None:
+            return found
+        for row in store.near_phash(conn, d.phash, thr):
             if self._near(row["phash"], bytes(row["colour_sig"] or b""), d):
                 return row["image_id"]
         return None
@@ -370,19 +346,15 @@ class Miner:
     def _insert_image(self, conn: psycopg.Connection, page_id: int, c: Candidate, d: Decoded,
                       uri: str, page_title: str) -> tuple[int, bool]:
         """(image_id, created by this transaction)."""
-        row = conn.execute(
-            "INSERT INTO images (content_hash, phash, colour_sig, source_url, first_page_id, "
-            "blob_uri, mime_type, width, height, alt_text, title_text, caption, context_text, "
-            "page_title) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-            "ON CONFLICT (content_hash) DO NOTHING RETURNING image_id",
-            (d.content_hash, d.phash, d.colour_sig or None, display(c.url), page_id, uri, d.mime,
-             d.width, d.height, c.alt, c.title, c.caption, c.context,
-             page_title or None)).fetchone()
-        if row:
-            return row["image_id"], True
-        row = conn.execute("SELECT image_id FROM images WHERE content_hash = %s",
-                           (d.content_hash,)).fetchone()
-        return row["image_id"], False
+        image_id = store.insert_image(conn, {
+            "content_hash": d.content_hash, "phash": d.phash, "colour_sig": d.colour_sig or None,
+            "source_url": display(c.url), "first_page_id": page_id, "blob_uri": uri,
+            "mime_type": d.mime, "width": d.width, "height": d.height, "alt_text": c.alt,
+            "title_text": c.title, "caption": c.caption, "context_text": c.context,
+            "page_title": page_title or None})
+        if image_id is not None:
+            return image_id, True
+        return store.image_by_content_hash(conn, d.content_hash), False
 
     def _pairs(self, conn: psycopg.Connection, page_id: int,
                linked: dict[int, tuple[int, Decoded]], thr: int) -> list[int]:
@@ -400,10 +372,7 @@ class Miner:
         cands.sort()
         pair_ids = []
         for *_, qa, ta, dist in cands[: self.settings.mining_max_pairs_per_page]:
-            row = conn.execute(
-                "INSERT INTO pairs (page_id, query_image_id, target_image_id, similarity) "
-                "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING pair_id",
-                (page_id, qa, ta, 1.0 - dist / 64.0)).fetchone()
-            if row:
-                pair_ids.append(row["pair_id"])
+            pair_id = store.insert_pair(conn, page_id, qa, ta, 1.0 - dist / 64.0)
+            if pair_id is not None:
+                pair_ids.append(pair_id)
         return pair_ids

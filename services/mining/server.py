@@ -8,7 +8,7 @@ import grpc
 from magiclens.v1 import events_pb2, mining_pb2, mining_pb2_grpc
 
 from runtime import db, outbox
-from services.mining import sitemap, warc
+from services.mining import sitemap, store, warc
 from services.mining.config import MiningSettings
 from services.mining.fetch import FetchError
 from services.mining.handlers import pages_topic
@@ -58,13 +58,9 @@ class MiningServicer(mining_pb2_grpc.MiningServiceServicer):
                 except BadUrl as exc:
                     rejected.append(f"{raw[:200]}: {exc}")
                     continue
-                row = conn.execute(
-                    "INSERT INTO pages (url, url_hash, domain, source) VALUES (%s, %s, %s, %s) "
-                    "ON CONFLICT (url_hash) DO UPDATE SET updated_at = pages.updated_at "
-                    "RETURNING status, (xmax = 0) AS inserted",
-                    (url, url_hash(url), domain(url), src[:100])).fetchone()
-                if row["status"] in ("mined", "skipped"):
-                    rejected.append(f"{url}: already {row['status']}")
+                status = store.submit_page(conn, url, url_hash(url), domain(url), src[:100])
+                if status in ("mined", "skipped"):
+                    rejected.append(f"{url}: already {status}")
                     continue
                 outbox.enqueue(conn, self.topic, url,
                                events_pb2.PageDiscovered(url=url, html=html, source=src))
@@ -77,12 +73,7 @@ class MiningServicer(mining_pb2_grpc.MiningServiceServicer):
         except BadUrl as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         with db.connect(self.settings.database_url) as conn:
-            row = conn.execute(
-                "SELECT p.url, p.status, coalesce(p.status_reason, '') AS reason, "
-                "(SELECT count(*) FROM page_images WHERE page_id = p.page_id) AS images, "
-                "(SELECT count(*) FROM image_rejections WHERE page_id = p.page_id) AS rej, "
-                "(SELECT count(*) FROM pairs WHERE page_id = p.page_id) AS pairs "
-                "FROM pages p WHERE url_hash = %s", (url_hash(url),)).fetchone()
+            row = store.page_status(conn, url_hash(url))
         if row is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"unknown page {url}")
         return mining_pb2.PageStatus(url=row["url"], status=row["status"], reason=row["reason"],
@@ -91,14 +82,9 @@ class MiningServicer(mining_pb2_grpc.MiningServiceServicer):
 
     def GetMiningStatus(self, request, context):  # noqa: N802
         with db.connect(self.settings.database_url) as conn:
-            pages = {r["status"]: r["n"] for r in conn.execute(
-                "SELECT status, count(*) AS n FROM pages GROUP BY status")}
-            images = {r["status"]: r["n"] for r in conn.execute(
-                "SELECT status, count(*) AS n FROM images GROUP BY status")}
-            pairs = conn.execute("SELECT count(*) AS n FROM pairs").fetchone()["n"]
-            rej = conn.execute("SELECT count(*) AS n FROM image_rejections").fetchone()["n"]
-        return mining_pb2.MiningStatus(pages_by_status=pages, images_by_status=images,
-                                       pairs=pairs, rejected_images=rej)
+            c = store.mining_counts(conn)
+        return mining_pb2.MiningStatus(pages_by_status=c["pages"], images_by_status=c["images"],
+                                       pairs=c["pairs"], rejected_images=c["rejected"])
 
 
 def registration(servicer: MiningServicer):

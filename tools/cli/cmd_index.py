@@ -96,6 +96,7 @@ def page_url(folder: Path) -> str:
 def index_folder(settings_env: ClientSettings, folder: Path, captions: dict[str, str],
                  title: str, source: str, recursive: bool, pairs: bool) -> dict[str, Any]:
     """Store the folder's images as one mined page; returns counts and per-file outcomes."""
+    from services.mining import store as mining_store
     from services.mining.config import MiningSettings
     from services.mining.htmlparse import Candidate
     from services.mining.imaging import Rejection, decode_image
@@ -135,16 +136,12 @@ def index_folder(settings_env: ClientSettings, folder: Path, captions: dict[str,
         # Registered as mined: no miner ever tries to fetch the synthetic URL.
         miner.register(url, source, "train", status="mined")
         with db.transaction(settings.database_url) as conn:
-            page = conn.execute("SELECT * FROM pages WHERE url_hash = %s FOR UPDATE",
-                                (url_hash(url),)).fetchone()
-            before = conn.execute("SELECT count(*) AS n FROM images").fetchone()["n"]
+            page = mining_store.lock_page(conn, url_hash(url), skip_locked=False)
+            before = mining_store.count_images(conn)
             miner.store(conn, page, out)
-            after = conn.execute("SELECT count(*) AS n FROM images").fetchone()["n"]
-            ids = {r["content_hash"]: r["image_id"] for r in conn.execute(
-                "SELECT i.content_hash, i.image_id FROM page_images p JOIN images i "
-                "USING (image_id) WHERE p.page_id = %s", (page["page_id"],))}
-            n_pairs = conn.execute("SELECT count(*) AS n FROM pairs WHERE page_id = %s",
-                                   (page["page_id"],)).fetchone()["n"]
+            after = mining_store.count_images(conn)
+            ids = mining_store.page_image_ids(conn, page["page_id"])
+            n_pairs = mining_store.count_pairs(conn, page["page_id"])
     finally:
         miner.close()
     for f in files_out:
