@@ -17,36 +17,22 @@ from runtime.bus import Consumer, Event
 from runtime.topics import TRIPLES_CREATED, Topic, renamed
 from services.training import store
 from services.training.config import TrainingSettings
-from services.training.triples import SQL
 from services.training.worker import TrainingWorker
 
 log = logging.getLogger(__name__)
 
-_AUTO_LOCK = 0x4D4C_4155_544F  # one auto-start decision at a time
-
-
 def triples_topic(settings: TrainingSettings) -> Topic:
     return renamed(TRIPLES_CREATED, settings.training_triples_topic)
-
-
-def new_training_triples(conn: psycopg.Connection) -> int:
-    """Usable training triples newer than the newest triple the last run could have seen."""
-    row = conn.execute("SELECT (params->>'max_triple_id')::bigint AS m FROM training_runs "
-                       "WHERE params ? 'max_triple_id' ORDER BY created_at DESC LIMIT 1"
-                       ).fetchone()
-    since = int(row["m"]) if row and row["m"] is not None else 0
-    return conn.execute(f"SELECT count(*) AS n FROM ({SQL['train']} AND t.triple_id > %s) x",
-                        (since,)).fetchone()["n"]
 
 
 def maybe_start(conn: psycopg.Connection, settings: TrainingSettings) -> store.Run | None:
     threshold = settings.training_auto_min_new_triples
     if threshold <= 0:
         return None
-    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_AUTO_LOCK,))
+    store.lock_auto_start(conn)
     if store.active_run(conn) is not None:
         return None
-    n = new_training_triples(conn)
+    n = store.new_training_triples(conn)
     if n < threshold:
         return None
     run = store.create_run(conn, settings.training_auto_config, settings.training_auto_steps, "",

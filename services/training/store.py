@@ -1,4 +1,5 @@
-"""Postgres state of the training service: runs (the job queue), model versions, promotion.
+"""Postgres state of the training service (one place for its SQL): runs (the job queue),
+model versions, promotion, the worker's locks and the triples a run trains on.
 
 The queue is `training_runs` itself (status queued -> running -> succeeded | failed), so a
 restart loses nothing. Every publication (training finished, promotion) writes its
@@ -20,6 +21,34 @@ from runtime import outbox
 from runtime.topics import MODELS_PUBLISHED, Topic, renamed
 
 _PROMOTE_LOCK = 0x4D4C_5052_4F4D  # serialises PromoteModel calls
+_WORKER_LOCK = 0x4D4C_5452_4149  # "MLTRAI": the single active training worker
+_AUTO_LOCK = 0x4D4C_4155_544F  # one auto-start decision at a time
+SPLITS = ("train", "heldout")
+
+# Training triples (services/training/triples.py): active triples between live images.
+# `train` takes triples of split 'train' and drops every triple that touches a held-out page
+# (the pair's page, or any page either image appears on); `heldout` is the evaluation set.
+_BASE = """
+SELECT t.triple_id, t.instruction,
+       q.image_id AS q_id, q.blob_uri AS q_uri, g.image_id AS t_id, g.blob_uri AS t_uri
+FROM triples t
+JOIN pairs p ON p.pair_id = t.pair_id
+JOIN pages pg ON pg.page_id = p.page_id
+JOIN live_images q ON q.image_id = t.query_image_id
+JOIN live_images g ON g.image_id = t.target_image_id
+WHERE t.status = 'active'
+"""
+_HELDOUT_IMAGE = """EXISTS (
+    SELECT 1 FROM images i JOIN pages hp ON hp.page_id = i.first_page_id
+    WHERE i.image_id IN (t.query_image_id, t.target_image_id) AND hp.split = 'heldout'
+  UNION ALL
+    SELECT 1 FROM page_images pi JOIN pages hp ON hp.page_id = pi.page_id
+    WHERE pi.image_id IN (t.query_image_id, t.target_image_id) AND hp.split = 'heldout')"""
+_TRIPLES = {
+    "train": _BASE + "  AND t.split = 'train' AND pg.split <> 'heldout'\n"
+             + f"  AND NOT {_HELDOUT_IMAGE}\n",
+    "heldout": _BASE + "  AND (t.split = 'heldout' OR pg.split = 'heldout')\n",
+}
 
 
 class NotFound(LookupError):
@@ -133,6 +162,13 @@ def set_progress(conn: psycopg.Connection, run_id: str, step: int, loss: float |
                  "WHERE run_id = %s AND status = 'running'", (step, loss, run_id))
 
 
+def set_plan(conn: psycopg.Connection, run_id: str, total_steps: int, mode: str,
+             step: int) -> None:
+    """What a started run will do: its steps, mode and the step it starts (or resumes) at."""
+    conn.execute("UPDATE training_runs SET total_steps = %s, mode = %s, step = %s "
+                 "WHERE run_id = %s", (total_steps, mode, step, run_id))
+
+
 def set_params(conn: psycopg.Connection, run_id: str, **extra: Any) -> None:
     conn.execute("UPDATE training_runs SET params = params || %s::jsonb, updated_at = now() "
                  "WHERE run_id = %s", (json.dumps(extra), run_id))
@@ -199,3 +235,47 @@ def promote(conn: psycopg.Connection, topic: Topic, model_version: str) -> dict[
         model_version=model_version, config_name=row["config_name"],
         checkpoint_uri=row["checkpoint_uri"], embed_dim=row["embed_dim"] or 0, promoted=True))
     return row
+
+
+# ------------------------------------------------------------------ training data
+
+
+def triple_rows(conn: psycopg.Connection, split: str, limit: int) -> list[dict[str, Any]]:
+    """(triple_id, instruction, q_id, q_uri, t_id, t_uri) of one split, oldest first."""
+    return conn.execute(_TRIPLES[split] + "ORDER BY t.triple_id LIMIT %s", (limit,)).fetchall()
+
+
+def caption_rows(conn: psycopg.Connection, image_ids: list[int]) -> list[dict[str, Any]]:
+    """(image_id, alt_text, caption) of the given images, in id order."""
+    return conn.execute("SELECT image_id, alt_text, caption FROM images "
+                        "WHERE image_id = ANY(%s) ORDER BY image_id", (image_ids,)).fetchall()
+
+
+def new_training_triples(conn: psycopg.Connection) -> int:
+    """Usable training triples newer than the newest triple the last run could have seen."""
+    row = conn.execute("SELECT (params->>'max_triple_id')::bigint AS m FROM training_runs "
+                       "WHERE params ? 'max_triple_id' ORDER BY created_at DESC LIMIT 1"
+                       ).fetchone()
+    since = int(row["m"]) if row and row["m"] is not None else 0
+    return conn.execute(
+        f"SELECT count(*) AS n FROM ({_TRIPLES['train']} AND t.triple_id > %s) x",
+        (since,)).fetchone()["n"]
+
+
+# ------------------------------------------------------------------ locks
+
+
+def lock_auto_start(conn: psycopg.Connection) -> None:
+    """Serialise auto-start decisions until this transaction ends."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_AUTO_LOCK,))
+
+
+def try_worker_lock(conn: psycopg.Connection) -> bool:
+    """Take the single-worker lock for this session (autocommit); False if another has it."""
+    return bool(conn.execute("SELECT pg_try_advisory_lock(%s) AS ok",
+                             (_WORKER_LOCK,)).fetchone()["ok"])
+
+
+def ping(conn: psycopg.Connection) -> None:
+    """Raise psycopg.Error when the session (and a lock it holds) is gone."""
+    conn.execute("SELECT 1")

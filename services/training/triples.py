@@ -27,31 +27,10 @@ from PIL import Image
 
 from runtime import db
 from runtime.blobstore import BlobStore, open_blobstore
+from services.training import store
+from services.training.store import SPLITS
 from trainer.data.triples import MAX_INSTRUCTION_CHARS, Triple, write_jsonl
 
-SPLITS = ("train", "heldout")
-
-_BASE = """
-SELECT t.triple_id, t.instruction,
-       q.image_id AS q_id, q.blob_uri AS q_uri, g.image_id AS t_id, g.blob_uri AS t_uri
-FROM triples t
-JOIN pairs p ON p.pair_id = t.pair_id
-JOIN pages pg ON pg.page_id = p.page_id
-JOIN live_images q ON q.image_id = t.query_image_id
-JOIN live_images g ON g.image_id = t.target_image_id
-WHERE t.status = 'active'
-"""
-_HELDOUT_IMAGE = """EXISTS (
-    SELECT 1 FROM images i JOIN pages hp ON hp.page_id = i.first_page_id
-    WHERE i.image_id IN (t.query_image_id, t.target_image_id) AND hp.split = 'heldout'
-  UNION ALL
-    SELECT 1 FROM page_images pi JOIN pages hp ON hp.page_id = pi.page_id
-    WHERE pi.image_id IN (t.query_image_id, t.target_image_id) AND hp.split = 'heldout')"""
-SQL = {
-    "train": _BASE + "  AND t.split = 'train' AND pg.split <> 'heldout'\n"
-             + f"  AND NOT {_HELDOUT_IMAGE}\n",
-    "heldout": _BASE + "  AND (t.split = 'heldout' OR pg.split = 'heldout')\n",
-}
 _SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp",
            "TIFF": ".tif"}
 
@@ -80,8 +59,7 @@ class PostgresTripleSource:
         self._triples: list[Triple] = []
         self._paths: dict[int, str | None] = {}
         with db.connect(database_url) as conn:
-            rows = conn.execute(SQL[split] + "ORDER BY t.triple_id LIMIT %s",
-                                (limit,)).fetchall()
+            rows = store.triple_rows(conn, split, limit)
         for r in rows:
             text = (r["instruction"] or "").strip()
             if not text or len(text) > MAX_INSTRUCTION_CHARS:
@@ -155,8 +133,7 @@ class PostgresTripleSource:
         them before the fusion stage. Returns the number of lines."""
         ids = [i for i, p in self._paths.items() if p is not None]
         with db.connect(database_url) as conn:
-            rows = conn.execute("SELECT image_id, alt_text, caption FROM images "
-                                "WHERE image_id = ANY(%s) ORDER BY image_id", (ids,)).fetchall()
+            rows = store.caption_rows(conn, ids)
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         n = 0

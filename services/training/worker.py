@@ -38,7 +38,6 @@ from services.training.triples import PostgresTripleSource
 
 log = logging.getLogger(__name__)
 
-_WORKER_LOCK = 0x4D4C_5452_4149  # "MLTRAI": the single active training worker
 
 # Extra keyword arguments for trainer.train.train per config (tests pass a small backbone).
 ModelKwargs = Callable[[Any], dict[str, Any]]
@@ -162,14 +161,12 @@ class TrainingWorker:
         conn = self._lock_conn
         if conn is not None and not conn.closed:
             try:
-                conn.execute("SELECT 1")
+                store.ping(conn)
                 return True
             except psycopg.Error:
                 self._drop_lock()
         conn = db.connect(self.url, autocommit=True)
-        got = conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (_WORKER_LOCK,)
-                           ).fetchone()["ok"]
-        if not got:
+        if not store.try_worker_lock(conn):
             conn.close()
             return False
         self._lock_conn = conn
@@ -214,8 +211,7 @@ class TrainingWorker:
             train_file, eval_file, data = self._snapshot(run, workdir)
             start = latest_checkpoint_step(workdir)
             with db.transaction(self.url) as conn:
-                conn.execute("UPDATE training_runs SET total_steps = %s, mode = %s, step = %s "
-                             "WHERE run_id = %s", (cfg.steps, cfg.mode, start, run.run_id))
+                store.set_plan(conn, run.run_id, cfg.steps, cfg.mode, start)
                 if start:
                     store.set_params(conn, run.run_id, resumed_from_step=start)
             progress = _Progress(self.url, run.run_id, start,

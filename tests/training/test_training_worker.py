@@ -168,7 +168,7 @@ def test_auto_start_counts_new_training_triples_only(env):
     auto = settings.model_copy(update={"training_auto_min_new_triples": 3,
                                        "training_auto_steps": 5})
     with db.transaction(url) as conn:
-        assert handlers.new_training_triples(conn) == 0  # earlier runs saw every triple
+        assert store.new_training_triples(conn) == 0  # earlier runs saw every triple
         assert handlers.maybe_start(conn, auto) is None
         for tid in seeded.train_triples[:3]:  # three new training triples (same images)
             conn.execute(
@@ -182,7 +182,7 @@ def test_auto_start_counts_new_training_triples_only(env):
                 "writer, writer_version) SELECT pair_id, query_image_id, target_image_id, "
                 "instruction || ' again', writer, 'v2' FROM triples WHERE triple_id = %s",
                 (tid,))
-        assert handlers.new_training_triples(conn) == 3
+        assert store.new_training_triples(conn) == 3
         run = handlers.maybe_start(conn, auto)
         assert run is not None and run.params["trigger"] == "auto"
         assert handlers.maybe_start(conn, auto) is None  # one queued run is enough
