@@ -95,16 +95,13 @@ def process(settings: TripleGenSettings) -> int:
 
 
 def stats_cmd(settings: TripleGenSettings) -> int:
+    from services.triplegen import store
     from services.triplegen.diversity import diversity
-    from services.triplegen.server import stats
 
     with db.connect(settings.database_url) as conn:
-        s = stats(conn)
-        texts = [r["instruction"] for r in conn.execute(
-            "SELECT instruction FROM triples WHERE status = 'active'")]
-        s["relations"] = {r["relation"]: r["n"] for r in conn.execute(
-            "SELECT relation, count(*) AS n FROM triples WHERE status = 'active' "
-            "GROUP BY 1 ORDER BY 2 DESC")}
+        s = store.stats(conn)
+        texts = store.active_instructions(conn)
+        s["relations"] = store.active_relations(conn)
     s["diversity"] = diversity(texts)
     print(json.dumps(s, indent=1))
     return 0

@@ -12,7 +12,7 @@ from magiclens.v1 import events_pb2
 from runtime import db
 from runtime.bus import Event
 from runtime.topics import IMAGES_MINED, PAIRS_MINED
-from services.triplegen import pipeline
+from services.triplegen import pipeline, store
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +38,11 @@ def make_reconciler(database_url: str, limit: int = 200):
 
     def reconcile() -> Iterator[Event]:
         with db.connect(database_url) as conn:
-            pages = conn.execute(
-                "SELECT page_id, array_agg(pair_id ORDER BY pair_id) AS ids FROM pairs "
-                "WHERE status IN ('mined', 'kept') GROUP BY page_id ORDER BY page_id LIMIT %s",
-                (limit,)).fetchall()
-            images = conn.execute(
-                "SELECT i.image_id FROM images i LEFT JOIN image_annotations a "
-                "ON a.image_id = i.image_id WHERE i.status = 'mined' AND a.image_id IS NULL "
-                "AND i.blob_uri IS NOT NULL ORDER BY i.image_id LIMIT %s", (limit,)).fetchall()
-        for r in images:
-            yield Event(IMAGES_MINED.name, str(r["image_id"]), "",
-                        events_pb2.ImageMined(image_id=r["image_id"]))
+            pages = store.pending_pair_pages(conn, limit)
+            images = store.unannotated_image_ids(conn, limit)
+        for image_id in images:
+            yield Event(IMAGES_MINED.name, str(image_id), "",
+                        events_pb2.ImageMined(image_id=image_id))
         for r in pages:
             yield Event(PAIRS_MINED.name, str(r["page_id"]), "",
                         events_pb2.PairsMined(page_id=r["page_id"], pair_ids=r["ids"]))

@@ -8,7 +8,6 @@ each new one enqueues TripleCreated in the same transaction.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from magiclens.v1 import events_pb2
 from runtime import outbox
 from runtime.blobstore import BlobStore
 from runtime.topics import TRIPLES_CREATED
+from services.triplegen import store
 from services.triplegen.annotate import (
     ANNOTATOR_VERSION,
     BACKBONE_NAME,
@@ -31,6 +31,7 @@ from services.triplegen.annotate import (
 from services.triplegen.filtering import FILTER_VERSION, FilterConfig, decide
 from services.triplegen.meta import ImageMeta, clean
 from services.triplegen.writers.base import InstructionWriter, PairContext
+from services.triplegen.writers.llm import pg_cache
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +56,7 @@ def annotate_images(conn: psycopg.Connection, ctx: Context, image_ids: Sequence[
     """Annotate images that have no annotation yet; returns how many were annotated."""
     if not image_ids:
         return 0
-    rows = conn.execute(
-        "SELECT i.image_id, i.blob_uri, i.alt_text, i.caption, i.context_text, i.page_title, "
-        "i.first_page_id, p.title AS ptitle FROM images i "
-        "LEFT JOIN pages p ON p.page_id = i.first_page_id "
-        "LEFT JOIN image_annotations a ON a.image_id = i.image_id "
-        "WHERE i.image_id = ANY(%s) AND (a.image_id IS NULL OR a.embedding IS NULL) "
-        "AND i.status IN ('mined', 'annotated') ORDER BY i.image_id FOR UPDATE OF i",
-        (list(image_ids),)).fetchall()
+    rows = store.images_to_annotate(conn, image_ids)
     if not rows:
         return 0
     if ctx.annotator is None:
@@ -75,64 +69,30 @@ def annotate_images(conn: psycopg.Connection, ctx: Context, image_ids: Sequence[
             imgs.append(decode_image(ctx.blobs.get(r["blob_uri"])))
             good.append(r)
         except (OSError, ValueError) as exc:
-            conn.execute("UPDATE images SET status = 'rejected', status_reason = %s, "
-                         "updated_at = now() WHERE image_id = %s",
-                         (f"undecodable: {clean(str(exc), 200)}", r["image_id"]))
+            store.reject_image(conn, r["image_id"], f"undecodable: {clean(str(exc), 200)}")
     anns = ctx.annotator.annotate(imgs) if imgs else []
     for r, a in zip(good, anns, strict=True):
-        conn.execute(
-            "INSERT INTO image_annotations (image_id, labels, ocr_text, backbone, embedding, "
-            "alt_text, caption, context_text, page_title, labels_text, annotator_version, "
-            "embedding_dim) VALUES (%s, %s, NULL, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-            "ON CONFLICT (image_id) DO UPDATE SET labels = EXCLUDED.labels, "
-            "backbone = EXCLUDED.backbone, embedding = EXCLUDED.embedding, "
-            "alt_text = EXCLUDED.alt_text, caption = EXCLUDED.caption, "
-            "context_text = EXCLUDED.context_text, page_title = EXCLUDED.page_title, "
-            "labels_text = EXCLUDED.labels_text, annotator_version = EXCLUDED.annotator_version, "
-            "embedding_dim = EXCLUDED.embedding_dim, updated_at = now()",
-            (r["image_id"], json.dumps(a.labels), BACKBONE_NAME, embedding_to_bytes(a.embedding),
-             r["alt_text"], r["caption"], r["context_text"], r["page_title"] or r["ptitle"],
-             a.labels_text, ANNOTATOR_VERSION, int(a.embedding.shape[0])))
-        conn.execute("UPDATE images SET status = 'annotated', updated_at = now() "
-                     "WHERE image_id = %s AND status = 'mined'", (r["image_id"],))
+        store.save_annotation(conn, {
+            "image_id": r["image_id"], "labels": a.labels, "backbone": BACKBONE_NAME,
+            "embedding": embedding_to_bytes(a.embedding), "alt_text": r["alt_text"],
+            "caption": r["caption"], "context_text": r["context_text"],
+            "page_title": r["page_title"] or r["ptitle"], "labels_text": a.labels_text,
+            "annotator_version": ANNOTATOR_VERSION, "embedding_dim": int(a.embedding.shape[0])})
     return len(good)
 
 
 def with_siblings(conn: psycopg.Connection, image_id: int, limit: int = 31) -> list[int]:
     """The image plus up to `limit` unannotated images first seen on the same page."""
-    rows = conn.execute(
-        "SELECT i.image_id FROM images i LEFT JOIN image_annotations a USING (image_id) "
-        "WHERE i.first_page_id = (SELECT first_page_id FROM images WHERE image_id = %s) "
-        "AND i.image_id <> %s AND i.status = 'mined' AND a.image_id IS NULL "
-        "ORDER BY i.image_id LIMIT %s", (image_id, image_id, limit)).fetchall()
-    return [image_id] + [r["image_id"] for r in rows]
+    return [image_id, *store.unannotated_siblings(conn, image_id, limit)]
 
 
 # ------------------------------------------------------------------ metadata
 
-def _pair_rows(conn: psycopg.Connection, pair_ids: Sequence[int], statuses: tuple[str, ...]):
-    return conn.execute(
-        "SELECT pr.pair_id, pr.page_id, pr.query_image_id, pr.target_image_id, pr.status, "
-        "pr.similarity, pr.requested_writer, pg.title AS page_title, pg.url AS page_url, "
-        "pg.split FROM pairs pr JOIN pages pg ON pg.page_id = pr.page_id "
-        "WHERE pr.pair_id = ANY(%s) AND pr.status = ANY(%s) ORDER BY pr.pair_id "
-        "FOR UPDATE OF pr", (list(pair_ids), list(statuses))).fetchall()
-
-
 def image_metas(conn: psycopg.Connection, page_id: int, image_ids: Sequence[int]
                 ) -> dict[int, tuple[ImageMeta, np.ndarray | None]]:
     """Text as it appears on this page (page_images), falling back to the image row."""
-    rows = conn.execute(
-        "SELECT i.image_id, i.blob_uri, i.source_url, i.width, i.height, "
-        "COALESCE(pi.alt_text, i.alt_text) AS alt, COALESCE(pi.caption, i.caption) AS caption, "
-        "COALESCE(pi.context_text, i.context_text) AS context, "
-        "COALESCE(pg.title, i.page_title) AS page_title, a.labels, a.embedding "
-        "FROM images i LEFT JOIN page_images pi ON pi.image_id = i.image_id AND pi.page_id = %s "
-        "LEFT JOIN pages pg ON pg.page_id = %s "
-        "LEFT JOIN image_annotations a ON a.image_id = i.image_id "
-        "WHERE i.image_id = ANY(%s)", (page_id, page_id, list(image_ids))).fetchall()
     out = {}
-    for r in rows:
+    for r in store.image_text_rows(conn, page_id, image_ids):
         meta = ImageMeta(r["image_id"], alt=clean(r["alt"]), caption=clean(r["caption"]),
                          context=clean(r["context"], 1500), page_title=clean(r["page_title"]),
                          labels=r["labels"] or [], blob_uri=r["blob_uri"] or "",
@@ -147,7 +107,7 @@ def image_metas(conn: psycopg.Connection, page_id: int, image_ids: Sequence[int]
 
 def filter_pairs(conn: psycopg.Connection, ctx: Context, pair_ids: Sequence[int]) -> dict[str, int]:
     """Decide kept/dropped for pairs still 'mined'; annotates their images first if needed."""
-    rows = _pair_rows(conn, pair_ids, ("mined",))
+    rows = store.lock_pairs(conn, pair_ids, ("mined",))
     counts = {"kept": 0, "dropped": 0}
     if not rows:
         return counts
@@ -166,11 +126,7 @@ def filter_pairs(conn: psycopg.Connection, ctx: Context, pair_ids: Sequence[int]
                 keep, reason, sim = False, "missing_image", None
             else:
                 keep, reason, sim = decide(q, t, qe, te, ctx.filter)
-            conn.execute(
-                "UPDATE pairs SET status = %s, status_reason = %s, similarity = %s, "
-                "filter_version = %s, updated_at = now() WHERE pair_id = %s",
-                ("kept" if keep else "dropped", reason or None, sim, FILTER_VERSION,
-                 r["pair_id"]))
+            store.decide_pair(conn, r["pair_id"], keep, reason or None, sim, FILTER_VERSION)
             counts["kept" if keep else "dropped"] += 1
     return counts
 
@@ -180,7 +136,7 @@ def filter_pairs(conn: psycopg.Connection, ctx: Context, pair_ids: Sequence[int]
 def write_triples(conn: psycopg.Connection, ctx: Context, pair_ids: Sequence[int]
                   ) -> dict[str, int]:
     """Write instructions for 'kept' pairs, store triples, enqueue TripleCreated events."""
-    rows = _pair_rows(conn, pair_ids, ("kept",))
+    rows = store.lock_pairs(conn, pair_ids, ("kept",))
     counts = {"triples": 0, "pairs_tripled": 0, "pairs_failed": 0, "pairs_retry": 0}
     if not rows:
         return counts
@@ -190,8 +146,6 @@ def write_triples(conn: psycopg.Connection, ctx: Context, pair_ids: Sequence[int
     for wname, prs in groups.items():
         writer = ctx.writer(wname)
         if hasattr(writer, "cache_get"):  # the LLM writer caches answers in this transaction
-            from services.triplegen.writers.llm import pg_cache
-
             writer.cache_get, writer.cache_put = pg_cache(conn, writer.model or "")
         contexts = []
         for r in prs:
@@ -203,52 +157,37 @@ def write_triples(conn: psycopg.Connection, ctx: Context, pair_ids: Sequence[int
         for r, res in zip(prs, results, strict=True):
             if res.error:
                 if res.retryable:
-                    conn.execute("UPDATE pairs SET status_reason = %s, updated_at = now() "
-                                 "WHERE pair_id = %s", (f"retry: {res.error}"[:500], r["pair_id"]))
+                    store.retry_pair_later(conn, r["pair_id"], f"retry: {res.error}"[:500])
                     counts["pairs_retry"] += 1
                 else:
-                    conn.execute("UPDATE pairs SET status = 'failed', status_reason = %s, "
-                                 "updated_at = now() WHERE pair_id = %s",
-                                 (f"writer {writer.name}: {res.error}"[:500], r["pair_id"]))
+                    store.fail_pair(conn, r["pair_id"], f"writer {writer.name}: {res.error}"[:500])
                     counts["pairs_failed"] += 1
                 continue
             for ins in res.instructions:
-                row = conn.execute(
-                    "INSERT INTO triples (pair_id, query_image_id, target_image_id, instruction, "
-                    "writer, writer_version, writer_model, prompt_version, relation, scores, "
-                    "split) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                    "ON CONFLICT (pair_id, writer, writer_version, instruction) DO NOTHING "
-                    "RETURNING triple_id",
-                    (r["pair_id"], r["query_image_id"], r["target_image_id"], ins.text,
-                     writer.name, writer.version, writer.model, writer.prompt_version,
-                     ins.relation, json.dumps(ins.scores), r["split"] or "train")).fetchone()
-                if row is not None:
+                triple_id = store.insert_triple(conn, {
+                    "pair_id": r["pair_id"], "query_image_id": r["query_image_id"],
+                    "target_image_id": r["target_image_id"], "instruction": ins.text,
+                    "writer": writer.name, "writer_version": writer.version,
+                    "writer_model": writer.model, "prompt_version": writer.prompt_version,
+                    "relation": ins.relation, "scores": ins.scores,
+                    "split": r["split"] or "train"})
+                if triple_id is not None:
                     event = events_pb2.TripleCreated(
-                        triple_id=row["triple_id"], pair_id=r["pair_id"], writer=writer.name,
+                        triple_id=triple_id, pair_id=r["pair_id"], writer=writer.name,
                         writer_version=writer.version)
-                    outbox.enqueue(conn, TRIPLES_CREATED, row["triple_id"], event)
+                    outbox.enqueue(conn, TRIPLES_CREATED, triple_id, event)
                     counts["triples"] += 1
             # Older writer versions of the same writer are superseded by this run.
-            conn.execute("UPDATE triples SET status = 'superseded' WHERE pair_id = %s AND "
-                         "writer = %s AND writer_version <> %s AND status = 'active'",
-                         (r["pair_id"], writer.name, writer.version))
-            conn.execute("UPDATE pairs SET status = 'tripled', status_reason = NULL, "
-                         "requested_writer = NULL, updated_at = now() WHERE pair_id = %s",
-                         (r["pair_id"],))
+            store.supersede_older(conn, r["pair_id"], writer.name, writer.version)
+            store.mark_tripled(conn, r["pair_id"])
             counts["pairs_tripled"] += 1
     return counts
-
-
-def page_pair_ids(conn: psycopg.Connection, page_id: int) -> list[int]:
-    return [r["pair_id"] for r in conn.execute(
-        "SELECT pair_id FROM pairs WHERE page_id = %s AND status IN ('mined', 'kept') "
-        "ORDER BY pair_id", (page_id,))]
 
 
 def process_pairs(conn: psycopg.Connection, ctx: Context, page_id: int,
                   pair_ids: Sequence[int]) -> dict[str, int]:
     """Filter then write: the whole PairsMined effect."""
-    ids = list(pair_ids) or page_pair_ids(conn, page_id)
+    ids = list(pair_ids) or store.page_pair_ids(conn, page_id)
     counts = filter_pairs(conn, ctx, ids)
     counts.update(write_triples(conn, ctx, ids))
     return counts

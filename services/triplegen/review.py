@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from runtime import db
 from runtime.blobstore import open_blobstore
+from services.triplegen import store
 from services.triplegen.annotate import decode_image
 
 THUMB = 160
@@ -43,13 +44,7 @@ def _thumb(data: bytes) -> Image.Image:
 def render(database_url: str, blob_root: str, out_dir: Path, n: int = 24, seed: int = 0) -> dict:
     blobs = open_blobstore(blob_root)
     with db.connect(database_url) as conn:
-        rows = conn.execute(
-            "SELECT t.triple_id, t.instruction, t.relation, t.writer, qi.blob_uri AS q, "
-            "ti.blob_uri AS t, qi.alt_text AS qalt, ti.alt_text AS talt, pg.title AS page "
-            "FROM triples t JOIN images qi ON qi.image_id = t.query_image_id "
-            "JOIN images ti ON ti.image_id = t.target_image_id "
-            "JOIN pairs pr ON pr.pair_id = t.pair_id JOIN pages pg ON pg.page_id = pr.page_id "
-            "WHERE t.status = 'active' ORDER BY t.triple_id").fetchall()
+        rows = store.review_rows(conn)
     rows = random.Random(seed).sample(rows, min(n, len(rows)))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "img").mkdir(exist_ok=True)

@@ -7,6 +7,7 @@ from magiclens.v1 import events_pb2, triplegen_pb2, triplegen_pb2_grpc
 
 from runtime import db, outbox
 from runtime.topics import PAIRS_MINED
+from services.triplegen import store
 
 WRITERS = ("metadata", "llm")
 
@@ -18,8 +19,7 @@ class TripleGenServicer(triplegen_pb2_grpc.TripleGenServiceServicer):
 
     def GetTriple(self, request, context):  # noqa: N802
         with db.connect(self.database_url) as conn:
-            r = conn.execute("SELECT * FROM triples WHERE triple_id = %s",
-                             (request.triple_id,)).fetchone()
+            r = store.get_triple(conn, request.triple_id)
         if r is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no triple {request.triple_id}")
         return triplegen_pb2.Triple(
@@ -39,15 +39,9 @@ class TripleGenServicer(triplegen_pb2_grpc.TripleGenServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give page_url or writer_version")
         with db.transaction(self.database_url) as conn:
             if scope == "page_url":
-                sel = ("SELECT pr.pair_id FROM pairs pr JOIN pages pg USING (page_id) "
-                       "WHERE pg.url = %s", (request.page_url,))
+                rows = store.requeue_pairs(conn, writer, page_url=request.page_url)
             else:
-                sel = ("SELECT DISTINCT pair_id FROM triples WHERE writer_version = %s",
-                       (request.writer_version,))
-            rows = conn.execute(
-                f"UPDATE pairs SET status = 'kept', requested_writer = %s, updated_at = now() "
-                f"WHERE pair_id IN ({sel[0]}) AND status IN ('tripled', 'failed', 'kept') "
-                f"RETURNING pair_id, page_id", (writer, *sel[1])).fetchall()
+                rows = store.requeue_pairs(conn, writer, writer_version=request.writer_version)
             pages: dict[int, list[int]] = {}
             for r in rows:
                 pages.setdefault(r["page_id"], []).append(r["pair_id"])
@@ -61,23 +55,8 @@ class TripleGenServicer(triplegen_pb2_grpc.TripleGenServiceServicer):
             return stats_message(conn)
 
 
-def stats(conn) -> dict:
-    n = conn.execute("SELECT count(*) AS n FROM triples WHERE status = 'active'").fetchone()["n"]
-    by = {r["status"]: r["n"] for r in conn.execute(
-        "SELECT status, count(*) AS n FROM pairs GROUP BY status")}
-    reasons = {r["r"]: r["n"] for r in conn.execute(
-        "SELECT COALESCE(status_reason, '?') AS r, count(*) AS n FROM pairs "
-        "WHERE status = 'dropped' GROUP BY 1")}
-    kept = by.get("kept", 0) + by.get("tripled", 0) + by.get("failed", 0)
-    dropped = by.get("dropped", 0)
-    return {"triples": n, "pairs_kept": kept, "pairs_dropped": dropped,
-            "dropped_by_reason": reasons,
-            "keep_rate": kept / (kept + dropped) if kept + dropped else 0.0,
-            "pairs_by_status": by}
-
-
 def stats_message(conn) -> triplegen_pb2.TripleStats:
-    s = stats(conn)
+    s = store.stats(conn)
     return triplegen_pb2.TripleStats(
         triples=s["triples"], pairs_kept=s["pairs_kept"], pairs_dropped=s["pairs_dropped"],
         dropped_by_reason=s["dropped_by_reason"], keep_rate=s["keep_rate"])

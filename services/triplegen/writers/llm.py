@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from services.triplegen import store
 from services.triplegen.meta import ImageMeta, clean
 from services.triplegen.validate import check
 from services.triplegen.writers.base import Instruction, PairContext, WriteResult
@@ -239,16 +240,10 @@ def pg_cache(conn, model: str) -> tuple[Callable, Callable]:
     """(get, put) over the llm_cache table, used inside the caller's transaction."""
 
     def get(keys: list[str]) -> dict[str, str]:
-        if not keys:
-            return {}
-        rows = conn.execute("SELECT prompt_hash, response FROM llm_cache "
-                            "WHERE prompt_hash = ANY(%s)", (list(keys),)).fetchall()
-        return {r["prompt_hash"]: r["response"] for r in rows}
+        return store.cached_answers(conn, keys)
 
     def put(items: dict[str, str]) -> None:
-        for k, v in items.items():
-            conn.execute("INSERT INTO llm_cache (prompt_hash, model, prompt_version, response) "
-                         "VALUES (%s, %s, %s, %s) ON CONFLICT (prompt_hash) DO NOTHING",
-                         (k, model, PROMPT_VERSION, v[:MAX_RESPONSE_BYTES]))
+        store.cache_answers(conn, model, PROMPT_VERSION,
+                            {k: v[:MAX_RESPONSE_BYTES] for k, v in items.items()})
 
     return get, put
