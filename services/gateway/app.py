@@ -32,7 +32,7 @@ from runtime.limits import MAX_URL_CHARS
 from runtime.pipeline_status import pipeline_status
 from runtime.rpc import RpcFailure
 from runtime.search_client import index_status, parse_image_id, response_dict
-from services.gateway import pool
+from services.gateway import store
 from services.gateway.config import GatewaySettings
 from services.gateway.examples import ExamplesError, load_examples
 
@@ -205,11 +205,11 @@ class Handler(BaseHTTPRequestHandler):
     def _get_image(self, path: str, params: dict) -> None:
         image_id = _image_id(path.removeprefix("/images/"))
         try:
-            found = pool.image_bytes(self.gateway.settings.database_url, self.gateway.blobs,
+            found = store.image_bytes(self.gateway.settings.database_url, self.gateway.blobs,
                                      image_id)
         except ServiceError as exc:
             raise HttpError(503, str(exc)) from None
-        except pool.BlobMissing as exc:
+        except store.BlobMissing as exc:
             raise HttpError(404, str(exc)) from None
         if found is None:
             raise HttpError(404, f"no image {image_id} in the pool")
@@ -259,10 +259,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def _get_api_pool(self, path: str, params: dict) -> None:
         n = _int_param(params, "n", 24)
-        if not 1 <= n <= pool.MAX_SAMPLE:
-            raise HttpError(400, f"n must be between 1 and {pool.MAX_SAMPLE}")
+        if not 1 <= n <= store.MAX_SAMPLE:
+            raise HttpError(400, f"n must be between 1 and {store.MAX_SAMPLE}")
         try:
-            images = pool.sample(self.gateway.settings.database_url, n)
+            images = store.sample(self.gateway.settings.database_url, n)
         except ServiceError as exc:
             raise HttpError(503, str(exc)) from None
         self._json(200, {"images": images})

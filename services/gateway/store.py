@@ -1,4 +1,5 @@
-"""Pool images from PostgreSQL and the blob store: random samples for picking, bytes by id."""
+"""Postgres reads and blob fetches of the gateway (one place for its SQL): random samples of
+the live pool for picking, and image bytes by id."""
 
 from __future__ import annotations
 
