@@ -32,6 +32,7 @@ from PIL import Image
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]),
                 str(Path(__file__).resolve().parents[1] / "gen")]
 
+from runtime import ports  # noqa: E402
 from services.embedding.client import EmbeddingClient  # noqa: E402
 
 
@@ -150,7 +151,7 @@ def worker_throughput(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--triton-url", default="127.0.0.1:8001")
+    ap.add_argument("--triton-url", default=ports.TRITON_ADDR)
     ap.add_argument("--checkpoint", help="the served checkpoint (serving-overhead mode)")
     ap.add_argument("--batches", type=int, nargs="*", default=[1, 4, 16])
     ap.add_argument("--seconds", type=float, default=10.0)

@@ -1,15 +1,18 @@
 """The workload table: one row per process kind the suite runs on a cluster.
 
-This is the single place that names each workload's entry point, ports (matching
-docs/runtime.md), resource needs and the calls it makes. deploy/gen_base.py turns it into the
-kustomize base; deploy/smoke.py reads it to know which health endpoints to probe. Changing a
-port or a call here and re-running `python -m deploy.gen_base` keeps Service, probes and
-NetworkPolicies consistent with each other.
+This is the single place that names each workload's entry point, resource needs and the
+calls it makes; its ports come from runtime/ports.py (the table docs/runtime.md shows).
+deploy/gen_base.py turns it into the kustomize base; deploy/smoke.py reads it to know which
+health endpoints to probe. Changing a port (in runtime/ports.py) or a call here and re-running
+`python -m deploy.gen_base` keeps Service, probes and NetworkPolicies consistent with each
+other.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from runtime import ports
 
 REGISTRY = "ghcr.io/magiclens"
 SERVICE_IMAGE = f"{REGISTRY}/magiclens-service"  # Dockerfile target `service` (env/main.lock)
@@ -77,15 +80,18 @@ class Workload:
 
 
 WORKLOADS: tuple[Workload, ...] = (
-    Workload("mining", "services.mining", grpc_port=50051, metrics_port=9151,
+    Workload("mining", "services.mining", grpc_port=ports.MINING.grpc,
+             metrics_port=ports.MINING.metrics,
              uses=frozenset({POSTGRES, KAFKA, S3, INTERNET}),
              requests=("500m", "1Gi"), limits=("2", "2Gi"),
              keda=("magiclens-mining", "magiclens.pages.discovered.v1")),
-    Workload("triplegen", "services.triplegen", grpc_port=50052, metrics_port=9152,
+    Workload("triplegen", "services.triplegen", grpc_port=ports.TRIPLEGEN.grpc,
+             metrics_port=ports.TRIPLEGEN.metrics,
              uses=frozenset({POSTGRES, KAFKA, S3}),
              requests=("500m", "1Gi"), limits=("2", "4Gi"),
              keda=("magiclens-triplegen", "magiclens.pairs.mined.v1")),
-    Workload("training", "services.training", grpc_port=50053, metrics_port=9153,
+    Workload("training", "services.training", grpc_port=ports.TRAINING.grpc,
+             metrics_port=ports.TRAINING.metrics,
              uses=frozenset({POSTGRES, KAFKA, S3}),
              requests=("2", "8Gi"), limits=("8", "32Gi"), data_volume_gi=50, startup_s=120),
     # One pod per Triton replica: the Triton server (PyTriton, own image from env/triton.lock;
@@ -95,31 +101,35 @@ WORKLOADS: tuple[Workload, ...] = (
              container="embedding-server",
              # Listen ports stated, not left to the server's defaults: they are the ports
              # the Service and the probes name (and what a local run moves).
-             args=("--current-file", CURRENT_MODEL_FILE, "--http-port", "8000",
-                   "--grpc-port", "8001", "--metrics-port", "8002"),
+             args=("--current-file", CURRENT_MODEL_FILE, "--http-port", str(ports.TRITON.http),
+                   "--grpc-port", str(ports.TRITON.grpc),
+                   "--metrics-port", str(ports.TRITON.metrics)),
              env={"MAGICLENS_TRITON_HOST": "0.0.0.0"},
-             http_port=8000, http_health_path="/v2/health/ready", metrics_port=8002,
-             extra_ports=(("triton-grpc", 8001),),
+             http_port=ports.TRITON.http, http_health_path="/v2/health/ready",
+             metrics_port=ports.TRITON.metrics, extra_ports=(("triton-grpc", ports.TRITON.grpc),),
              uses=frozenset({POSTGRES, KAFKA, S3}),
              requests=("2", "6Gi"), limits=("4", "12Gi"), startup_s=300, data_volume_gi=10,
              sidecar=Sidecar("embedding-worker", "services.embedding.worker",
                              # The same file the server beside it watches (its default
                              # is <data>/serving/current_model.json: the server would wait
                              # for a model forever).
-                             env=(("MAGICLENS_TRITON_URL", "127.0.0.1:8001"),
+                             env=(("MAGICLENS_TRITON_URL", ports.TRITON_ADDR),
                                   ("MAGICLENS_CURRENT_MODEL_FILE", CURRENT_MODEL_FILE)))),
     Workload("search-shard", "services.search.shard", kind="StatefulSet",
-             grpc_port=50060, metrics_port=9160,
+             grpc_port=ports.SEARCH_SHARD.grpc, metrics_port=ports.SEARCH_SHARD.metrics,
              uses=frozenset({POSTGRES, KAFKA, S3}),
              requests=("1", "4Gi"), limits=("2", "8Gi"), startup_s=600, data_volume_gi=20),
-    Workload("search-root", "services.search.root", grpc_port=50055, metrics_port=9155,
+    Workload("search-root", "services.search.root", grpc_port=ports.SEARCH_ROOT.grpc,
+             metrics_port=ports.SEARCH_ROOT.metrics,
              uses=frozenset({POSTGRES}),
-             calls=(("search-shard", 50060), ("embedding", 8001)),
+             calls=(("search-shard", ports.SEARCH_SHARD.grpc), ("embedding", ports.TRITON.grpc)),
              requests=("250m", "512Mi"), limits=("1", "1Gi")),
-    Workload("gateway", "services.gateway", http_port=8080, http_health_path="/api/health",
+    Workload("gateway", "services.gateway", http_port=ports.GATEWAY.http,
+             http_health_path="/api/health",
              public=True, uses=frozenset({POSTGRES, S3}),
-             calls=(("search-root", 50055),),
-             env={"MAGICLENS_GATEWAY_HOST": "0.0.0.0", "MAGICLENS_GATEWAY_PORT": "8080"},
+             calls=(("search-root", ports.SEARCH_ROOT.grpc),),
+             env={"MAGICLENS_GATEWAY_HOST": "0.0.0.0",
+                  "MAGICLENS_GATEWAY_PORT": str(ports.GATEWAY.http)},
              requests=("100m", "256Mi"), limits=("500m", "512Mi"), migrate=False),
     # No server of its own (no health or metrics endpoint yet): see deploy/README.md.
     Workload("outbox-relay", "services.outbox_relay", uses=frozenset({POSTGRES, KAFKA})),

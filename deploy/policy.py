@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from runtime import ports
+
 K8S_VERSIONS = ("1.28.0", "1.37.0")  # 1.28: first with the pod-index label on StatefulSets
 WORKLOAD_KINDS = ("Deployment", "StatefulSet")
 # Containers without any server to probe (names). They only consume/poll and publish; a dead
@@ -461,7 +463,8 @@ def _shard_count_problems(docs: list[Doc]) -> list[str]:
     if int(data["MAGICLENS_NUM_SHARDS"]) != have:
         p.append(f"MAGICLENS_NUM_SHARDS={data['MAGICLENS_NUM_SHARDS']} but "
                  f"StatefulSet/search-shard has {have} replicas")
-    want = ",".join(f"search-shard-{i}.search-shard:50060" for i in range(have))
+    want = ",".join(f"search-shard-{i}.search-shard:{ports.SEARCH_SHARD.grpc}"
+                    for i in range(have))
     if data.get("MAGICLENS_SHARDS") != want:
         p.append(f"MAGICLENS_SHARDS={data.get('MAGICLENS_SHARDS')!r} but {have} shards need "
                  f"{want!r}")

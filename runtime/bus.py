@@ -32,13 +32,13 @@ from kafka.structs import OffsetAndMetadata
 
 from runtime import db
 from runtime.errors import UnavailableError
+from runtime.limits import MAX_EVENT_BYTES
 from runtime.topics import BY_NAME, Topic
 
 log = logging.getLogger(__name__)
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
-MAX_MESSAGE_BYTES = 10 * 1024 * 1024
 _EVENT_NS = uuid.UUID("6f1c1f0e-8a8e-4f43-9f7a-4d3b2c1a0e55")
 # The UUID spellings Postgres and Python agree on (uuid.UUID alone also takes "+…", "1_2…",
 # "uuid:…" anywhere, which Postgres refuses and which can make two different ids equal).
@@ -170,7 +170,7 @@ def make_producer(bootstrap: str, client_id: str = "magiclens") -> KafkaProducer
     try:
         return KafkaProducer(bootstrap_servers=bootstrap, client_id=client_id, acks="all",
                              enable_idempotence=True, linger_ms=5, retries=5,
-                             max_request_size=MAX_MESSAGE_BYTES, compression_type="gzip",
+                             max_request_size=MAX_EVENT_BYTES, compression_type="gzip",
                              request_timeout_ms=15000)
     except (KafkaError, OSError) as exc:
         raise _brokers_error(bootstrap, exc) from None
@@ -252,7 +252,7 @@ class Consumer:
                 heartbeat_interval_ms=self.options.heartbeat_interval_ms,
                 max_poll_records=self.options.max_poll_records,
                 max_poll_interval_ms=self.options.max_poll_interval_ms,
-                fetch_max_bytes=MAX_MESSAGE_BYTES, max_partition_fetch_bytes=MAX_MESSAGE_BYTES)
+                fetch_max_bytes=MAX_EVENT_BYTES, max_partition_fetch_bytes=MAX_EVENT_BYTES)
         except (KafkaError, OSError) as exc:
             raise _brokers_error(self.bootstrap, exc) from None
 

@@ -14,9 +14,10 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from runtime import ports
 from runtime.errors import UnavailableError
 
-DEFAULT_URL = "127.0.0.1:8001"
+DEFAULT_URL = ports.TRITON_ADDR
 MAX_REQUEST_IMAGES = 16  # the server's max_batch_size
 
 

@@ -1,4 +1,4 @@
-"""Validation of client inputs to the encoders (light: no jax), shared by server and root."""
+"""Validation of client inputs to the encoders (light: no jax). Limits: runtime/limits.py."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ import io
 
 from PIL import Image
 
-MAX_IMAGE_BYTES = 20 * 1024 * 1024
-MAX_IMAGE_PIXELS = 40_000_000  # decompression-bomb guard (Pillow's default warns at ~89M)
+from runtime.limits import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
+
 MIN_IMAGE_SIDE = 8
-MAX_INSTRUCTION_CHARS = 1000
 ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"}
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime import ports
 from services.embedding.current import read_current, write_current
 from services.embedding.model import BadInput, LoadedModel, load_checkpoint
 
@@ -223,10 +224,12 @@ def main(argv: list[str] | None = None) -> int:
                     / "serving" / "current_model.json")
     ap.add_argument("--checkpoint", help="serve this checkpoint (writes the current-file)")
     ap.add_argument("--model-version", default="")
-    ap.add_argument("--grpc-port", type=int, default=int(os.environ.get("TRITON_GRPC_PORT", 8001)))
-    ap.add_argument("--http-port", type=int, default=int(os.environ.get("TRITON_HTTP_PORT", 8000)))
+    ap.add_argument("--grpc-port", type=int,
+                    default=int(os.environ.get("TRITON_GRPC_PORT", ports.TRITON.grpc)))
+    ap.add_argument("--http-port", type=int,
+                    default=int(os.environ.get("TRITON_HTTP_PORT", ports.TRITON.http)))
     ap.add_argument("--metrics-port", type=int,
-                    default=int(os.environ.get("TRITON_METRICS_PORT", 8002)))
+                    default=int(os.environ.get("TRITON_METRICS_PORT", ports.TRITON.metrics)))
     ap.add_argument("--host", default=os.environ.get("MAGICLENS_TRITON_HOST", "127.0.0.1"),
                     help="interface to bind (0.0.0.0 in a pod)")
     ap.add_argument("--max-batch", type=int, default=16)

@@ -36,7 +36,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from magiclens.v1 import events_pb2
 from pydantic import Field
 
-from runtime import checkpoint_store, db, outbox
+from runtime import checkpoint_store, db, outbox, ports
 from runtime.blobstore import open_blobstore
 from runtime.bus import Consumer, Event, ensure_topics
 from runtime.config import BaseServiceSettings, load_settings, run_main
@@ -65,7 +65,7 @@ RECONCILE_PASS_S = 240.0
 
 
 class WorkerSettings(BaseServiceSettings):
-    triton_url: str = "127.0.0.1:8001"
+    triton_url: str = ports.TRITON_ADDR
     current_model_file: Path | None = None  # default: <data_dir>/serving/current_model.json
     reconcile_batch: int = Field(default=256, ge=1, le=10_000)
     embed_batch: int = Field(default=MAX_REQUEST_IMAGES, ge=1, le=MAX_REQUEST_IMAGES)

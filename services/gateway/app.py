@@ -28,7 +28,7 @@ from magiclens.v1 import common_pb2, search_pb2
 from runtime import search_client
 from runtime.blobstore import open_blobstore
 from runtime.errors import ServiceError
-from runtime.limits import MAX_URL_CHARS
+from runtime.limits import MAX_K, MAX_URL_CHARS
 from runtime.pipeline_status import pipeline_status
 from runtime.rpc import RpcFailure
 from runtime.search_client import index_status, parse_image_id, response_dict
@@ -70,8 +70,8 @@ class Gateway:
         if len(instruction) > s.gateway_max_instruction_chars:
             raise HttpError(400, f"instruction is longer than "
                                  f"{s.gateway_max_instruction_chars} characters")
-        if not 1 <= k <= 100:
-            raise HttpError(400, f"k must be between 1 and 100 (got {k})")
+        if not 1 <= k <= MAX_K:
+            raise HttpError(400, f"k must be between 1 and {MAX_K} (got {k})")
         req = search_pb2.SearchRequest(query=query, instruction=instruction, k=k)
         try:
             resp = search_client.search(s.search_addr, req, s.gateway_search_timeout_s)

@@ -6,16 +6,18 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
+from runtime import ports
 from runtime.config import BaseServiceSettings, check_addr
+from runtime.limits import MAX_INSTRUCTION_CHARS, MAX_QUERY_IMAGE_BYTES
 
 
 class GatewaySettings(BaseServiceSettings):
-    search_addr: str = "127.0.0.1:50055"  # the search root (MAGICLENS_SEARCH_ADDR)
-    gateway_host: str = "127.0.0.1"
-    gateway_port: int = Field(default=8080, ge=0, le=65535)
-    gateway_max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024,
+    search_addr: str = ports.SEARCH_ADDR  # the search root (MAGICLENS_SEARCH_ADDR)
+    gateway_host: str = ports.LOCAL_HOST
+    gateway_port: int = Field(default=ports.GATEWAY.http, ge=0, le=65535)
+    gateway_max_upload_bytes: int = Field(default=MAX_QUERY_IMAGE_BYTES, ge=1024,
                                           le=30 * 1024 * 1024)
-    gateway_max_instruction_chars: int = Field(default=1000, ge=1, le=10_000)
+    gateway_max_instruction_chars: int = Field(default=MAX_INSTRUCTION_CHARS, ge=1, le=10_000)
     gateway_examples_file: Path | None = None  # default: <data_dir>/demo/examples.json
     gateway_search_timeout_s: float = Field(default=20.0, gt=0, le=300)
     gateway_status_timeout_s: float = Field(default=2.0, gt=0, le=60)

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
+from runtime import ports
 from runtime.config import BaseServiceSettings
+from runtime.limits import MAX_IMAGE_PIXELS
 from runtime.topics import PAGES_DISCOVERED
 
 
 class MiningSettings(BaseServiceSettings):
-    grpc_port: int = Field(default=50051, ge=0, le=65535)
-    metrics_port: int = Field(default=9151, ge=0, le=65535)
+    grpc_port: int = Field(default=ports.MINING.grpc, ge=0, le=65535)
+    metrics_port: int = Field(default=ports.MINING.metrics, ge=0, le=65535)
 
     # Which topic/group to consume (overridable so tests and benchmarks run in isolation).
     mining_pages_topic: str = PAGES_DISCOVERED.name
@@ -39,7 +41,7 @@ class MiningSettings(BaseServiceSettings):
     # Parsing and image policy.
     mining_max_images_per_page: int = Field(default=60, ge=1, le=10_000)
     mining_max_data_uri_bytes: int = Field(default=256 * 1024, ge=0)
-    mining_max_image_pixels: int = Field(default=40_000_000, ge=10_000)
+    mining_max_image_pixels: int = Field(default=MAX_IMAGE_PIXELS, ge=10_000)
     mining_min_side: int = Field(default=64, ge=1)
     mining_max_aspect: float = Field(default=4.0, ge=1.0)
     mining_max_svg_bytes: int = Field(default=1024 * 1024, ge=1024)

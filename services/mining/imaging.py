@@ -26,6 +26,8 @@ from urllib.parse import unquote, urlsplit
 import imagehash
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from runtime.limits import MAX_IMAGE_PIXELS
+
 ALLOWED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp",
                    "GIF": "image/gif", "BMP": "image/bmp"}
 JUNK_TOKENS = {"logo", "logos", "icon", "icons", "favicon", "sprite", "sprites", "ad", "ads",
@@ -41,7 +43,7 @@ class Rejection(ValueError):
 
 @dataclass
 class Policy:
-    max_pixels: int = 40_000_000
+    max_pixels: int = MAX_IMAGE_PIXELS
     min_side: int = 64
     max_aspect: float = 4.0
     max_svg_bytes: int = 1024 * 1024

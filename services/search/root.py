@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import threading
 import time
 from concurrent import futures
@@ -24,23 +23,24 @@ import grpc
 from magiclens.v1 import search_pb2, search_pb2_grpc
 from pydantic import Field
 
-from runtime import db
+from runtime import db, ports
 from runtime.blobstore import open_blobstore
 from runtime.config import BaseServiceSettings, load_settings, run_main
 from runtime.errors import UnavailableError
+from runtime.limits import MAX_IMAGE_BYTES, MAX_INSTRUCTION_CHARS, MAX_K
 from runtime.logs import setup_logging
 from runtime.service import Service
 from services.embedding.client import EmbeddingClient, EmbeddingError, ModelNotLoadedError
-from services.embedding.inputs import MAX_IMAGE_BYTES, MAX_INSTRUCTION_CHARS, BadInput, decode_image
+from services.embedding.inputs import BadInput, decode_image
 from services.search import store
 
 log = logging.getLogger("search-root")
-MAX_K = 100
 
 
 class RootSettings(BaseServiceSettings):
-    shards: str = "127.0.0.1:50060,127.0.0.1:50061"
-    triton_url: str = "127.0.0.1:8001"
+    grpc_port: int = Field(default=ports.SEARCH_ROOT.grpc, ge=0, le=65535)
+    shards: str = ports.shard_addrs(2)
+    triton_url: str = ports.TRITON_ADDR
     shard_timeout_s: float = Field(default=1.0, gt=0)
     embed_timeout_s: float = Field(default=10.0, gt=0)
     url_allowlist: str = ""  # comma-separated hosts whose images may be fetched by URL
@@ -227,8 +227,6 @@ class Root(search_pb2_grpc.SearchServiceServicer):
 
 def main() -> int:
     settings = load_settings(RootSettings)
-    if "MAGICLENS_GRPC_PORT" not in os.environ:
-        settings.grpc_port = 50055
     setup_logging("search-root", settings.log_level)
     service = Service("search-root", settings)
     service.prepare(topics=False)

@@ -30,7 +30,7 @@ from magiclens.v1 import events_pb2, search_pb2, search_pb2_grpc
 from prometheus_client import Gauge, Histogram
 from pydantic import Field
 
-from runtime import db
+from runtime import db, ports
 from runtime.bus import Consumer, Event
 from runtime.config import BaseServiceSettings, load_settings, run_main
 from runtime.logs import setup_logging
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         from runtime.errors import ConfigError
         raise ConfigError(f"--shard {settings.shard} must be < --num-shards {settings.num_shards}")
     if "MAGICLENS_GRPC_PORT" not in os.environ:
-        settings.grpc_port = 50060 + settings.shard
+        settings.grpc_port = ports.shard_grpc_port(settings.shard)
     setup_logging(f"search-shard-{settings.shard}", settings.log_level)
     service = Service(f"search-shard-{settings.shard}", settings)
     service.prepare()

@@ -8,7 +8,9 @@ from collections.abc import Callable
 import grpc
 from magiclens.v1 import training_pb2, training_pb2_grpc
 
-DEFAULT_TARGET = "127.0.0.1:50053"
+from runtime import ports
+
+DEFAULT_TARGET = ports.TRAINING_ADDR
 FINAL = ("succeeded", "failed")
 
 

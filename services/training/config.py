@@ -6,21 +6,23 @@ from pathlib import Path
 
 from pydantic import Field
 
+from runtime import ports
 from runtime.config import BaseServiceSettings
+from runtime.limits import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 from runtime.topics import MODELS_PUBLISHED, TRIPLES_CREATED
 
 
 class TrainingSettings(BaseServiceSettings):
-    grpc_port: int = Field(default=50053, ge=0, le=65535)
-    metrics_port: int = Field(default=9153, ge=0, le=65535)
+    grpc_port: int = Field(default=ports.TRAINING.grpc, ge=0, le=65535)
+    metrics_port: int = Field(default=ports.TRAINING.metrics, ge=0, le=65535)
 
     # Request limits.
     training_max_steps: int = Field(default=100_000, ge=1)
     # Data limits (triples and images are untrusted web content).
     training_max_triples: int = Field(default=200_000, ge=1)
     training_min_triples: int = Field(default=4, ge=1)
-    training_max_image_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
-    training_max_image_pixels: int = Field(default=40_000_000, ge=1024)
+    training_max_image_bytes: int = Field(default=MAX_IMAGE_BYTES, ge=1024)
+    training_max_image_pixels: int = Field(default=MAX_IMAGE_PIXELS, ge=1024)
     # Queue and recovery.
     training_poll_s: float = Field(default=1.0, gt=0, le=60)
     training_max_attempts: int = Field(default=3, ge=1, le=100)

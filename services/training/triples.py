@@ -27,9 +27,10 @@ from PIL import Image
 
 from runtime import db
 from runtime.blobstore import BlobStore, open_blobstore
+from runtime.limits import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_INSTRUCTION_CHARS
 from services.training import store
 from services.training.store import SPLITS
-from trainer.data.triples import MAX_INSTRUCTION_CHARS, Triple, write_jsonl
+from trainer.data.triples import Triple, write_jsonl
 
 _SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp",
            "TIFF": ".tif"}
@@ -45,8 +46,8 @@ class PostgresTripleSource:
 
     def __init__(self, database_url: str, blobstore: BlobStore | str, cache_dir: str | Path,
                  split: str = "train", *, limit: int = 200_000,
-                 max_image_bytes: int = 32 * 1024 * 1024,
-                 max_image_pixels: int = 40_000_000) -> None:
+                 max_image_bytes: int = MAX_IMAGE_BYTES,
+                 max_image_pixels: int = MAX_IMAGE_PIXELS) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
         self.split = split

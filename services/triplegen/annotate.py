@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from runtime.limits import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
+
 ANNOTATOR_VERSION = "mnv2-imagenet-v1"
 BACKBONE_NAME = "compact/mobilenet_v2"
 BATCH_SIZES = (1, 8, 32)
 TOP_K = 5
-MAX_IMAGE_PIXELS = 64_000_000
-MAX_IMAGE_BYTES = 32 * 1024 * 1024
 CLASSES_FILE = Path(__file__).resolve().parents[2] / "trainer" / "data" / "imagenet_classes.txt"
 
 

@@ -6,15 +6,13 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from runtime import ports
 from runtime.config import BaseServiceSettings
-
-DEFAULT_GRPC_PORT = 50052
-DEFAULT_METRICS_PORT = 9152
 
 
 class TripleGenSettings(BaseServiceSettings):
-    grpc_port: int = Field(default=DEFAULT_GRPC_PORT, ge=0, le=65535)
-    metrics_port: int = Field(default=DEFAULT_METRICS_PORT, ge=0, le=65535)
+    grpc_port: int = Field(default=ports.TRIPLEGEN.grpc, ge=0, le=65535)
+    metrics_port: int = Field(default=ports.TRIPLEGEN.metrics, ge=0, le=65535)
 
     triplegen_writer: Literal["metadata", "llm"] = "metadata"
     triplegen_instructions_per_pair: int = Field(default=2, ge=1, le=5)

@@ -8,6 +8,7 @@ from typing import Any
 from magiclens.v1 import search_pb2
 
 from runtime import search_client
+from runtime.limits import MAX_INSTRUCTION_CHARS, MAX_K
 from runtime.rpc import RpcFailure
 from runtime.search_client import response_dict
 from tools.cli.errors import UsageError
@@ -16,15 +17,14 @@ from tools.cli.output import emit, table
 from tools.cli.rpc import cli_error
 from tools.cli.settings import ClientSettings
 
-MAX_INSTRUCTION_CHARS = 1000
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="rank pool images by a query image and an instruction")
     p.add_argument("--image", required=True, help="query image: a file, an http(s) URL or a "
                    "pool image id")
     p.add_argument("--instruction", "-q", default="", help="what to find, e.g. 'as a sketch'")
-    p.add_argument("-k", type=int, default=10, help="number of results, 1..100 (default 10)")
+    p.add_argument("-k", type=int, default=10,
+                   help=f"number of results, 1..{MAX_K} (default 10)")
     p.add_argument("--source", default="", help="only images from this source label")
     p.add_argument("--domain", default="", help="only images from pages on this domain")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -44,8 +44,8 @@ def _human(data: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace, settings: ClientSettings) -> int:
-    if not 1 <= args.k <= 100:
-        raise UsageError(f"-k must be between 1 and 100 (got {args.k})")
+    if not 1 <= args.k <= MAX_K:
+        raise UsageError(f"-k must be between 1 and {MAX_K} (got {args.k})")
     if len(args.instruction) > MAX_INSTRUCTION_CHARS:
         raise UsageError(f"--instruction is longer than {MAX_INSTRUCTION_CHARS} characters")
     request = search_pb2.SearchRequest(

@@ -6,11 +6,9 @@ from pathlib import Path
 
 from magiclens.v1 import common_pb2
 
-from runtime.limits import MAX_URL_CHARS
+from runtime.limits import MAX_QUERY_IMAGE_BYTES, MAX_URL_CHARS
 from runtime.search_client import parse_image_id
 from tools.cli.errors import UsageError
-
-MAX_QUERY_IMAGE_BYTES = 10 * 1024 * 1024
 
 
 def image_input(spec: str, max_bytes: int = MAX_QUERY_IMAGE_BYTES) -> common_pb2.ImageInput:

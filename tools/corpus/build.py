@@ -18,6 +18,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from runtime import ports
 from tools.corpus import clipart, emoji, evalq, flags, gcompris, render
 from tools.corpus.context import SIZES, Context
 from tools.corpus.fetch import Fetcher
@@ -33,7 +34,7 @@ from tools.corpus.site import (
 from tools.corpus.warc import write_warc
 
 HELDOUT_PERCENT = 15
-DEFAULT_BASE_URL = "http://127.0.0.1:8765/"
+DEFAULT_BASE_URL = ports.CORPUS_SITE_URL
 ALL_SOURCES = ("openmoji", "noto-emoji", "fluent-emoji-3d", "flags", "gcompris", "openclipart",
                "tuxpaint")
 

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import ClassVar
 
+from runtime import ports
 from tools.corpus.build import DEFAULT_BASE_URL, build
 
 
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                      "data/cache")))
     b.add_argument("--base-url", default=os.environ.get("CORPUS_BASE_URL", DEFAULT_BASE_URL))
     s = sub.add_parser("serve", help="serve the built site on 127.0.0.1")
-    s.add_argument("--port", type=int, default=8765)
+    s.add_argument("--port", type=int, default=ports.CORPUS_SITE.http)
     s.add_argument("--out", type=Path, default=Path("data/corpus"))
     args = ap.parse_args(argv)
     if args.cmd == "build":

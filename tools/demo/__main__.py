@@ -24,7 +24,7 @@ import psycopg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg.rows import dict_row
 
-from runtime import db
+from runtime import db, ports
 from runtime.bus import ensure_topics
 from runtime.config import project_root
 from tools import infra
@@ -32,8 +32,9 @@ from tools import infra
 ROOT = project_root()
 DATA = Path(os.environ.get("MAGICLENS_DATA_DIR", ROOT / "data"))
 CORPUS = DATA / "corpus"
-SITE = "http://127.0.0.1:8765/"
-SERVICES = {"mining": 50051, "triplegen": 50052, "training": 50053, "search root": 50055}
+SITE = ports.CORPUS_SITE_URL
+SERVICES = {"mining": ports.MINING.grpc, "triplegen": ports.TRIPLEGEN.grpc,
+            "training": ports.TRAINING.grpc, "search root": ports.SEARCH_ROOT.grpc}
 EXAMPLE_RELATIONS = ("same_country_landmark", "emoji_style", "skin_tone", "gender",
                      "neighbour_flag", "same_category", "animal_emoji", "country_flag")
 
@@ -98,7 +99,7 @@ def wait_until(what: str, done: Callable[[], bool], status: Callable[[], str],
 
 def grpc_healthy(port: int) -> bool:
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        with grpc.insecure_channel(ports.local(port)) as ch:
             resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(),
                                                         timeout=2)
             return resp.status == health_pb2.HealthCheckResponse.SERVING
@@ -125,7 +126,7 @@ def shard_vectors(version: str) -> int:
     from magiclens.v1 import search_pb2, search_pb2_grpc
 
     try:
-        with grpc.insecure_channel("127.0.0.1:50055") as ch:
+        with grpc.insecure_channel(ports.SEARCH_ADDR) as ch:
             st = search_pb2_grpc.SearchServiceStub(ch).GetIndexStatus(
                 search_pb2.GetIndexStatusRequest(), timeout=5)
             return int(st.num_vectors) if st.model_version == version else 0
@@ -265,7 +266,7 @@ def step_examples(url: str, per_relation: int = 1, k: int = 5) -> list[dict]:
                     chosen.append((origin, q))
                     picked += 1
     examples = []
-    with grpc.insecure_channel("127.0.0.1:50055") as ch:
+    with grpc.insecure_channel(ports.SEARCH_ADDR) as ch:
         stub = search_pb2_grpc.SearchServiceStub(ch)
         for origin, q in chosen:
             resp = stub.Search(search_pb2.SearchRequest(
@@ -322,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         say("interrupted; services keep running (./taskw down stops them)")
         return 130
     say(f"finished in {(time.monotonic() - started) / 60:.1f} min")
-    say("web UI: http://127.0.0.1:8080/  ·  CLI: .venv/bin/magiclens search --image ID "
+    say(f"web UI: {ports.GATEWAY_URL}  ·  CLI: .venv/bin/magiclens search --image ID "
         "--instruction TEXT  ·  stop everything: ./taskw down")
     return 0
 

@@ -12,9 +12,10 @@ import sys
 import time
 import urllib.request
 
+from runtime import ports
 from runtime.config import project_root
 
-SITE = "http://127.0.0.1:8765/"
+SITE = ports.CORPUS_SITE_URL
 
 
 def serving() -> bool:
@@ -36,7 +37,8 @@ def ensure_corpus(size: str = "small", detach: bool = True) -> subprocess.Popen 
     log_dir = root / "data/infra"
     log_dir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tools.corpus", "serve", "--port", "8765"], cwd=root,
+        [sys.executable, "-m", "tools.corpus", "serve", "--port", str(ports.CORPUS_SITE.http)],
+        cwd=root,
         stdout=(log_dir / "corpus-serve.log").open("ab"), stderr=subprocess.STDOUT,
         start_new_session=detach)
     (log_dir / "corpus-serve.pid").write_text(str(proc.pid))
@@ -44,7 +46,7 @@ def ensure_corpus(size: str = "small", detach: bool = True) -> subprocess.Popen 
         if serving():
             return proc
         time.sleep(0.2)
-    raise SystemExit("corpus server did not come up on 127.0.0.1:8765 (port taken?)")
+    raise SystemExit(f"corpus server did not come up at {SITE} (port taken?)")
 
 
 def main() -> int:
@@ -57,7 +59,7 @@ def main() -> int:
     if heldout.exists():
         args += ["--heldout-file", str(heldout)]
     print(f"ingest: corpus served at {SITE}; the miner needs "
-          "MAGICLENS_MINING_ALLOW_HOSTS=127.0.0.1:8765", file=sys.stderr)
+          f"MAGICLENS_MINING_ALLOW_HOSTS={ports.local(ports.CORPUS_SITE.http)}", file=sys.stderr)
     return ingest_main(args)
 
 
