@@ -1,16 +1,19 @@
 """Process lifecycle shared by every service: start workers, stop them gracefully.
 
 A service is a gRPC server plus background workers (Kafka consumers, the outbox relay,
-periodic jobs). On SIGTERM/SIGINT it reports NOT_SERVING, lets in-flight RPCs finish, lets
-each consumer finish (and commit) its current event, and flushes the relay.
+periodic jobs, loops of its own such as the training worker). On SIGTERM/SIGINT it reports
+NOT_SERVING, lets in-flight RPCs finish, lets each consumer finish (and commit) its current
+event, flushes the relay and asks its own loops to stop.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from runtime import db
 from runtime.bus import Consumer, ensure_topics
@@ -19,6 +22,13 @@ from runtime.grpc_server import GrpcServer, Registration
 from runtime.outbox import OutboxRelay
 
 log = logging.getLogger(__name__)
+
+
+class Worker(Protocol):
+    """A loop of a service's own: `run()` until `stop()` is called (from another thread)."""
+
+    def run(self) -> None: ...
+    def stop(self) -> None: ...
 
 
 class Service:
@@ -30,7 +40,10 @@ class Service:
         self.relay: OutboxRelay | None = None
         self.grpc: GrpcServer | None = None
         self._periodic: list[tuple[float, Callable[[], None]]] = []
+        self._workers: list[tuple[str, Worker]] = []
         self._threads: list[threading.Thread] = []
+        self._worker_threads: list[threading.Thread] = []
+        self.abandoned: list[str] = []  # own loops still running when stop() gave up on them
 
     def prepare(self, migrate: bool = True, topics: bool = True) -> None:
         """Check dependencies up front so a bad setting fails fast with one line."""
@@ -58,7 +71,17 @@ class Service:
     def every(self, seconds: float, job: Callable[[], None]) -> None:
         self._periodic.append((seconds, job))
 
-    def _spawn(self, target: Callable[[], None], name: str) -> None:
+    def add_worker(self, name: str, worker: Worker) -> None:
+        """A loop of the service's own, started with the others and stopped with them.
+
+        One that has not returned within the shutdown grace is abandoned (a native
+        computation in progress, such as an XLA step, cannot be interrupted): `run_forever`
+        then ends the process at once, because interpreter shutdown aborts under it. Its
+        work must therefore be resumable from Postgres (the training worker's is)."""
+        self._workers.append((name, worker))
+
+    def _spawn(self, target: Callable[[], None], name: str,
+               into: list[threading.Thread] | None = None) -> None:
         def guarded() -> None:
             try:
                 target()
@@ -68,7 +91,7 @@ class Service:
 
         t = threading.Thread(target=guarded, name=name, daemon=True)
         t.start()
-        self._threads.append(t)
+        (self._threads if into is None else into).append(t)
 
     def _periodic_loop(self, seconds: float, job: Callable[[], None]) -> None:
         while not self.stop_event.wait(seconds):
@@ -90,6 +113,8 @@ class Service:
             self._spawn(self.relay.run, "outbox-relay")
         for seconds, job in self._periodic:
             self._spawn(lambda s=seconds, j=job: self._periodic_loop(s, j), "periodic")
+        for name, worker in self._workers:
+            self._spawn(worker.run, name, into=self._worker_threads)
         log.info("service started", extra={"service": self.name})
 
     def stop(self) -> None:
@@ -100,8 +125,13 @@ class Service:
             c.stop()
         if self.relay is not None:
             self.relay.stop()
+        for _, worker in self._workers:
+            worker.stop()
         for t in self._threads:
             t.join(timeout=self.settings.shutdown_grace_s + 10)
+        for t in self._worker_threads:
+            t.join(timeout=self.settings.shutdown_grace_s)
+        self.abandoned = [t.name for t in self._worker_threads if t.is_alive()]
         log.info("service stopped", extra={"service": self.name})
 
     def run_forever(self) -> int:
@@ -109,4 +139,9 @@ class Service:
         self.start()
         self.stop_event.wait()
         self.stop()
+        if self.abandoned:
+            log.warning("exiting with work in progress; it resumes on restart",
+                        extra={"service": self.name, "workers": ",".join(self.abandoned)})
+            logging.shutdown()
+            os._exit(0)  # an XLA computation still running in a thread aborts a normal exit
         return 0

@@ -4,8 +4,6 @@ and (when MAGICLENS_TRAINING_AUTO_MIN_NEW_TRIPLES > 0) the TripleCreated auto-st
 from __future__ import annotations
 
 import logging
-import os
-import threading
 
 from runtime.bus import ensure_topics
 from runtime.config import load_settings, run_main
@@ -44,23 +42,15 @@ def main() -> int:
         service.add_consumer(make_consumer(settings, worker))
     service.add_outbox_relay()
     service.add_grpc([registration(TrainingServicer(settings, worker))])
-    thread = threading.Thread(target=worker.run, name="training-worker", daemon=True)
-    thread.start()
+    # On shutdown a job leaves its training loop after the current step and is requeued; it
+    # resumes from its last checkpoint. Phases without a step hook (feature extraction,
+    # evaluation) cannot be interrupted: the service then exits without waiting for them
+    # (Service.add_worker), and the run, still 'running', is recovered the same way by the
+    # next worker.
+    service.add_worker("training-worker", worker)
     log.info("training service ready", extra={"auto_min_new_triples":
                                               settings.training_auto_min_new_triples})
-    code = service.run_forever()
-    # A job leaves its training loop after the current step and is requeued; it resumes from
-    # its last checkpoint. Phases without a step hook (feature extraction, evaluation) cannot
-    # be interrupted: then the process ends without waiting for them, and the run, still
-    # 'running', is recovered the same way by the next worker.
-    worker.stop()
-    thread.join(timeout=settings.shutdown_grace_s)
-    if thread.is_alive():
-        log.warning("exiting with a run in progress; it resumes on restart",
-                    extra={"run_id": worker.current})
-        logging.shutdown()
-        os._exit(code)  # an XLA computation still running in a thread aborts a normal exit
-    return code
+    return service.run_forever()
 
 
 if __name__ == "__main__":

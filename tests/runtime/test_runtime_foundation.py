@@ -6,6 +6,7 @@ import filecmp
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import grpc
@@ -20,6 +21,7 @@ from runtime.bus import BadEvent, decode
 from runtime.config import BaseServiceSettings, load_settings
 from runtime.errors import ConfigError, UnavailableError
 from runtime.grpc_server import GrpcServer
+from runtime.service import Service
 from runtime.topics import ALL_TOPICS, PAGES_DISCOVERED, markdown_table, renamed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,6 +153,35 @@ def test_grpc_bootstrap_serves_health_and_reflection_and_stops_gracefully():
                  for s in r.list_services_response.service}
         assert "grpc.health.v1.Health" in names
     server.stop(grace=1)
+
+
+class _Loop:
+    """A worker loop; `stuck` ones ignore stop() (a computation that cannot be interrupted)."""
+
+    def __init__(self, stuck: bool = False) -> None:
+        self.stuck, self.started, self.stopping = stuck, threading.Event(), threading.Event()
+        self.release = threading.Event()
+
+    def run(self) -> None:
+        self.started.set()
+        (self.release if self.stuck else self.stopping).wait(30)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+def test_service_runs_its_own_loops_and_says_which_it_had_to_abandon():
+    settings = load_settings(BaseServiceSettings, shutdown_grace_s=0.2)
+    service = Service("loops", settings)
+    polite, stuck = _Loop(), _Loop(stuck=True)
+    service.add_worker("polite", polite)
+    service.add_worker("stuck", stuck)
+    service.start()
+    assert polite.started.wait(5) and stuck.started.wait(5)
+    service.stop()
+    assert polite.stopping.is_set() and stuck.stopping.is_set()
+    assert service.abandoned == ["stuck"]
+    stuck.release.set()
 
 
 def test_generated_code_is_current(tmp_path):
