@@ -21,24 +21,24 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
+import psycopg
+import skimage.data
 from PIL import Image
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]),
-                str(Path(__file__).resolve().parents[1] / "gen")]
-
-from runtime import ports  # noqa: E402
-from services.embedding.client import EmbeddingClient  # noqa: E402
+from runtime import db, ports
+from runtime.blobstore import open_blobstore
+from runtime.config import load_settings
+from runtime.serving import set_serving_version
+from services.embedding.client import EmbeddingClient
+from services.embedding.worker import Worker, WorkerSettings
 
 
 def images(n: int) -> list[bytes]:
-    import skimage.data
-
     base = Image.fromarray(skimage.data.astronaut())
     out = []
     for i in range(n):
@@ -58,6 +58,7 @@ def rate(fn, batch: list[bytes], seconds: float) -> float:
 
 
 def serving_overhead(args) -> None:
+    # JAX loads only for this mode; --worker measures Triton through the real worker.
     from services.embedding.model import load_checkpoint
 
     model = load_checkpoint(args.checkpoint)
@@ -78,13 +79,6 @@ def serving_overhead(args) -> None:
 
 
 def worker_throughput(args) -> None:
-    import psycopg
-
-    from runtime import db, ports
-    from runtime.blobstore import open_blobstore
-    from runtime.config import load_settings
-    from runtime.serving import set_serving_version
-    from services.embedding.worker import Worker, WorkerSettings
 
     client = EmbeddingClient(args.triton_url)
     pool = images(args.pool)

@@ -19,21 +19,16 @@ from __future__ import annotations
 
 import argparse
 import gc
-import sys
 import time
 from pathlib import Path
 
 import grpc
 import numpy as np
+from magiclens.v1 import search_pb2, search_pb2_grpc
 
-_ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(_ROOT), str(_ROOT / "gen")]
-
-from magiclens.v1 import search_pb2, search_pb2_grpc  # noqa: E402
-
-from runtime.grpc_server import GrpcServer  # noqa: E402
-from services.search.index import IndexParams, ShardIndex  # noqa: E402
-from services.search.shard import ShardServicer  # noqa: E402
+from runtime.grpc_server import GrpcServer
+from services.search.index import IndexParams, ShardIndex
+from services.search.shard import ShardServicer
 
 CHUNK = 100_000
 

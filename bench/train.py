@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -52,8 +53,6 @@ def run(mode: str, devices: int, args: argparse.Namespace, tmp: str) -> dict:
 
 def _last_rate(stderr: str) -> float:
     """The progress bar's final triples/s (tqdm postfix)."""
-    import re
-
     found = re.findall(r"fusion/\w+.*?triples_per_s=([0-9.]+)", stderr)
     return float(found[-1]) if found else float("nan")
 

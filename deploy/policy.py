@@ -18,6 +18,7 @@ Three layers, each returning readable one-line problems (empty list = pass):
 
 from __future__ import annotations
 
+import base64
 import posixpath
 import re
 import shlex
@@ -26,7 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import yaml
+from kubernetes_validate.utils import SchemaNotFoundError, ValidationError
 
 from runtime import ports
 
@@ -98,9 +101,6 @@ def is_custom(doc: Doc) -> bool:
 
 
 def schema_problems(docs: Iterable[Doc], versions: Iterable[str] = K8S_VERSIONS) -> list[str]:
-    import kubernetes_validate
-    from kubernetes_validate.utils import SchemaNotFoundError, ValidationError
-
     problems = []
     for doc in docs:
         if is_custom(doc):
@@ -473,8 +473,6 @@ def _shard_count_problems(docs: list[Doc]) -> list[str]:
 
 def placeholder_secrets(docs: list[Doc]) -> list[str]:
     """Secret keys that still hold the committed placeholder (never apply those)."""
-    import base64
-
     found = []
     for s in _by_kind(docs, "Secret"):
         for key, val in (s.get("data") or {}).items():

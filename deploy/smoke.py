@@ -18,7 +18,10 @@ import sys
 from dataclasses import dataclass
 
 import grpc
+import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from magiclens.v1 import common_pb2, search_pb2, search_pb2_grpc
+from PIL import Image
 
 from deploy import catalog
 
@@ -51,8 +54,6 @@ def grpc_health(address: str, timeout: float) -> str | None:
 
 
 def http_health(address: str, path: str, timeout: float) -> str | None:
-    import httpx
-
     try:
         r = httpx.get(f"http://{address}{path}", timeout=timeout)
     except httpx.HTTPError as exc:
@@ -68,8 +69,6 @@ def check_target(t: Target, timeout: float) -> str | None:
 
 
 def _query_png() -> bytes:
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.new("RGB", (64, 64), (200, 40, 40)).save(buf, format="PNG")
     return buf.getvalue()
@@ -77,8 +76,6 @@ def _query_png() -> bytes:
 
 def search(address: str, instruction: str, k: int, timeout: float) -> tuple[str | None, int]:
     """One Search call; returns (problem or None, number of hits)."""
-    from magiclens.v1 import common_pb2, search_pb2, search_pb2_grpc
-
     req = search_pb2.SearchRequest(query=common_pb2.ImageInput(image_bytes=_query_png()),
                                    instruction=instruction, k=k)
     with grpc.insecure_channel(address) as ch:

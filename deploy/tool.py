@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from deploy import catalog, gen_base, policy
+from deploy import smoke as smoke_mod
 
 ROOT = Path(__file__).resolve().parent.parent
 OVERLAYS = ROOT / "deploy" / "k8s" / "overlays"
@@ -212,8 +213,6 @@ def port_forwards(kubectl: str, context: str, ns: str, docs: list[policy.Doc]
 
 
 def smoke(kubectl: str, context: str, ns: str, docs: list[policy.Doc]) -> int:
-    from deploy import smoke as smoke_mod
-
     with port_forwards(kubectl, context, ns, docs) as targets:
         return smoke_mod.main(smoke_argv(targets))
 

@@ -112,7 +112,7 @@ class S3BlobStore:
     """Blobs in an S3-compatible bucket (endpoint from AWS_ENDPOINT_URL when set)."""
 
     def __init__(self, uri: str) -> None:
-        try:
+        try:  # optional: only an s3:// store needs it
             import boto3
         except ImportError as exc:
             raise RuntimeError("s3:// blob store needs boto3 (pip install boto3)") from exc

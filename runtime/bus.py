@@ -13,6 +13,7 @@ Why this shape:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -33,7 +34,7 @@ from kafka.structs import OffsetAndMetadata
 from runtime import db
 from runtime.errors import UnavailableError
 from runtime.limits import MAX_EVENT_BYTES
-from runtime.topics import BY_NAME, Topic
+from runtime.topics import ALL_TOPICS, BY_NAME, Topic
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +118,6 @@ def _headers(raw: Iterable[tuple[str, bytes]] | None) -> dict[str, str]:
 
 def derived_event_id(topic: str, value: bytes) -> str:
     """Events from foreign producers carry no id: derive one from the content (dedupes resends)."""
-    import hashlib
-
     return str(uuid.uuid5(_EVENT_NS, topic + ":" + hashlib.sha256(value).hexdigest()))
 
 
@@ -148,8 +147,6 @@ def _brokers_error(bootstrap: str, exc: Exception) -> UnavailableError:
 
 def ensure_topics(bootstrap: str, topics: Iterable[Topic] | None = None) -> None:
     """Create the topic table's topics when missing (idempotent)."""
-    from runtime.topics import ALL_TOPICS
-
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000,
                                  client_id="magiclens-admin")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 import psycopg
 from psycopg.rows import dict_row
 
+from runtime.config import BaseServiceSettings, load_settings
 from runtime.errors import UnavailableError
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -103,9 +105,6 @@ def migrate(url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
 
 
 def main() -> int:
-    import sys
-
-    from runtime.config import BaseServiceSettings, load_settings
 
     settings = load_settings(BaseServiceSettings)
     try:

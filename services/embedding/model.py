@@ -10,6 +10,7 @@ identical to training. Imports only numpy/jax/flax/PIL: it runs in both environm
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from trainer.models.magiclens import (
     config_for_checkpoint,
     pretrained_params,
 )
+from trainer.weights.compact import weights_dir
 
 BATCH_BUCKETS = (1, 4, 16)  # jit shapes; a batch is padded to the next bucket
 
@@ -35,9 +37,6 @@ BATCH_BUCKETS = (1, 4, 16)  # jit shapes; a batch is padded to the next bucket
 def enable_compile_cache() -> None:
     """Persist XLA compilations (keyed by jax version, shapes and flags) so restarts of the
     server, the tests and the benches do not recompile the towers (~10 s per batch shape)."""
-    import os
-
-    from trainer.weights.compact import weights_dir
 
     cache = os.environ.get("MAGICLENS_JAX_CACHE_DIR",
                            str(weights_dir().parent / "cache" / "jax"))

@@ -242,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     os.environ["LD_LIBRARY_PATH"] = libdir + (":" + os.environ["LD_LIBRARY_PATH"]
                                               if os.environ.get("LD_LIBRARY_PATH") else "")
+    # PyTriton exists only in .venv-triton (numpy<2). The main environment imports this module
+    # for ModelHolder/Watcher (tests, the pod hand-off check) and never runs main().
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig
 

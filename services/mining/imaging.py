@@ -19,11 +19,13 @@ import binascii
 import hashlib
 import io
 import re
+import time
 import warnings
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 import imagehash
+import resvg_py
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from runtime.limits import MAX_IMAGE_PIXELS
@@ -118,8 +120,6 @@ def sniff(data: bytes) -> str:
 
 
 def _rasterise_svg(data: bytes, policy: Policy) -> bytes:
-    import resvg_py
-
     if len(data) > policy.max_svg_bytes:
         raise Rejection(f"SVG larger than {policy.max_svg_bytes} bytes")
     text = data.decode("utf-8", errors="replace")
@@ -171,8 +171,6 @@ def colour_distance(a: bytes, b: bytes) -> int:
 def decode_image(data: bytes, policy: Policy, timings: dict[str, float] | None = None
                  ) -> Decoded:
     """Validate and hash; raises Rejection with the rule that failed."""
-    import time
-
     t0 = time.perf_counter()
     content_hash = hashlib.sha256(data).hexdigest()
     kind = sniff(data)

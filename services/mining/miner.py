@@ -12,6 +12,7 @@ Network and decoding happen before any write; only the final store step writes.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import socket
@@ -72,8 +73,6 @@ class Outcome:
 
 def _warm_up() -> None:
     """Import the phash DCT (scipy) once, up front, not inside the first page's threads."""
-    import io
-
     tiny = io.BytesIO()
     Image.new("RGB", (80, 80), (200, 30, 30)).save(tiny, "PNG")
     decode_image(tiny.getvalue(), Policy(min_side=1))

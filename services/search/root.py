@@ -20,6 +20,7 @@ from concurrent import futures
 from urllib.parse import urlsplit
 
 import grpc
+import httpx
 from magiclens.v1 import search_pb2, search_pb2_grpc
 from pydantic import Field
 
@@ -50,8 +51,6 @@ class RootSettings(BaseServiceSettings):
 def fetch_url(url: str, allow: set[str], timeout_s: float) -> bytes:
     """Fetch a query image by URL: http(s) only, host on the allow-list, no redirects, size
     capped while streaming (SSRF: arbitrary hosts, incl. internal ones, are refused)."""
-    import httpx
-
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise BadInput("image_url must be an http(s) URL")

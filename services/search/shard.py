@@ -33,6 +33,7 @@ from pydantic import Field
 from runtime import db, ports
 from runtime.bus import Consumer, Event
 from runtime.config import BaseServiceSettings, load_settings, run_main
+from runtime.errors import ConfigError
 from runtime.logs import setup_logging
 from runtime.service import Service
 from runtime.serving import serving_version
@@ -268,7 +269,6 @@ def main(argv: list[str] | None = None) -> int:
                                    ("shard", args.shard)) if v is not None}
     settings = load_settings(ShardSettings, **overrides)
     if settings.shard >= settings.num_shards:
-        from runtime.errors import ConfigError
         raise ConfigError(f"--shard {settings.shard} must be < --num-shards {settings.num_shards}")
     if "MAGICLENS_GRPC_PORT" not in os.environ:
         settings.grpc_port = ports.shard_grpc_port(settings.shard)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 
+import jax
+
 from runtime.bus import ensure_topics
 from runtime.config import load_settings, run_main
 from runtime.logs import setup_logging
@@ -20,8 +22,6 @@ log = logging.getLogger("training")
 
 def enable_compilation_cache(settings: TrainingSettings) -> None:
     """Reuse XLA compilations across runs (backbone feature extraction compiles for minutes)."""
-    import jax
-
     path = settings.jax_cache_dir or settings.data_dir / "jax_cache"
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orbax.checkpoint as ocp
+
 
 def latest_checkpoint_step(workdir: Path) -> int:
     """The step a resumed `train()` starts from (its CheckpointManager's latest step)."""
     ckpt = workdir / "checkpoints"
     if not ckpt.is_dir():
         return 0
-    import orbax.checkpoint as ocp
 
     mngr = ocp.CheckpointManager(ckpt.absolute())
     try:

@@ -27,6 +27,7 @@ from PIL import Image
 
 from runtime import db
 from runtime.blobstore import BlobStore, open_blobstore
+from runtime.config import BaseServiceSettings, load_settings, run_main
 from runtime.limits import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_INSTRUCTION_CHARS
 from services.training import store
 from services.training.store import SPLITS
@@ -164,8 +165,6 @@ class PostgresTripleSource:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m services.training.triples OUT.jsonl [--split heldout]` for offline runs."""
-    from runtime.config import BaseServiceSettings, load_settings
-
     ap = argparse.ArgumentParser(description="Export Postgres triples as trainer JSONL; images "
                                              "are written to an images/ folder beside it.")
     ap.add_argument("out", type=Path)
@@ -181,6 +180,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from runtime.config import run_main
-
     run_main("training-export", main)

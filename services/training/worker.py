@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import os
+import pkgutil
 import shutil
 import socket
 import threading
@@ -28,6 +29,7 @@ from typing import Any
 
 import psycopg
 
+import trainer.configs
 from runtime import checkpoint_store, db
 from runtime.blobstore import open_blobstore
 from runtime.errors import UnavailableError
@@ -35,6 +37,10 @@ from services.training import store
 from services.training.config import TrainingSettings
 from services.training.progress import latest_checkpoint_step
 from services.training.triples import PostgresTripleSource
+from trainer.configs import get_config
+from trainer.data.triples import JsonlTriples, read_captions
+from trainer.models.magiclens import CONFIGS
+from trainer.train import train
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +60,12 @@ class Interrupted(Exception):
 
 def available_configs() -> list[str]:
     """Config modules in trainer/configs (the trainer's own registry)."""
-    import pkgutil
-
-    import trainer.configs
 
     return sorted(m.name for m in pkgutil.iter_modules(trainer.configs.__path__))
 
 
 def resolve_config(config_name: str, steps: int, mode: str, checkpoint_every: int = 0) -> Any:
     """The trainer config for a request; raises ValueError for bad values."""
-    from trainer.configs import get_config
-
     overrides: dict[str, Any] = {}
     if steps:
         overrides["steps"] = steps
@@ -273,16 +274,11 @@ class TrainingWorker:
 
     def _train(self, cfg: Any, train_file: Path, eval_file: Path | None, workdir: Path,
                progress: _Progress, stop_at: int | None) -> Any:
-        from trainer.data.triples import JsonlTriples
-        from trainer.train import train
-
         kwargs = dict(self.model_kwargs(cfg))
         if eval_file is not None:
             kwargs["eval_triples"] = JsonlTriples(eval_file)
         captions_file = workdir / "captions.jsonl"
         if captions_file.exists() and captions_file.stat().st_size and "captions" not in kwargs:
-            from trainer.data.triples import read_captions
-
             kwargs["captions"] = read_captions(captions_file)
         if stop_at is not None:
             kwargs["stop_at"] = stop_at
@@ -291,8 +287,6 @@ class TrainingWorker:
 
     def _publish(self, run: store.Run, cfg: Any, result: Any, data: dict,
                  progress: _Progress) -> None:
-        from trainer.models.magiclens import CONFIGS
-
         target = self.settings.models_dir / run.model_version
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():  # a previous attempt died between the move and the commit

@@ -15,24 +15,28 @@ import logging
 import sys
 from pathlib import Path
 
+from magiclens.v1 import triplegen_pb2_grpc
+
 from runtime import db
+from runtime.bus import Consumer
 from runtime.config import load_settings, run_main
 from runtime.logs import setup_logging
+from runtime.outbox import check_dependencies
+from runtime.service import Service
+from runtime.topics import IMAGES_MINED, PAIRS_MINED
+from services.triplegen import pipeline, store
 from services.triplegen.config import TripleGenSettings
+from services.triplegen.diversity import diversity
+from services.triplegen.export import export_jsonl
+from services.triplegen.handlers import make_handler, make_reconciler
+from services.triplegen.review import render
+from services.triplegen.server import TripleGenServicer
+from services.triplegen.service import build_context
 
 log = logging.getLogger("triplegen")
 
 
 def serve(settings: TripleGenSettings) -> int:
-    from magiclens.v1 import triplegen_pb2_grpc
-
-    from runtime.bus import Consumer
-    from runtime.outbox import check_dependencies
-    from runtime.service import Service
-    from runtime.topics import IMAGES_MINED, PAIRS_MINED
-    from services.triplegen.handlers import make_handler, make_reconciler
-    from services.triplegen.server import TripleGenServicer
-    from services.triplegen.service import build_context
 
     svc = Service("triplegen", settings)
     check_dependencies(settings)
@@ -53,11 +57,6 @@ def serve(settings: TripleGenSettings) -> int:
 
 def process(settings: TripleGenSettings) -> int:
     """Drain pending work page by page (each page one transaction), no Kafka needed."""
-    from runtime.topics import IMAGES_MINED
-    from services.triplegen import pipeline
-    from services.triplegen.handlers import make_reconciler
-    from services.triplegen.service import build_context
-
     db.migrate(settings.database_url)
     ctx = build_context(settings)
     reconcile = make_reconciler(settings.database_url, settings.triplegen_reconcile_limit)
@@ -95,9 +94,6 @@ def process(settings: TripleGenSettings) -> int:
 
 
 def stats_cmd(settings: TripleGenSettings) -> int:
-    from services.triplegen import store
-    from services.triplegen.diversity import diversity
-
     with db.connect(settings.database_url) as conn:
         s = store.stats(conn)
         texts = store.active_instructions(conn)
@@ -131,14 +127,10 @@ def main() -> int:
     if args.cmd == "stats":
         return stats_cmd(settings)
     if args.cmd == "export":
-        from services.triplegen.export import export_jsonl
-
         n = export_jsonl(settings.database_url, args.out, args.writer, args.split)
         print(f"exported {n} triples to {args.out}")
         return 0
     if args.cmd == "review":
-        from services.triplegen.review import render
-
         out = args.out or settings.data_dir / "review"
         print(json.dumps(render(settings.database_url, settings.blob_root, out, args.n,
                                 args.seed)))

@@ -66,6 +66,8 @@ class Annotator:
     """Loads MobileNetV2 (ImageNet head) from the compact backbone once; thread-safe."""
 
     def __init__(self) -> None:
+        # JAX (~2.5 s to import) loads only when an annotator is built: `python -m
+        # services.triplegen export|stats|review` and pipelines built without one never pay.
         import jax
 
         from trainer.models.backbone import build_backbone

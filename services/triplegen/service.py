@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from runtime.blobstore import open_blobstore
+from services.triplegen.annotate import Annotator
 from services.triplegen.config import TripleGenSettings
 from services.triplegen.filtering import FilterConfig
 from services.triplegen.pipeline import Context
@@ -11,8 +12,6 @@ from services.triplegen.writers.metadata import MetadataWriter
 
 
 def build_context(settings: TripleGenSettings, annotate: bool = True) -> Context:
-    from services.triplegen.annotate import Annotator
-
     writers = {"metadata": MetadataWriter(settings.triplegen_instructions_per_pair)}
     if settings.llm_base_url and settings.llm_model:
         writers["llm"] = make_writer("llm", settings)

@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+from services.mining.urls import BadUrl, normalise
 from tools.cli import backends
 from tools.cli.errors import CliError, NotBuiltError, UsageError
 from tools.cli.settings import ClientSettings
@@ -38,7 +39,8 @@ def run(args: argparse.Namespace, settings: ClientSettings) -> int:
         raise UsageError("--max-pages must be at least 1")
     if not backends.is_built("ingest"):
         raise NotBuiltError(f"{backends.describe('ingest')} is not built yet")
-    from services.mining.urls import BadUrl, normalise
+    # Loaded only once the backend is known to exist (above), and only by this command: the
+    # ingest tool pulls in the miner's fetcher, which doubles the CLI's start time.
     from tools.ingest.__main__ import main as ingest_main
 
     for u in args.url or []:

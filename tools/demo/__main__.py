@@ -22,11 +22,13 @@ from pathlib import Path
 import grpc
 import psycopg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from magiclens.v1 import common_pb2, search_pb2, search_pb2_grpc
 from psycopg.rows import dict_row
 
 from runtime import db, ports
 from runtime.bus import ensure_topics
 from runtime.config import project_root
+from services.training import client
 from tools import infra
 
 ROOT = project_root()
@@ -123,8 +125,6 @@ def indexed(url: str, version: str) -> tuple[int, int]:
 
 
 def shard_vectors(version: str) -> int:
-    from magiclens.v1 import search_pb2, search_pb2_grpc
-
     try:
         with grpc.insecure_channel(ports.SEARCH_ADDR) as ch:
             st = search_pb2_grpc.SearchServiceStub(ch).GetIndexStatus(
@@ -186,8 +186,6 @@ def step_ingest(url: str) -> None:
 
 
 def step_train(url: str, steps: int) -> dict:
-    from services.training import client
-
     current = promoted_version(url)
     if current:
         say(f"model {current['model_version']} already trained and promoted")
@@ -249,8 +247,6 @@ def step_examples(url: str, per_relation: int = 1, k: int = 5) -> list[dict]:
     Held-out queries come first; relations the held-out pages lack are shown with a query
     from a training page (marked so: those images were trained on).
     """
-    from magiclens.v1 import common_pb2, search_pb2, search_pb2_grpc
-
     ids = _pool_ids(url)
     pools = [("held-out", _read_queries("eval_queries.jsonl")),
              ("training page", _read_queries("example_queries.jsonl"))]

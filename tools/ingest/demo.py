@@ -13,7 +13,8 @@ import time
 import urllib.request
 
 from runtime import ports
-from runtime.config import project_root
+from runtime.config import project_root, run_main
+from tools.ingest.__main__ import main as ingest_main
 
 SITE = ports.CORPUS_SITE_URL
 
@@ -50,8 +51,6 @@ def ensure_corpus(size: str = "small", detach: bool = True) -> subprocess.Popen 
 
 
 def main() -> int:
-    from tools.ingest.__main__ import main as ingest_main
-
     size = sys.argv[1] if len(sys.argv) > 1 else "small"
     ensure_corpus(size)
     heldout = project_root() / "data/corpus/heldout_pages.txt"
@@ -64,6 +63,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from runtime.config import run_main
-
     run_main("ingest", main)
