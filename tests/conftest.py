@@ -10,7 +10,9 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
+import psycopg
 import pytest
 
 from runtime import db
@@ -51,11 +53,23 @@ def unique() -> str:
     return uuid.uuid4().hex[:10]
 
 
+@pytest.fixture(scope="session")
+def checkpoints() -> dict[str, Path]:
+    """{'serving-a': dir, 'serving-b': dir}: two real model versions with distinct heads.
+
+    The compact model with pretrained towers + a seeded random fusion head is a genuine
+    servable version; it is cached under data/cache/serving-test (building it compiles the
+    full model once). A second version perturbs the fusion head (same shapes, another model).
+    """
+    # JAX and the model load only for the tests that use real checkpoints.
+    from tests.serving.serving_support import serving_checkpoints
+
+    return serving_checkpoints()
+
+
 @pytest.fixture(scope="module")
 def fresh_db(infra_servers) -> Iterator[str]:
     """A private, freshly migrated database per test module, so counts are exact."""
-    import psycopg
-
     name = f"ml_test_{uuid.uuid4().hex[:10]}"
     admin = infra_servers.database_url
     with psycopg.connect(admin, autocommit=True) as conn:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.processes import free_port
 from tools.cli import backends
 from tools.cli.errors import EXIT_FAILED, EXIT_NOT_BUILT, EXIT_USAGE
 from tools.cli.main import main
@@ -16,16 +16,10 @@ from tools.cli.main import main
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def nowhere(monkeypatch) -> str:
     """Point every service address at a port nothing listens on."""
-    addr = f"127.0.0.1:{_free_port()}"
+    addr = f"127.0.0.1:{free_port()}"
     monkeypatch.setenv("MAGICLENS_SEARCH_ADDR", addr)
     monkeypatch.setenv("MAGICLENS_TRAINING_ADDR", addr)
     monkeypatch.setenv("MAGICLENS_RPC_TIMEOUT_S", "3")
@@ -112,7 +106,7 @@ def test_bad_configuration_is_one_line(monkeypatch, capsys):
 
 
 def test_status_with_postgres_down_is_one_line(monkeypatch, capsys):
-    monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres@127.0.0.1:{_free_port()}/x")
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres@127.0.0.1:{free_port()}/x")
     assert main(["status"]) == EXIT_FAILED
     assert "unreachable" in _one_line(capsys.readouterr().err)
 
@@ -128,7 +122,7 @@ def test_installed_entry_point_one_line_and_json_flag(tmp_path):
     """The real `magiclens` process: exit code and stderr as a user sees them."""
     exe = Path(sys.executable).with_name("magiclens")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "tools.cli.main"]
-    port = _free_port()
+    port = free_port()
     env = {"PATH": "/usr/bin:/bin", "MAGICLENS_SEARCH_ADDR": f"127.0.0.1:{port}",
            "PYTHONPATH": f"{ROOT}:{ROOT / 'gen'}", "MAGICLENS_HOME": str(ROOT)}
     proc = subprocess.run([*cmd, "search", "--image", "7", "-q", "red", "--json"],

@@ -10,10 +10,6 @@ import gzip
 import hashlib
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 from urllib.parse import urljoin
@@ -22,6 +18,7 @@ import pytest
 from bs4 import BeautifulSoup
 from warcio.archiveiterator import ArchiveIterator
 
+from tests.support.processes import free_port, running, wait_for
 from tools.corpus.build import HELDOUT_PERCENT, build, is_heldout
 
 REPO = Path(__file__).resolve().parents[2]
@@ -193,25 +190,20 @@ def test_corpus_offline_sources_skip(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert summary["total"]["images"] > 20
 
 
-def test_corpus_serve(built: tuple[Path, Path]) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "tools.corpus", "serve", "--port",
-                             str(port), "--out", str(built[0])], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        body = b""
-        for _ in range(50):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=2) as r:
-                    body = r.read()
-                break
-            except OSError:
-                time.sleep(0.1)
+def test_corpus_serve(built: tuple[Path, Path], tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "serve.log"
+
+    def page(path: str) -> bytes:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+                return r.read()
+        except OSError:
+            return b""
+
+    with running("tools.corpus", "serve", "--port", str(port), "--out", str(built[0]),
+                 env=dict(os.environ), log=log, stop_timeout=10) as proc:
+        body = wait_for(lambda: page("/index.html"), 15, "the corpus site", interval=0.1,
+                        proc=proc, log=log)
         assert b"Open picture atlas" in body
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/robots.txt", timeout=2) as r:
-            assert b"Sitemap:" in r.read()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        assert b"Sitemap:" in page("/robots.txt")

@@ -11,36 +11,24 @@ of every workload, then one Search that must return hits).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import signal
-import socket
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
+from magiclens.v1 import events_pb2
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from deploy import catalog, local_env, policy, smoke, tool  # noqa: E402
-
-
-def _serving_fixtures():
-    """tests/serving/conftest.py (the cached, real model checkpoints; photo helpers)."""
-    spec = importlib.util.spec_from_file_location(
-        "serving_fixtures", ROOT / "tests" / "serving" / "conftest.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-serving = _serving_fixtures()
-checkpoints = serving.checkpoints  # the serving tests' fixture: two real model versions
+from deploy import catalog, local_env, policy, smoke, tool
+from runtime import db, outbox
+from runtime.grpc_server import GrpcServer
+from runtime.topics import PAGES_DISCOVERED
+from tests.serving import serving_support as serving
+from tests.support.processes import ROOT, free_port, start_command, stop, wait_for
+from tools.corpus.warc import write_warc
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +50,7 @@ class FreePorts:
     def __call__(self, pod: local_env.Pod, port: int) -> int:
         key = (pod.name, port)
         if key not in self.taken:
-            self.taken[key] = _free_port()
+            self.taken[key] = free_port()
         return self.taken[key]
 
 
@@ -131,53 +119,38 @@ def test_a_name_that_is_not_ours_is_left_as_the_manifest_says(dev_text, tmp_path
     assert procs["search-root"].env["MAGICLENS_TRITON_URL"] == "embeding:8001"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(proc: local_env.LocalProcess, log: Path | None = None) -> subprocess.Popen[str]:
+def _start(proc: local_env.LocalProcess, log: Path) -> subprocess.Popen:
     """Start it with exactly its mapped environment (local_env.LocalProcess.popen_env)."""
-    out = open(log, "w") if log else subprocess.PIPE  # noqa: SIM115 (closed with the process)
-    return subprocess.Popen(proc.command, cwd=ROOT, env=proc.popen_env(), stdout=out,
-                            stderr=subprocess.STDOUT if log else subprocess.PIPE, text=True)
+    return start_command(proc.command, env=proc.popen_env(), log=log)
 
 
-def _stop(p: subprocess.Popen[str]) -> tuple[int, str]:
-    p.terminate()
-    try:
-        _, err = p.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        _, err = p.communicate()
-    return p.returncode, err or ""
+def _stop(p: subprocess.Popen, log: Path) -> tuple[int, str]:
+    """Stop it gracefully; (exit code, its output)."""
+    return stop(p, 20), log.read_text(errors="replace")
 
 
 def test_outbox_relay_publishes_with_the_dev_environment(dev_text, infra_servers, tmp_path):
-    from magiclens.v1 import events_pb2
-
-    from runtime import db, outbox
-    from runtime.topics import PAGES_DISCOVERED
 
     relay = _procs(dev_text, infra_servers, tmp_path)["outbox-relay"]
     assert relay.env["DATABASE_URL"] == infra_servers.database_url
     url = f"https://example.invalid/{uuid.uuid4().hex}"
     with db.transaction(infra_servers.database_url) as conn:
         eid = outbox.enqueue(conn, PAGES_DISCOVERED, url, events_pb2.PageDiscovered(url=url))
-    p = _start(relay)
+    log = tmp_path / "relay.log"
+    p = _start(relay, log)
+
+    def published_at():
+        with db.connect(infra_servers.database_url) as conn:
+            return conn.execute("SELECT published_at FROM outbox WHERE event_id = %s",
+                                (eid,)).fetchone()["published_at"]
+
     published = None
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and p.poll() is None:
-            with db.connect(infra_servers.database_url) as conn:
-                published = conn.execute("SELECT published_at FROM outbox WHERE event_id = %s",
-                                         (eid,)).fetchone()["published_at"]
-            if published is not None:
-                break
-            time.sleep(0.3)
+        with contextlib.suppress(AssertionError):  # asserted below, with the relay's output
+            published = wait_for(published_at, 60, "the event to be published", interval=0.3,
+                                 proc=p)
     finally:
-        code, err = _stop(p)
+        code, err = _stop(p, log)
     assert published is not None, f"relay did not publish (exit {code}): {err[-2000:]}"
     assert code == 0, err[-2000:]
     assert "outbox relay started" in err
@@ -189,17 +162,20 @@ def test_mining_serves_with_the_dev_environment(dev_text, infra_servers, tmp_pat
     ports = FreePorts()  # so a running local suite is not hit
     mining = _procs(dev_text, infra_servers, tmp_path, ports)["mining"]
     port = ports.taken[("mining", 50051)]
-    p = _start(mining)
+    log = tmp_path / "mining.log"
+    p = _start(mining, log)
     problem = "not started"
+
+    def serving() -> bool:
+        nonlocal problem
+        problem = smoke.grpc_health(f"127.0.0.1:{port}", timeout=2)
+        return problem is None
+
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and p.poll() is None:
-            problem = smoke.grpc_health(f"127.0.0.1:{port}", timeout=2)
-            if problem is None:
-                break
-            time.sleep(0.5)
+        with contextlib.suppress(AssertionError):  # asserted below, with mining's output
+            wait_for(serving, 90, "mining to serve", interval=0.5, proc=p)
     finally:
-        code, err = _stop(p)
+        code, err = _stop(p, log)
     assert problem is None, f"mining not SERVING ({problem}; exit {code}): {err[-2000:]}"
 
 
@@ -213,7 +189,8 @@ def test_search_shard_and_root_serve_with_the_dev_environment(dev_text, infra_se
     ports = FreePorts()
     procs = _procs(dev_text, infra_servers, tmp_path, ports)
     names = ("search-shard-0", "search-root")
-    running = {name: _start(procs[name]) for name in names}
+    logs = {name: tmp_path / f"{name}.log" for name in names}
+    running = {name: _start(procs[name], logs[name]) for name in names}
     addr = {name: f"127.0.0.1:{ports.taken[(name, 50060 if 'shard' in name else 50055)]}"
             for name in names}
     problems = dict.fromkeys(running, "not started")
@@ -227,16 +204,14 @@ def test_search_shard_and_root_serve_with_the_dev_environment(dev_text, infra_se
                 break
             time.sleep(0.5)
     finally:
-        logs = {name: _stop(p)[1][-1500:] for name, p in running.items()}
-    assert not any(problems.values()), f"{problems}: {logs}"
+        tails = {name: _stop(p, logs[name])[1][-1500:] for name, p in running.items()}
+    assert not any(problems.values()), f"{problems}: {tails}"
 
 
 def test_smoke_reports_serving_and_unreachable_targets(capsys):
-    from runtime.grpc_server import GrpcServer
-
     server = GrpcServer([], port=0)
     port = server.start()
-    dead = _free_port()
+    dead = free_port()
     try:
         ok = smoke.main(["--target", f"mining=127.0.0.1:{port}", "--timeout", "5"])
         bad = smoke.main(["--target", f"mining=127.0.0.1:{port}",
@@ -294,9 +269,6 @@ def test_dev_workloads_as_local_processes_pass_the_smoke_with_search_hits(
     worker -> Triton -> shard; a model is promoted through the training service (training
     itself replaced by registering the serving tests' cached checkpoint); then deploy/tool.py's
     smoke (every health endpoint + the Search) must pass with every ingested image a hit."""
-    import httpx
-
-    from runtime import db
 
     if not serving.TRITON_PY.exists():
         pytest.skip(".venv-triton is missing (./taskw sets it up)")
@@ -343,7 +315,6 @@ def test_dev_workloads_as_local_processes_pass_the_smoke_with_search_hits(
         #    the archive (no network), images embedded by the worker, indexed by the shard.
         site = tmp_path / "site"
         n_images = _write_site(site)
-        from tools.corpus.warc import write_warc
 
         write_warc(site, tmp_path / "e2e.warc.gz", SITE)
         _run_in_pod(procs["mining"], ["-m", "tools.ingest", "--warc",
@@ -373,12 +344,8 @@ def test_dev_workloads_as_local_processes_pass_the_smoke_with_search_hits(
     finally:
         triton = running.pop("embedding-server")
         for p in running.values():
-            p.send_signal(signal.SIGTERM)
+            p.send_signal(signal.SIGTERM)  # all at once: they stop in parallel
         left = serving.stop_triton(serving.TritonProc(triton, "", Path(), Path()))
         for p in running.values():
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+            stop(p)
     assert not left, f"Triton left processes behind: {left}"

@@ -15,28 +15,26 @@ Triton server's own loader (server.Watcher) following the current-model file it 
 from __future__ import annotations
 
 import shutil
-import sys
 import threading
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from magiclens.v1 import events_pb2
+
+from runtime import db
+from runtime.blobstore import open_blobstore
+from runtime.config import load_settings
+from services.embedding.current import read_current
+from services.embedding.server import ModelHolder, Watcher
+from services.embedding.worker import Worker, WorkerSettings
+from services.training import store
+from services.training.config import TrainingSettings
+from services.training.worker import TrainingWorker, _Progress, resolve_config
+from tests.support.s3 import s3_server
 
 ROOT = Path(__file__).resolve().parents[2]
-for p in (ROOT, ROOT / "tests"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
-
-import serving.conftest  # noqa: E402
-from s3 import s3_server  # noqa: E402
-
-from runtime import db  # noqa: E402
-from runtime.blobstore import open_blobstore  # noqa: E402
-from runtime.config import load_settings  # noqa: E402
-
-# the serving tests' fixture: real compact checkpoints (cached under data/cache/serving-test)
-checkpoints = serving.conftest.checkpoints
 
 
 def _tree(root: Path) -> dict[str, bytes | None]:
@@ -45,8 +43,6 @@ def _tree(root: Path) -> dict[str, bytes | None]:
 
 
 def _outbox_events(url: str, version: str):
-    from magiclens.v1 import events_pb2
-
     with db.connect(url) as conn:
         rows = conn.execute("SELECT payload FROM outbox WHERE msg_key = %s ORDER BY id",
                             (version,)).fetchall()
@@ -61,13 +57,6 @@ def _outbox_events(url: str, version: str):
 @pytest.mark.slow
 def test_a_model_trained_in_one_pod_is_served_from_another(
         infra_servers, fresh_db, checkpoints, tmp_path, monkeypatch):
-    from services.embedding.current import read_current
-    from services.embedding.server import ModelHolder, Watcher
-    from services.embedding.worker import Worker, WorkerSettings
-    from services.training import store
-    from services.training.config import TrainingSettings
-    from services.training.worker import TrainingWorker, _Progress, resolve_config
-
     training_pod, embedding_pod = tmp_path / "training-pod", tmp_path / "embedding-pod"
     with s3_server() as s3:
         blob_uri = f"s3://{s3.bucket}/pool"

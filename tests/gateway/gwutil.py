@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import tempfile
 import threading
@@ -23,12 +22,6 @@ from tools.cli.settings import ClientSettings
 PHOTOS = {"astronaut": "an astronaut in a spacesuit", "coffee": "a cup of coffee",
           "chelsea": "a tabby cat", "rocket": "a rocket on the launch pad",
           "camera": "a photographer with a camera", "moon": "the surface of the moon"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def build_pool(database_url: str, root: Path) -> dict[str, int]:

@@ -7,16 +7,15 @@ degraded mode (503); results against the real search root are in test_gateway_br
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import httpx
 import pytest
-from gwutil import build_pool, free_port, running_gateway
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.gateway.gwutil import build_pool, running_gateway
+from tests.support.processes import ROOT, free_port, start, stop, wait_log
+
 UPLOAD_LIMIT = 64 * 1024
 
 
@@ -150,24 +149,20 @@ def test_status_with_database_down():
         assert httpx.get(f"{base}/images/5", timeout=20).status_code == 503
 
 
-def test_entry_point_serves_and_stops_on_sigterm(infra_servers):
+def test_entry_point_serves_and_stops_on_sigterm(infra_servers, tmp_path):
     port = free_port()
     env = infra_servers.env(MAGICLENS_GATEWAY_PORT=str(port),
                             MAGICLENS_SEARCH_ADDR=f"127.0.0.1:{free_port()}",
                             PYTHONPATH=f"{ROOT}:{ROOT / 'gen'}")
-    proc = subprocess.Popen([sys.executable, "-m", "services.gateway"], cwd=ROOT, env=env,
-                            stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "gateway.log"
+    proc = start("services.gateway", env=env, log=log)
     try:
-        line = proc.stderr.readline()
+        wait_log(log, "\n", 60, proc=proc)
+        line = log.read_text().splitlines()[0]
         assert f"serving http://127.0.0.1:{port}/" in line, line
         assert httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=10).status_code == 200
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(10)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        code = stop(proc, 10)
     assert code == 0
     # An address this machine does not own (TEST-NET-3): one line, exit 1.
     bad = subprocess.run([sys.executable, "-m", "services.gateway"], cwd=ROOT,

@@ -13,7 +13,9 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
-from gwutil import CHROMIUM, build_pool, chromium, free_port, running_gateway
+
+from tests.gateway.gwutil import CHROMIUM, build_pool, chromium, running_gateway
+from tests.support.processes import free_port
 
 SHOTS = Path(__file__).resolve().parents[2] / "data" / "screenshots"
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),

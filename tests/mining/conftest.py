@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from mining_support import WebServer
-
 from services.mining.config import MiningSettings
 from services.mining.miner import Miner
+from tests.mining.mining_support import WebServer
 
 
 @pytest.fixture

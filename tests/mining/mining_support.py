@@ -6,7 +6,6 @@ import contextlib
 import http.server
 import io
 import random
-import socket
 import threading
 import time
 import uuid
@@ -89,12 +88,6 @@ def noise_image(seed: str, w: int = 160, h: int = 120, fmt: str = "PNG", **save)
     buf = io.BytesIO()
     img.save(buf, fmt, **save)
     return buf.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def mine(miner: Miner, url: str, html: str = "", event_id: str | None = None) -> None:

@@ -8,7 +8,6 @@ import struct
 import zlib
 
 import pytest
-from mining_support import noise_image
 from PIL import Image
 
 from services.mining.imaging import (
@@ -19,6 +18,7 @@ from services.mining.imaging import (
     hamming,
     junk_reason,
 )
+from tests.mining.mining_support import noise_image
 
 POLICY = Policy(max_pixels=4_000_000)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from services.mining.htmlparse import parse_page, parse_srcset
 
 PAGE = """<!doctype html><html><head><title>Birds of the coast</title>
@@ -78,8 +80,6 @@ def test_image_cap_rejects_the_rest_with_a_reason():
 
 
 def test_huge_page_parses_quickly():
-    import time
-
     filler = "<p>" + "lorem ipsum " * 50 + "</p>"
     html = "<title>Huge</title>" + filler * 8000 + "<img src='end.png' alt='last'>"
     start = time.perf_counter()

@@ -3,15 +3,18 @@ recorded with reasons and the rest of the page is still mined; dedupe; idempoten
 
 from __future__ import annotations
 
+import argparse
 import base64
 import io
 
 import psycopg
 from magiclens.v1 import events_pb2
-from mining_support import mine, noise_image, page_report
 from PIL import Image
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
+
+from tests.mining.mining_support import mine, noise_image, page_report
+from tools.ingest.__main__ import collect
 
 
 def _images_page(web, unique: str, name: str, imgs: list[str], title: str = "Gallery") -> str:
@@ -166,9 +169,6 @@ def test_huge_page_is_truncated_and_still_mined(make_miner, web, unique, infra_s
 def test_warc_is_mined_without_network(make_miner, settings_for, unique, infra_servers,
                                        tmp_path):
     """Ingest a WARC (HTML + images), then mine with no server running at all."""
-    import argparse
-
-    from tools.ingest.__main__ import collect
 
     base = f"http://warc-{unique}.example.org/"
     records = {"page.html": ("text/html", (

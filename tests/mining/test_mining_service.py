@@ -4,9 +4,7 @@ Kafka; a worker SIGKILLed mid-page; two workers in one consumer group splitting 
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,27 +12,18 @@ import grpc
 import psycopg
 from kafka import KafkaConsumer, KafkaProducer
 from magiclens.v1 import events_pb2, mining_pb2, mining_pb2_grpc
-from mining_support import free_port, noise_image
 
 from runtime.bus import ensure_topics, make_producer, publish
 from services.mining.config import MiningSettings
 from services.mining.handlers import pages_topic
-
-
-def _wait(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.mining.mining_support import noise_image
+from tests.support.processes import free_port, kill, start, stop, wait_for
 
 
 def _worker(infra, web, topic: str, group: str, tmp: Path, name: str, grpc_port: int = 0,
             **env) -> subprocess.Popen:
-    log = (tmp / f"{name}.log").open("wb")
-    return subprocess.Popen(
-        [sys.executable, "-m", "services.mining"], stderr=log, stdout=log,
+    return start(
+        "services.mining", log=tmp / f"{name}.log",
         env=infra.env(MAGICLENS_MINING_PAGES_TOPIC=topic, MAGICLENS_MINING_GROUP=group,
                       MAGICLENS_MINING_ALLOW_HOSTS=f"127.0.0.1:{web.port}",
                       MAGICLENS_MINING_WORKER_ID=name, MAGICLENS_BLOB_URI=f"file://{tmp}/blobs",
@@ -43,16 +32,6 @@ def _worker(infra, web, topic: str, group: str, tmp: Path, name: str, grpc_port:
                       MAGICLENS_MINING_PER_HOST_DELAY_S="0",
                       MAGICLENS_MINING_PER_HOST_CONCURRENCY="4",
                       **env))
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _site(web, unique: str, pages: int, per_page: int, delay_s: float = 0.0) -> list[str]:
@@ -117,7 +96,7 @@ def test_page_event_on_kafka_becomes_pairs_in_postgres_and_events_on_kafka(
         raw = KafkaProducer(bootstrap_servers=bootstrap)  # an external producer sending JSON
         raw.send(topic, key=urls[0].encode(), value=json.dumps({"url": urls[0]}).encode()).get(10)
         raw.close()
-        _wait(lambda: _all_mined(db_url, urls[:1]), 60, "the JSON page event to be mined")
+        wait_for(lambda: _all_mined(db_url, urls[:1]), 60, "the JSON page event to be mined")
         # gRPC: submit the second page (through the outbox), then ask for status.
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
             stub = mining_pb2_grpc.MiningServiceStub(ch)
@@ -126,7 +105,7 @@ def test_page_event_on_kafka_becomes_pairs_in_postgres_and_events_on_kafka(
             assert resp.accepted == 1
             assert any("already mined" in r for r in resp.rejected)
             assert any("scheme 'ftp'" in r for r in resp.rejected)
-            _wait(lambda: _all_mined(db_url, urls), 60, "the submitted page to be mined")
+            wait_for(lambda: _all_mined(db_url, urls), 60, "the submitted page to be mined")
             st = stub.GetPageStatus(mining_pb2.GetPageStatusRequest(url=urls[1]), timeout=10)
             assert (st.status, st.images, st.pairs, st.rejected_images) == ("mined", 3, 6, 0)
             overall = stub.GetMiningStatus(mining_pb2.GetMiningStatusRequest(), timeout=10)
@@ -135,7 +114,7 @@ def test_page_event_on_kafka_becomes_pairs_in_postgres_and_events_on_kafka(
         assert facts == {"images": 6, "links": 6, "pairs": 12, "image_events": 6,
                          "pair_events": 2}
         with psycopg.connect(db_url) as conn:
-            _wait(lambda: conn.execute(
+            wait_for(lambda: conn.execute(
                 "SELECT count(*) FROM outbox o JOIN pages p ON o.msg_key = p.page_id::text "
                 "WHERE p.url = ANY(%s) AND o.topic = 'magiclens.pairs.mined.v1' "
                 "AND o.published_at IS NOT NULL", (urls,)).fetchone()[0] == 2, 30,
@@ -145,7 +124,7 @@ def test_page_event_on_kafka_becomes_pairs_in_postgres_and_events_on_kafka(
             page_pairs = {pid: {r[0] for r in conn.execute(
                 "SELECT pair_id FROM pairs WHERE page_id = %s", (pid,))} for pid in page_ids}
     finally:
-        _stop(proc)
+        stop(proc)
     # The PairsMined events really are on Kafka.
     consumer = KafkaConsumer("magiclens.pairs.mined.v1", bootstrap_servers=bootstrap,
                              group_id=f"check-{unique}", auto_offset_reset="earliest",
@@ -177,22 +156,19 @@ def test_worker_sigkilled_mid_page_loses_and_duplicates_nothing(infra_servers, w
     proc = _worker(infra_servers, web, topic, f"g-{unique}", tmp_path, "victim",
                    MAGICLENS_MINING_FETCH_THREADS="1")
     try:
-        _wait(lambda: sum(p[0] == "mined" for p in _pages(db_url, urls).values()) >= 1, 90,
-              "a first page mined")
+        wait_for(lambda: sum(p[0] == "mined" for p in _pages(db_url, urls).values()) >= 1, 90,
+                 "a first page mined")
         # Each page takes ~1 s of image fetches: kill inside the next one.
-        _wait(lambda: web.requests and web.requests[-1][0].endswith(".png"), 10, "mid-page")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        wait_for(lambda: web.requests and web.requests[-1][0].endswith(".png"), 10, "mid-page")
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        kill(proc)
     before = _pages(db_url, urls)
     assert sum(p[0] == "mined" for p in before.values()) < len(urls)
     proc = _worker(infra_servers, web, topic, f"g-{unique}", tmp_path, "restarted")
     try:
-        _wait(lambda: _all_mined(db_url, urls), 120, "the restarted worker to finish")
+        wait_for(lambda: _all_mined(db_url, urls), 120, "the restarted worker to finish")
     finally:
-        _stop(proc)
+        stop(proc)
     facts = _integrity(db_url, urls, 4)
     assert facts == {"images": 24, "links": 24, "pairs": 72, "image_events": 24,
                      "pair_events": 6}
@@ -214,10 +190,10 @@ def test_two_workers_in_one_group_split_the_work(infra_servers, web, unique, tmp
         for u in urls:
             publish(producer, tp, u, events_pb2.PageDiscovered(url=u))
         producer.close()
-        _wait(lambda: _all_mined(db_url, urls), 120, "both workers to mine every page")
+        wait_for(lambda: _all_mined(db_url, urls), 120, "both workers to mine every page")
     finally:
         for w in workers:
-            _stop(w)
+            stop(w)
     pages = _pages(db_url, urls)
     by_worker = {p[2] for p in pages.values()}
     assert by_worker == {"w0", "w1"}, by_worker

@@ -2,7 +2,7 @@
 
 Each event with key K marks pending job K done and adds 1 to counts[K]; redelivered events
 must not add again, and reconciliation finishes jobs whose events were lost.
-Usage: python counting_worker.py TOPIC TABLE GROUP [SLEEP_S]
+Usage: python -m tests.runtime.counting_worker TOPIC TABLE GROUP [SLEEP_S]
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 
+import psycopg
 from magiclens.v1 import events_pb2
 
 from runtime.bus import Consumer, ConsumerOptions, Event
@@ -34,8 +35,6 @@ def make_consumer(topic_name: str, table: str, group: str, database_url: str, bo
             time.sleep(sleep_s)
 
     def reconciler():
-        import psycopg
-
         with psycopg.connect(database_url) as conn:
             keys = [r[0] for r in conn.execute(f"SELECT k FROM {table}_jobs WHERE NOT done")]
         for k in keys:

@@ -12,18 +12,17 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/
-from s3 import s3_server
-
 from runtime import checkpoint_store as cs
 from runtime.blobstore import FileBlobStore, check_key, open_blobstore
 from runtime.errors import UnavailableError
+from tests.support.processes import free_port
+from tests.support.s3 import s3_server
+from trainer.checkpoints import META_FILE
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +48,6 @@ def _tree(root: Path) -> dict[str, bytes | None]:
 
 
 def test_cs_meta_file_is_the_trainers():
-    from trainer.checkpoints import META_FILE
-
     assert cs.META_FILE == META_FILE
 
 
@@ -126,11 +123,7 @@ def test_a_checkpoint_moves_between_two_disks_through_s3(s3, tmp_path):
 
 
 def test_the_store_being_unreachable_is_unavailable_not_refused(tmp_path, monkeypatch):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = s.getsockname()[1]
+    dead = free_port()
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{dead}")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):

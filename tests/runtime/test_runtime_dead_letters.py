@@ -4,7 +4,6 @@ a stable id and the consumer goes on; a transient failure is waited out, never d
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 
 import psycopg
@@ -14,6 +13,7 @@ from magiclens.v1 import events_pb2
 from runtime.bus import Consumer, ConsumerOptions, Event, ensure_topics
 from runtime.errors import UnavailableError
 from runtime.topics import Topic
+from tests.support.processes import wait_for
 
 
 def _topic(name: str) -> Topic:
@@ -36,14 +36,12 @@ class Running:
             self.error = exc
 
     def wait(self, predicate, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def done() -> bool:
             if self.error is not None:
                 raise AssertionError(f"the consumer crashed: {self.error!r}") from self.error
-            if predicate():
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what}")
+            return predicate()
+
+        wait_for(done, timeout, what, interval=0.1)
 
     def __enter__(self) -> Running:
         self.thread.start()

@@ -13,6 +13,7 @@ import grpc
 import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from magiclens.v1 import events_pb2
 
 from runtime import db
@@ -145,7 +146,6 @@ def test_grpc_bootstrap_serves_health_and_reflection_and_stops_gracefully():
         stub = health_pb2_grpc.HealthStub(channel)
         resp = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
         assert resp.status == health_pb2.HealthCheckResponse.SERVING
-        from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
         refl = reflection_pb2_grpc.ServerReflectionStub(channel)
         req = reflection_pb2.ServerReflectionRequest(list_services="")

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -20,11 +16,9 @@ from magiclens.v1 import events_pb2
 from runtime import db, outbox
 from runtime.bus import Consumer, ensure_topics, make_producer, publish
 from runtime.topics import Topic
+from tests.runtime.counting_worker import make_consumer
+from tests.support.processes import kill, start, stop, wait_for
 from tools import infra
-
-HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
-from counting_worker import make_consumer  # noqa: E402
 
 
 def _topic(name: str) -> Topic:
@@ -48,20 +42,11 @@ def _counts(url: str, table: str) -> tuple[dict[str, int], int]:
     return counts, pending
 
 
-def _wait(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _run_consumer_until(consumer: Consumer, predicate, timeout: float) -> None:
     thread = threading.Thread(target=consumer.run, daemon=True)
     thread.start()
     try:
-        _wait(predicate, timeout, "consumer to finish the work")
+        wait_for(predicate, timeout, "consumer to finish the work")
     finally:
         consumer.stop()
         thread.join(30)
@@ -78,9 +63,7 @@ def test_outbox_relay_sigkilled_mid_batch_delivers_everything_once(infra_servers
             outbox.enqueue(conn, topic, k, events_pb2.PageDiscovered(url=k))
 
     def relay() -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "services.outbox_relay"],
-                                env=infra_servers.env(MAGICLENS_OUTBOX_BATCH="10"),
-                                stderr=subprocess.DEVNULL)
+        return start("services.outbox_relay", env=infra_servers.env(MAGICLENS_OUTBOX_BATCH="10"))
 
     def unpublished() -> int:
         with psycopg.connect(url) as conn:
@@ -92,16 +75,14 @@ def test_outbox_relay_sigkilled_mid_batch_delivers_everything_once(infra_servers
     while unpublished() == 3000:  # kill as soon as the first batch is acknowledged
         assert time.monotonic() < deadline, "the relay published nothing"
         time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill(proc)
     left = unpublished()
     assert 0 < left < 3000, "the relay must have been killed mid-way"
     proc = relay()
     try:
-        _wait(lambda: unpublished() == 0, 90, "the restarted relay to publish the rest")
+        wait_for(lambda: unpublished() == 0, 90, "the restarted relay to publish the rest")
     finally:
-        proc.terminate()
-        proc.wait(20)
+        stop(proc, 20)
     consumer = make_consumer(topic.name, table, f"g-{unique}", url, bootstrap)
     consumer.reconciler = None  # prove delivery through Kafka alone
     _run_consumer_until(consumer, lambda: _counts(url, table)[1] == 0, 120)
@@ -187,19 +168,17 @@ def test_consumer_killed_mid_handler_loses_and_duplicates_nothing(infra_servers,
     for k in keys:
         publish(producer, topic, k, events_pb2.PageDiscovered(url=k))
     producer.close()
-    worker = [sys.executable, str(HERE / "counting_worker.py"), topic.name, table, f"g-{unique}"]
-    env = infra_servers.env(PYTHONPATH=os.pathsep.join(sys.path))
-    proc = subprocess.Popen([*worker, "0.3"], env=env, stderr=subprocess.DEVNULL)
-    _wait(lambda: len(_counts(url, table)[0]) >= 3, 60, "some events handled")
-    proc.send_signal(signal.SIGKILL)  # most likely inside a handler's 0.3 s sleep
-    proc.wait()
+    worker = ["tests.runtime.counting_worker", topic.name, table, f"g-{unique}"]
+    env = infra_servers.env()
+    proc = start(*worker, "0.3", env=env)
+    wait_for(lambda: len(_counts(url, table)[0]) >= 3, 60, "some events handled")
+    kill(proc)  # most likely inside a handler's 0.3 s sleep
     done_before = len(_counts(url, table)[0])
     assert done_before < 40
-    proc = subprocess.Popen(worker, env=env, stderr=subprocess.DEVNULL)
+    proc = start(*worker, env=env)
     try:
-        _wait(lambda: _counts(url, table)[1] == 0, 90, "the restarted worker to finish")
+        wait_for(lambda: _counts(url, table)[1] == 0, 90, "the restarted worker to finish")
     finally:
-        proc.terminate()
-        proc.wait(30)
+        stop(proc, 30)
     counts, _ = _counts(url, table)
     assert len(counts) == 40 and set(counts.values()) == {1}

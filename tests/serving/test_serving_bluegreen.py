@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import threading
 import time
 from datetime import UTC, datetime
@@ -22,12 +21,12 @@ from datetime import UTC, datetime
 import grpc
 import numpy as np
 import pytest
-from conftest import ROOT, free_port
 from magiclens.v1 import search_pb2, search_pb2_grpc
-from test_serving_search import _start, _wait_port
 
+from runtime import db
 from runtime.serving import set_serving_version
 from services.search.index import ShardIndex
+from tests.support.processes import ROOT, free_port, kill, start, stop, wait_for, wait_grpc
 
 N, D, K, QUERIES, THREADS = 4000, 128, 10, 64, 4
 A, B = "bluegreen-a", "bluegreen-b"
@@ -56,18 +55,7 @@ def _log_records(path, msg: str) -> list[dict]:
     return out
 
 
-def _wait_for(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not (got := pred()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return got
-
-
 def _insert_embeddings(url: str, version: str, rows: list[tuple[int, np.ndarray]]) -> None:
-    from runtime import db
-
     with db.transaction(url) as conn, conn.cursor() as cur:
         cur.executemany("INSERT INTO image_embeddings (image_id, model_version, embedding) "
                         "VALUES (%s, %s, %s)",
@@ -77,8 +65,6 @@ def _insert_embeddings(url: str, version: str, rows: list[tuple[int, np.ndarray]
 @pytest.fixture
 def pool(fresh_db):
     """N live images in a private database with version-A embeddings; A is serving."""
-    from runtime import db
-
     rng = np.random.default_rng(7)
     vec_a = _clustered(N, D, rng)
     vec_b = np.roll(vec_a, -(N // 2), axis=0)  # B's vector of row i is A's vector of i + N/2
@@ -108,8 +94,6 @@ def pool(fresh_db):
 
 def test_bluegreen_rebuild_serves_old_index_until_swap_then_new(
         infra_servers, fresh_db, pool, tmp_path):
-    from runtime import db
-
     ids, vec_b, queries, truth = pool
     tag = os.urandom(4).hex()
     port = free_port()
@@ -122,12 +106,12 @@ def test_bluegreen_rebuild_serves_old_index_until_swap_then_new(
         MAGICLENS_VERSION_CHECK_S="0.2", MAGICLENS_SYNC_INTERVAL_S="2",
         MAGICLENS_LOG_LEVEL="INFO", PYTHONPATH=f"{ROOT}:{ROOT / 'gen'}")
     args = ["services.search.shard", "--index", tag, "--num-shards", "1", "--shard", "0"]
-    proc = _start(args, env, log)
+    proc = start(*args, env=env, log=log)
     answers: list[tuple[float, float, str, list[int], int]] = []  # t0, t1, version, ids, query
     errors: list[str] = []
-    stop = threading.Event()
+    halt = threading.Event()
     try:
-        ch = _wait_port(port, proc, log)
+        ch = wait_grpc(port, proc=proc, log=log)
         stub = search_pb2_grpc.ShardServiceStub(ch)
 
         def status():
@@ -138,7 +122,7 @@ def test_bluegreen_rebuild_serves_old_index_until_swap_then_new(
 
         def client(seed: int) -> None:
             rng = np.random.default_rng(seed)
-            while not stop.is_set():
+            while not halt.is_set():
                 q = int(rng.integers(QUERIES))
                 req = search_pb2.SearchShardRequest(query=queries[q].tolist(), k=K)
                 t0 = time.time()
@@ -161,16 +145,18 @@ def test_bluegreen_rebuild_serves_old_index_until_swap_then_new(
                                                  strict=True)))
         with db.transaction(fresh_db) as conn:
             set_serving_version(conn, B, "file:///b")
-        _wait_for(lambda: status().next_model_version == B, 30, "the shard to see version B")
+        wait_for(lambda: status().next_model_version == B, 30, "the shard to see version B",
+                 interval=0.05)
         t_noticed = time.time()
         time.sleep(1.5)  # several version checks at 50% coverage
         t_complete = time.time()
         _insert_embeddings(fresh_db, B, list(zip(ids[half:].tolist(), vec_b[half:],
                                                  strict=True)))
-        _wait_for(lambda: status().model_version == B, 120, "the swap to version B")
+        wait_for(lambda: status().model_version == B, 120, "the swap to version B",
+                 interval=0.05)
         t_swapped = time.time()
         time.sleep(1.0)
-        stop.set()
+        halt.set()
         for t in clients:
             t.join()
 
@@ -201,14 +187,14 @@ def test_bluegreen_rebuild_serves_old_index_until_swap_then_new(
         assert len(after) >= 20 and all(a[2] == B for a in after)
 
         # The snapshot written at the switch holds B (read before any shutdown could write).
-        _wait_for(lambda: _log_records(log, "swapped to new model version"), 30, "the swap log")
+        wait_for(lambda: _log_records(log, "swapped to new model version"), 30, "the swap log",
+                 interval=0.05)
         snap = ShardIndex.restore(tmp_path / "index" / tag / "shard-0-of-1" / "current")
         assert snap is not None and (snap.model_version, len(snap)) == (B, N)
         # ...and a shard killed without a chance to snapshot again restores B from it.
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-        proc = _start(args, env, log)
-        ch = _wait_port(port, proc, log)
+        kill(proc)
+        proc = start(*args, env=env, log=log)
+        ch = wait_grpc(port, proc=proc, log=log)
         stub = search_pb2_grpc.ShardServiceStub(ch)
         restored = _log_records(log, "restored snapshot")
         assert restored and restored[-1]["version"] == B, restored
@@ -219,10 +205,5 @@ def test_bluegreen_rebuild_serves_old_index_until_swap_then_new(
             assert r.model_version == B
             assert _recall([h.image_id for h in r.hits], truth[B][q]) >= 0.9
     finally:
-        stop.set()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except Exception:
-                proc.kill()
+        halt.set()
+        stop(proc)

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -20,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
-from conftest import PHOTOS, ROOT, photo, png
+from kafka import KafkaAdminClient
 from magiclens.v1 import events_pb2
 from PIL import Image
 
@@ -32,6 +30,8 @@ from runtime.serving import serving_version
 from services.embedding.client import EmbeddingClient
 from services.embedding.current import read_current
 from services.embedding.worker import Worker, WorkerSettings
+from tests.serving.serving_support import PHOTOS, photo, png
+from tests.support.processes import ROOT, kill, start, stop, wait_for
 
 DISCOVERED = datetime.now(UTC) - timedelta(minutes=5)
 
@@ -131,13 +131,6 @@ def _statuses(e, ids: list[int]) -> dict[int, tuple[str, str | None]]:
     return {r["image_id"]: (r["status"], r["status_reason"]) for r in rows}
 
 
-def _wait(cond, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
 @contextlib.contextmanager
 def _running(e, reconcile_interval_s: float = 3600):
     """The worker's real consumer loop in a thread (Kafka + reconciler), stopped at exit."""
@@ -156,8 +149,6 @@ def _running(e, reconcile_interval_s: float = 3600):
 
 def _consumed_everything(e, sent: dict[int, int]) -> bool:
     """The group's committed offsets cover every record sent (partition -> last offset)."""
-    from kafka import KafkaAdminClient
-
     admin = KafkaAdminClient(bootstrap_servers=e.infra.kafka_bootstrap)
     try:
         group = e.settings.embedding_group
@@ -189,7 +180,7 @@ def test_images_get_one_vector_and_one_event_each_even_when_events_are_redeliver
         publish(e.producer, e.worker.models_topic, "serving-a", events_pb2.ModelPublished(
             model_version="serving-a", config_name="compact", promoted=True,
             checkpoint_uri=f"file://{e.checkpoints['serving-a']}"))
-        _wait(lambda: _serving(e) == "serving-a", 60, "the promotion")
+        wait_for(lambda: _serving(e) == "serving-a", 60, "the promotion")
         event_ids = {i: str(uuid.uuid4()) for i in ids}
         for i in ids:
             send(i, event_ids[i])
@@ -197,8 +188,8 @@ def test_images_get_one_vector_and_one_event_each_even_when_events_are_redeliver
             send(i, event_ids[i])
         for i in ids[::4]:  # ... and resent by a producer (a new event id)
             send(i, str(uuid.uuid4()))
-        _wait(lambda: len(_vectors(e, "serving-a", ids)) == len(ids), 180, "the vectors")
-        _wait(lambda: _consumed_everything(e, sent), 60, "every record to be consumed")
+        wait_for(lambda: len(_vectors(e, "serving-a", ids)) == len(ids), 180, "the vectors")
+        wait_for(lambda: _consumed_everything(e, sent), 60, "every record to be consumed")
         requests = e.worker.requests
     assert requests <= len(ids) // 2, f"{requests} Triton requests for {len(ids)} images"
     vecs = _vectors(e, "serving-a", ids)
@@ -274,7 +265,7 @@ def test_promoting_a_new_version_reembeds_the_pool_and_keeps_the_old_vectors(env
                 assert not rejected, "images rejected while Triton was loading serving-b"
                 return len(_vectors(e, "serving-b", live)) == len(live)
 
-            _wait(reembedded, 180, "the pool to be re-embedded with serving-b")
+            wait_for(reembedded, 180, "the pool to be re-embedded with serving-b")
             requests = e.worker.requests
         assert read_current(e.triton.current)[0] == "serving-b"
         with db.connect(e.url) as conn:
@@ -322,10 +313,8 @@ def test_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(env):
         MAGICLENS_EMBEDDING_MODELS_TOPIC=e.names["models"],
         MAGICLENS_EMBEDDING_READY_TOPIC=e.names["ready"])
 
-    def start() -> subprocess.Popen:
-        fh = open(log, "ab")  # noqa: SIM115 - owned by the process
-        return subprocess.Popen([sys.executable, "-m", "services.embedding.worker"], cwd=ROOT,
-                                env=penv, stdout=fh, stderr=subprocess.STDOUT)
+    def start_worker() -> subprocess.Popen:
+        return start("services.embedding.worker", env=penv, log=log)
 
     def batches() -> list[list[int]]:
         out = []
@@ -334,25 +323,21 @@ def test_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(env):
                 out.append(json.loads(json.loads(line)["image_ids"]))
         return out
 
-    proc = start()
+    proc = start_worker()
     try:
         # the second batch has started: the first one is committed, this one is in flight
-        _wait(lambda: len(batches()) >= 2 or proc.poll() is not None, 120, "two batches")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
+        wait_for(lambda: len(batches()) >= 2 or proc.poll() is not None, 120, "two batches")
+        kill(proc)
         in_flight = batches()[-1]
         done = _vectors(e, "serving-a", ids)
         assert 0 < len(done) < len(ids), log.read_text()[-3000:]
         assert not set(in_flight) & set(done), "the killed batch is all or nothing"
-        proc = start()
-        _wait(lambda: len(_vectors(e, "serving-a", ids)) == len(ids), 240, "the rest")
+        proc = start_worker()
+        wait_for(lambda: len(_vectors(e, "serving-a", ids)) == len(ids), 240, "the rest")
         time.sleep(2)  # a stray second embedding would show up here
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0, log.read_text()[-3000:]
+        assert stop(proc, 60) == 0, log.read_text()[-3000:]
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill(proc)
     assert len(batches()) < len(ids)  # batched, across both runs
     events = _ready_events(e, ids)
     assert {i: len(v) for i, v in events.items()} == {i: 1 for i in ids}

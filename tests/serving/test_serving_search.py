@@ -5,21 +5,32 @@ status codes, freshness)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode
 
 import grpc
+import httpx
 import numpy as np
 import pytest
-from conftest import CACHE, ROOT, augmented_images, free_port, photo, png
 from magiclens.v1 import common_pb2, events_pb2, search_pb2, search_pb2_grpc
 
+from runtime import db
+from runtime.blobstore import open_blobstore
+from runtime.bus import make_producer, publish
+from runtime.serving import set_serving_version
+from runtime.topics import EMBEDDINGS_READY
 from services.search.index import IndexParams, ShardIndex
+from tests.gateway.gwutil import CHROMIUM, chromium, running_gateway
+from tests.serving.serving_support import CACHE, augmented_images, photo, png
+from tests.support.processes import ROOT, free_port, kill, start, stop, wait_grpc
+from tools.cli.main import main
 
 N_PER_PHOTO = 25
 
@@ -106,31 +117,9 @@ def test_upserts_and_deletes_during_concurrent_queries(corpus, tmp_path):
 
 # ------------------------------------------------------------------ processes over gRPC
 
-def _start(args, env, log):
-    fh = open(log, "ab")  # noqa: SIM115 - owned by the process
-    return subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, env=env, stdout=fh,
-                            stderr=subprocess.STDOUT)
-
-
-def _wait_port(port, proc, log, timeout=90):
-    deadline = time.monotonic() + timeout
-    ch = grpc.insecure_channel(f"127.0.0.1:{port}")
-    while True:
-        try:
-            grpc.channel_ready_future(ch).result(timeout=0.5)
-            return ch
-        except grpc.FutureTimeoutError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"did not start:\n{log.read_text()[-3000:]}") from None
-
-
 @pytest.fixture(scope="module")
 def cluster(infra_servers, corpus, triton, checkpoints, tmp_path_factory):
     """Postgres rows for the pool (as the worker writes them), 2 shards, the root."""
-    from runtime import db
-    from runtime.blobstore import open_blobstore
-    from runtime.serving import set_serving_version
-
     imgs, vecs = corpus
     d = tmp_path_factory.mktemp("search")
     tag = os.urandom(4).hex()
@@ -171,18 +160,19 @@ def cluster(infra_servers, corpus, triton, checkpoints, tmp_path_factory):
 
     def _start_shard(i: int):
         e = dict(env, MAGICLENS_GRPC_PORT=str(ports[i]))
-        procs[f"shard{i}"] = _start(["services.search.shard", "--index", tag, "--num-shards", "2",
-                                     "--shard", str(i)], e, d / f"shard{i}.log")
-        _wait_port(ports[i], procs[f"shard{i}"], d / f"shard{i}.log")
+        log = d / f"shard{i}.log"
+        procs[f"shard{i}"] = start("services.search.shard", "--index", tag, "--num-shards", "2",
+                                   "--shard", str(i), env=e, log=log)
+        wait_grpc(ports[i], proc=procs[f"shard{i}"], log=log)
 
     for i in range(2):
         _start_shard(i)
     root_port = free_port()
-    procs["root"] = _start(["services.search.root"], dict(
+    procs["root"] = start("services.search.root", env=dict(
         env, MAGICLENS_GRPC_PORT=str(root_port), MAGICLENS_TRITON_URL=triton.url,
         MAGICLENS_SHARDS=",".join(f"127.0.0.1:{p}" for p in ports),
-        MAGICLENS_SHARD_TIMEOUT_S="2"), d / "root.log")
-    ch = _wait_port(root_port, procs["root"], d / "root.log")
+        MAGICLENS_SHARD_TIMEOUT_S="2"), log=d / "root.log")
+    ch = wait_grpc(root_port, proc=procs["root"], log=d / "root.log")
 
     class Cluster:
         stub = search_pb2_grpc.SearchServiceStub(ch)
@@ -196,20 +186,16 @@ def cluster(infra_servers, corpus, triton, checkpoints, tmp_path_factory):
 
         @staticmethod
         def kill_shard(i: int) -> None:
-            procs[f"shard{i}"].kill()
-            procs[f"shard{i}"].wait()
+            kill(procs[f"shard{i}"])
 
         start_shard = staticmethod(_start_shard)
 
     yield Cluster
     for p in procs.values():
         if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
+            p.send_signal(signal.SIGTERM)  # all at once: the shards stop in parallel
     for p in procs.values():
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
+        stop(p)
 
 
 def _search(cluster, **kw):
@@ -241,15 +227,6 @@ def test_search_by_pool_image_and_bytes(cluster):
 def test_web_ui_renders_a_real_result_grid(cluster):
     """The web UI in headless Chromium, over the real root, shards and Triton: a query given by
     URL parameters renders a ranked grid of result cards (screenshot in data/screenshots)."""
-    import re
-    import sys
-    from urllib.parse import urlencode
-
-    import httpx
-
-    sys.path.insert(0, str(ROOT / "tests" / "gateway"))
-    from gwutil import CHROMIUM, chromium, running_gateway
-
     if not CHROMIUM.exists():
         pytest.skip("needs Debian's chromium (./taskw installs it when run as root)")
     qid = cluster.image_ids[0]
@@ -272,10 +249,6 @@ def test_web_ui_renders_a_real_result_grid(cluster):
 
 def test_cli_search_against_the_real_root(cluster, monkeypatch, capsys):
     """`magiclens search --json` shape, and an unknown image as one clear line."""
-    import json
-
-    from tools.cli.main import main
-
     monkeypatch.setenv("MAGICLENS_SEARCH_ADDR", cluster.root_addr)
     code = main(["search", "--image", str(cluster.image_ids[0]), "-q", "the same thing",
                  "-k", "5", "--json"])
@@ -334,10 +307,6 @@ def test_killed_shard_gives_partial_then_full_after_snapshot_restore(cluster):
 
 
 def test_embedding_ready_event_makes_image_searchable_and_measures_freshness(cluster, corpus):
-    from runtime import db
-    from runtime.bus import make_producer, publish
-    from runtime.topics import EMBEDDINGS_READY
-
     _, vecs = corpus
     with db.transaction(cluster.database_url) as conn:
         # A live image (its bytes are in the blob store; the shard never reads them).

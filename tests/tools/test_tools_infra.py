@@ -10,11 +10,7 @@ from pathlib import Path
 
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.processes import free_port
 
 
 def _infra(action: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -43,8 +39,8 @@ def isolated_env(tmp_path):
     env = {k: v for k, v in os.environ.items()
            if k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")}
     data = tmp_path / "data"
-    env.update(MAGICLENS_DATA_DIR=str(data), MAGICLENS_PG_PORT=str(_free_port()),
-               MAGICLENS_KAFKA_PORT=str(_free_port()))
+    env.update(MAGICLENS_DATA_DIR=str(data), MAGICLENS_PG_PORT=str(free_port()),
+               MAGICLENS_KAFKA_PORT=str(free_port()))
     yield env
     _infra("down", env)
 

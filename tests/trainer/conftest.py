@@ -1,22 +1,15 @@
-"""Trainer test fixtures: the tiny stand-in backbone (tests/standin.py) and an XLA cache.
-
-`StandInBackbone` / `StandInPreprocessor` are re-exported here for `from conftest import ...`.
-"""
+"""Trainer test fixtures: the tiny stand-in backbone (tests/support/standin.py) and an XLA
+cache."""
 
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
-from pathlib import Path
 
 import jax
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, also in subprocesses
-from standin import StandInBackbone, StandInPreprocessor
-
-__all__ = ["StandInBackbone", "StandInPreprocessor", "standin_backbone"]
+from tests.support.standin import StandInBackbone, StandInPreprocessor
 
 # Identical step functions are compiled by several tests (each train() call jits afresh):
 # a persistent compilation cache turns the repeats into cache hits.

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from trainer.eval.corpus import mean_pairwise_cosine
 from trainer.eval.datasets import (
     circo_image_file,
     load_circo,
@@ -108,8 +109,6 @@ def test_report_files(tmp_path):
 
 
 def test_mean_pairwise_cosine_flags_a_collapsed_space():
-    from trainer.eval.corpus import mean_pairwise_cosine
-
     eye = np.eye(4, dtype=np.float32)
     assert abs(mean_pairwise_cosine(eye)) < 1e-6
     same = np.tile(np.array([[0.6, 0.8]], np.float32), (5, 1))

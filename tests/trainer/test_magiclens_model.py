@@ -11,7 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trainer.models.magiclens import MagicLensConfig, abstract_params, build_model, init_params
+from trainer.models.magiclens import (
+    CONFIGS,
+    MagicLensConfig,
+    abstract_params,
+    arch_meta,
+    build_model,
+    config_for_checkpoint,
+    init_params,
+)
 from trainer.weights.released import (
     UnsafePickleError,
     load_payload,
@@ -141,8 +149,6 @@ def test_image_residual_starts_as_image_only_and_learns_from_text(standin_backbo
 
 
 def test_checkpoint_arch_is_recorded_and_old_exports_keep_theirs():
-    from trainer.models.magiclens import CONFIGS, arch_meta, config_for_checkpoint
-
     assert CONFIGS["compact"].image_residual
     assert not CONFIGS["base"].image_residual and not CONFIGS["large"].image_residual
     for name, cfg in CONFIGS.items():

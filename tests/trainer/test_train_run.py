@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import StandInBackbone, StandInPreprocessor
 
+from tests.support.standin import StandInBackbone, StandInPreprocessor
 from trainer.configs import get_config
 from trainer.data.toy import build_toy_split
 from trainer.data.triples import JsonlTriples, read_captions
@@ -70,9 +70,8 @@ def test_full_mode_runs(toy, tmp_path):
 
 
 _SHARD_SCRIPT = """
-import sys, numpy as np, jax
-sys.path.insert(0, {tests!r})
-from conftest import StandInBackbone, StandInPreprocessor
+import numpy as np, jax
+from tests.support.standin import StandInBackbone, StandInPreprocessor
 from trainer.configs import get_config
 from trainer.losses import info_nce_query_negatives
 from trainer.models.magiclens import MagicLensConfig, build_model, init_params
@@ -104,7 +103,7 @@ def test_four_device_loss_equals_one_device():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
                JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
     out = subprocess.run([sys.executable, "-c",
-                          _SHARD_SCRIPT.format(tests=str(Path(__file__).parent))],
+                          _SHARD_SCRIPT],
                          env=env, capture_output=True, text=True, timeout=180, check=True)
     (d1, l1), (d4, l4) = (line.split() for line in out.stdout.strip().splitlines()[-2:])
     assert (d1, d4) == ("1", "4")

@@ -4,10 +4,6 @@ promoted version; request validation and status codes through the real entry poi
 
 from __future__ import annotations
 
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -19,15 +15,6 @@ import pytest
 from kafka import KafkaConsumer
 from magiclens.v1 import events_pb2
 
-sys.path.insert(0, str(Path(__file__).parent))
-from training_fixtures import (
-    compilation_cache,
-    drop_database,
-    fresh_database,
-    seed,
-    tiny_model_kwargs,
-)
-
 from runtime import db
 from runtime.blobstore import open_blobstore
 from runtime.bus import ensure_topics
@@ -38,8 +25,15 @@ from services.training import client, store
 from services.training.config import TrainingSettings
 from services.training.server import TrainingServicer, registration
 from services.training.worker import TrainingWorker
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.processes import free_port, start, stop, wait_grpc
+from tests.training.training_fixtures import (
+    compilation_cache,
+    drop_database,
+    fresh_database,
+    seed,
+    tiny_model_kwargs,
+)
+from trainer.checkpoints import load_params
 
 
 class Events:
@@ -135,7 +129,6 @@ def test_runs_train_one_at_a_time_and_publish_models(svc):
         assert m.metrics["data/train_triples"] == 16 and m.metrics["data/heldout_triples"] == 8
 
     # The trained checkpoint loads with the trainer's own reader.
-    from trainer.checkpoints import load_params
 
     params, meta = load_params(models[a.model_version].checkpoint_uri.removeprefix("file://"))
     assert meta["steps"] == 10 and "multimodal_encoder" in params
@@ -181,24 +174,17 @@ def test_promote_flips_the_promoted_version(svc):
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_entry_point_validates_requests(infra_servers, tmp_path):
     name = f"training_e_{uuid.uuid4().hex[:8]}"
     url = fresh_database(infra_servers.database_url, name)
-    port = _free_port()
+    port = free_port()
     env = infra_servers.env(DATABASE_URL=url, MAGICLENS_GRPC_PORT=str(port),
                             MAGICLENS_METRICS_PORT="0", MAGICLENS_DATA_DIR=str(tmp_path),
                             MAGICLENS_TRAINING_JAX_CACHE="false")
-    proc = subprocess.Popen([sys.executable, "-m", "services.training"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "training.log"
+    proc = start("services.training", env=env, log=log)
     try:
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        grpc.channel_ready_future(channel).result(timeout=90)
+        channel = wait_grpc(port, proc=proc, log=log)
         stub = client.stub(f"127.0.0.1:{port}")
         for kwargs, code in [
             (dict(config_name="no_such_config"), grpc.StatusCode.INVALID_ARGUMENT),
@@ -221,7 +207,6 @@ def test_entry_point_validates_requests(infra_servers, tmp_path):
             assert conn.execute("SELECT count(*) AS n FROM training_runs").fetchone()["n"] == 0
         channel.close()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
+        code = stop(proc, 60)
         drop_database(infra_servers.database_url, name)
-    assert proc.returncode == 0, out[-2000:]
+    assert code == 0, log.read_text()[-2000:]

@@ -3,34 +3,33 @@ resumption after a worker dies mid-run, recorded failures, auto-start by new tri
 
 from __future__ import annotations
 
-import sys
+import threading
+import time
+import uuid
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-from training_fixtures import (
-    compilation_cache,
-    drop_database,
-    fresh_database,
-    seed,
-    tiny_model_kwargs,
-)
 
 from runtime import db
 from runtime.blobstore import open_blobstore
 from runtime.config import load_settings
 from services.training import handlers, store
 from services.training.config import TrainingSettings
+from services.training.progress import latest_checkpoint_step
 from services.training.triples import PostgresTripleSource
 from services.training.worker import TrainingWorker
+from tests.training.training_fixtures import (
+    compilation_cache,
+    drop_database,
+    fresh_database,
+    seed,
+    tiny_model_kwargs,
+)
 from trainer.data.triples import JsonlTriples, load_image
 
 
 @pytest.fixture(scope="module")
 def env(infra_servers, tmp_path_factory):
-    import uuid
-
     name = f"training_w_{uuid.uuid4().hex[:8]}"
     url = fresh_database(infra_servers.database_url, name)
     data_dir = tmp_path_factory.mktemp("training-data")
@@ -96,10 +95,6 @@ def test_interrupted_run_resumes_from_its_checkpoint(env):
 
 
 def test_shutdown_requeues_the_run_and_the_next_worker_resumes_it(env):
-    import threading
-    import time
-
-    from services.training.progress import latest_checkpoint_step
 
     settings, _ = env
     url = settings.database_url

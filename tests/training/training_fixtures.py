@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,13 +22,13 @@ from pathlib import Path
 import jax
 import numpy as np
 import psycopg
+import skimage.data
 from PIL import Image, ImageOps
 
 from runtime import db
 from runtime.blobstore import BlobStore
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/
-from standin import StandInBackbone, StandInPreprocessor
+from tests.support.standin import StandInBackbone, StandInPreprocessor
+from trainer.models.magiclens import MagicLensConfig
 
 TRANSFORMS = {
     "flip": ("the same picture mirrored left to right", ImageOps.mirror),
@@ -60,8 +59,6 @@ def drop_database(admin_url: str, name: str) -> None:
 # ----------------------------------------------------------------------------- seed data
 
 def _photo(name: str, size: int = 64) -> Image.Image:
-    import skimage.data
-
     arr = getattr(skimage.data, name)()
     if arr.ndim == 2:
         arr = np.stack([arr] * 3, -1)
@@ -165,8 +162,6 @@ def seed(url: str, blobs: BlobStore, tag: str) -> Seeded:
 
 def tiny_model_kwargs(cfg) -> dict:
     """Extra trainer.train.train arguments: the tiny backbone, embedding width 64."""
-    from trainer.models.magiclens import MagicLensConfig
-
     return dict(backbone=(StandInBackbone(64), StandInPreprocessor()),
                 model_config=MagicLensConfig("compact", 64, 2, num_layers=1))
 

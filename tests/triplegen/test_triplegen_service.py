@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,30 +26,10 @@ from runtime import db
 from runtime.blobstore import FileBlobStore
 from runtime.bus import make_producer, publish
 from runtime.topics import PAIRS_MINED
+from tests.support.processes import ROOT, free_port, kill, start, stop, wait_log
 from trainer.data.triples import JsonlTriples
 
-ROOT = Path(__file__).resolve().parents[2]
 SKIMAGE = Path(__import__("skimage").__file__).parent / "data"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def fresh_db(infra_servers):
-    name = f"tg_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(infra_servers.database_url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    url = infra_servers.database_url.rsplit("/", 1)[0] + "/" + name
-    db.migrate(url)
-    yield url
-    with psycopg.connect(infra_servers.database_url, autocommit=True) as conn:
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                     "WHERE datname = %s", (name,))
-        conn.execute(f"DROP DATABASE IF EXISTS {name}")
 
 
 def _png(im: Image.Image) -> bytes:
@@ -98,31 +76,11 @@ def add_page(url: str, blobs: FileBlobStore, title: str,
     return page_id, pair_ids
 
 
-class Svc:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.log = log
-        self.proc = subprocess.Popen([sys.executable, "-m", "services.triplegen", "serve"],
-                                     cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                                     stderr=log.open("ab"))
-
-    def wait_started(self, timeout: float = 90) -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"service exited: {self.log.read_text()[-2000:]}")
-            if b'"service started"' in self.log.read_bytes():
-                return
-            time.sleep(0.2)
-        raise AssertionError("service did not start")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+def start_service(env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`python -m services.triplegen serve`, once it says it started."""
+    proc = start("services.triplegen", "serve", env=env, log=log)
+    wait_log(log, '"service started"', 90, proc=proc)
+    return proc
 
 
 def q(url: str, sql: str, *args):
@@ -144,7 +102,7 @@ def wait_done(url: str, page_id: int, timeout: float = 120) -> None:
 def test_pairs_mined_to_triples_redelivery_crash_and_grpc(infra_servers, fresh_db, tmp_path,
                                                           unique):
     blobs = FileBlobStore(tmp_path / "blobs")
-    port = _free_port()
+    port = free_port()
     env = infra_servers.env(
         DATABASE_URL=fresh_db, MAGICLENS_DATA_DIR=str(tmp_path),
         MAGICLENS_BLOB_URI=f"file://{tmp_path / 'blobs'}", MAGICLENS_GRPC_PORT=str(port),
@@ -154,9 +112,8 @@ def test_pairs_mined_to_triples_redelivery_crash_and_grpc(infra_servers, fresh_d
                                                  "/tmp/magiclens-jax-cache"))
     log = tmp_path / "svc.log"
     chelsea = Image.open(SKIMAGE / "chelsea.png")
-    svc = Svc(env, log)
+    svc = start_service(env, log)
     try:
-        svc.wait_started()
         # Page A arrives after the start-up reconciliation: only Kafka can deliver it.
         page_a, pairs_a = add_page(fresh_db, blobs, "Photo gallery: the cat and friends", [
             ("chelsea", chelsea, "Chelsea the cat", "A tabby cat resting"),
@@ -222,15 +179,13 @@ def test_pairs_mined_to_triples_redelivery_crash_and_grpc(infra_servers, fresh_d
                     break
                 time.sleep(0.02)
         assert held, "the service never started on page B"
-        svc.proc.send_signal(signal.SIGKILL)
-        svc.proc.wait(10)
+        kill(svc)
         rows = q(fresh_db, "SELECT status FROM pairs WHERE page_id = %s", page_b)
         assert {r["status"] for r in rows} == {"mined"}  # nothing half-done was committed
         assert not q(fresh_db, "SELECT 1 FROM triples t JOIN pairs p USING (pair_id) "
                                "WHERE p.page_id = %s", page_b)
 
-        svc = Svc(env | {"MAGICLENS_RECONCILE_INTERVAL_S": "2"}, log)
-        svc.wait_started()
+        svc = start_service(env | {"MAGICLENS_RECONCILE_INTERVAL_S": "2"}, log)
         wait_done(fresh_db, page_b)
         per_pair = q(fresh_db, "SELECT pair_id, count(*) AS n FROM triples GROUP BY 1")
         assert all(1 <= r["n"] <= 2 for r in per_pair)
@@ -267,4 +222,4 @@ def test_pairs_mined_to_triples_redelivery_crash_and_grpc(infra_servers, fresh_d
         first = next(iter(loaded))
         assert Path(first.query_image).exists() and Path(first.target_image).exists()
     finally:
-        svc.stop()
+        stop(svc)

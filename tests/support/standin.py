@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 
 class StandInBackbone(nn.Module):
@@ -72,8 +73,6 @@ class StandInPreprocessor:
 
     def images(self, images) -> np.ndarray:
         """PIL images -> [B,S,S,3] float32 in [0,1] (same contract as backbone.Preprocessor)."""
-        from PIL import Image
-
         out = []
         for pil in images:
             pil = pil.convert("RGB").resize((self.image_size, self.image_size), Image.BILINEAR)

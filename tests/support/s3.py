@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+
+import boto3
+from moto.server import ThreadedMotoServer
+
+from tests.support.processes import free_port
 
 
 @dataclass(frozen=True)
@@ -19,8 +23,6 @@ class S3:
     bucket: str
 
     def client(self):
-        import boto3
-
         return boto3.client("s3", endpoint_url=self.endpoint)
 
     def object_keys(self) -> list[str]:
@@ -31,12 +33,8 @@ class S3:
 @contextmanager
 def s3_server(bucket: str = "magiclens-test") -> Iterator[S3]:
     """Start the server, set the AWS_* variables (restored after), create `bucket`."""
-    from moto.server import ThreadedMotoServer
-
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
