@@ -33,9 +33,10 @@ from PIL import Image
 from runtime import db, ports
 from runtime.blobstore import open_blobstore
 from runtime.config import load_settings
+from runtime.embedding_client import EmbeddingClient
 from runtime.serving import set_serving_version
-from services.embedding.client import EmbeddingClient
-from services.embedding.worker import Worker, WorkerSettings
+from services.embedding.config import WorkerSettings
+from services.embedding.worker import Worker
 
 
 def images(n: int) -> list[bytes]:

@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from runtime.image_input import BadInput, decode_image
 from runtime.limits import MAX_INSTRUCTION_CHARS
-from services.embedding.inputs import BadInput, decode_image
 from trainer.checkpoints import load_params, save_params
 from trainer.models.magiclens import (
     abstract_params,

@@ -45,7 +45,7 @@ VERSION_PARAM = "model_version"
 
 class ModelNotLoadedError(LookupError):
     """The request pins a version this server has not loaded (yet): not the input's fault.
-    Clients recognise it by this class name in the error (services/embedding/client.py)."""
+    Clients recognise it by this class name in the error (runtime/embedding_client.py)."""
 
 
 class ModelHolder:

@@ -34,25 +34,24 @@ from pathlib import Path
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 from magiclens.v1 import events_pb2
-from pydantic import Field
 
-from runtime import checkpoint_store, db, outbox, ports
+from runtime import checkpoint_store, db, outbox
 from runtime.blobstore import open_blobstore
 from runtime.bus import Consumer, Event, ensure_topics
-from runtime.config import BaseServiceSettings, load_settings, run_main
+from runtime.config import load_settings, run_main
+from runtime.embedding_client import (
+    BadImageError,
+    EmbeddingClient,
+    EmbeddingError,
+    ModelNotLoadedError,
+)
 from runtime.errors import UnavailableError
 from runtime.logs import setup_logging
 from runtime.service import Service
 from runtime.serving import serving_version, set_serving_version
 from runtime.topics import EMBEDDINGS_READY, IMAGES_MINED, MODELS_PUBLISHED, Topic, renamed
 from services.embedding import store
-from services.embedding.client import (
-    MAX_REQUEST_IMAGES,
-    BadImageError,
-    EmbeddingClient,
-    EmbeddingError,
-    ModelNotLoadedError,
-)
+from services.embedding.config import WorkerSettings
 from services.embedding.current import read_current, write_current
 
 log = logging.getLogger("embedding-worker")
@@ -62,22 +61,6 @@ MATE_ID_WINDOW = 10_000
 # A reconcile pass stops after this long (Kafka polling waits meanwhile; the consumer group
 # drops a member that does not poll within max_poll_interval, 600 s); the next pass goes on.
 RECONCILE_PASS_S = 240.0
-
-
-class WorkerSettings(BaseServiceSettings):
-    triton_url: str = ports.TRITON_ADDR
-    current_model_file: Path | None = None  # default: <data_dir>/serving/current_model.json
-    reconcile_batch: int = Field(default=256, ge=1, le=10_000)
-    embed_batch: int = Field(default=MAX_REQUEST_IMAGES, ge=1, le=MAX_REQUEST_IMAGES)
-    # Consumer group and topic names (overridable so tests run isolated from other consumers).
-    embedding_group: str = "magiclens-embedding-worker"
-    embedding_images_topic: str = IMAGES_MINED.name
-    embedding_models_topic: str = MODELS_PUBLISHED.name
-    embedding_ready_topic: str = EMBEDDINGS_READY.name
-
-    @property
-    def current_file(self) -> Path:
-        return self.current_model_file or Path(self.data_dir) / "serving" / "current_model.json"
 
 
 def checkpoint_path(uri: str, current_file: Path, blobs) -> str:

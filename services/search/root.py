@@ -22,30 +22,20 @@ from urllib.parse import urlsplit
 import grpc
 import httpx
 from magiclens.v1 import search_pb2, search_pb2_grpc
-from pydantic import Field
 
-from runtime import db, ports
+from runtime import db
 from runtime.blobstore import open_blobstore
-from runtime.config import BaseServiceSettings, load_settings, run_main
+from runtime.config import load_settings, run_main
+from runtime.embedding_client import EmbeddingClient, EmbeddingError, ModelNotLoadedError
 from runtime.errors import UnavailableError
+from runtime.image_input import BadInput, decode_image
 from runtime.limits import MAX_IMAGE_BYTES, MAX_INSTRUCTION_CHARS, MAX_K
 from runtime.logs import setup_logging
 from runtime.service import Service
-from services.embedding.client import EmbeddingClient, EmbeddingError, ModelNotLoadedError
-from services.embedding.inputs import BadInput, decode_image
 from services.search import store
+from services.search.config import RootSettings
 
 log = logging.getLogger("search-root")
-
-
-class RootSettings(BaseServiceSettings):
-    grpc_port: int = Field(default=ports.SEARCH_ROOT.grpc, ge=0, le=65535)
-    shards: str = ports.shard_addrs(2)
-    triton_url: str = ports.TRITON_ADDR
-    shard_timeout_s: float = Field(default=1.0, gt=0)
-    embed_timeout_s: float = Field(default=10.0, gt=0)
-    url_allowlist: str = ""  # comma-separated hosts whose images may be fetched by URL
-    url_fetch_timeout_s: float = Field(default=5.0, gt=0)
 
 
 def fetch_url(url: str, allow: set[str], timeout_s: float) -> bytes:

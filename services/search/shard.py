@@ -28,18 +28,18 @@ import grpc
 import numpy as np
 from magiclens.v1 import events_pb2, search_pb2, search_pb2_grpc
 from prometheus_client import Gauge, Histogram
-from pydantic import Field
 
 from runtime import db, ports
 from runtime.bus import Consumer, Event
-from runtime.config import BaseServiceSettings, load_settings, run_main
+from runtime.config import load_settings, run_main
 from runtime.errors import ConfigError
 from runtime.logs import setup_logging
 from runtime.service import Service
 from runtime.serving import serving_version
 from runtime.topics import EMBEDDINGS_READY, MODELS_PUBLISHED
 from services.search import store
-from services.search.index import DEFAULT_BRUTE_THRESHOLD, IndexParams, ShardIndex
+from services.search.config import ShardSettings
+from services.search.index import IndexParams, ShardIndex
 
 log = logging.getLogger("search-shard")
 
@@ -48,17 +48,6 @@ FRESHNESS = Histogram("magiclens_index_freshness_seconds",
                       buckets=(0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400))
 VECTORS = Gauge("magiclens_shard_vectors", "Vectors in the serving index")
 MAX_K = 1000
-
-
-class ShardSettings(BaseServiceSettings):
-    index: str = "default"
-    shard: int = Field(default=0, ge=0)
-    num_shards: int = Field(default=1, ge=1, le=1024)
-    brute_threshold: int = Field(default=DEFAULT_BRUTE_THRESHOLD, ge=1)
-    leaves_frac: float = Field(default=0.1, gt=0, le=1)
-    sync_interval_s: float = Field(default=30.0, gt=0)
-    version_check_s: float = Field(default=2.0, gt=0)
-    bluegreen_min_coverage: float = Field(default=0.98, ge=0, le=1)
 
 
 class Shard:

@@ -26,9 +26,10 @@ from magiclens.v1 import events_pb2
 from runtime import db
 from runtime.blobstore import open_blobstore
 from runtime.config import load_settings
+from services.embedding.config import WorkerSettings
 from services.embedding.current import read_current
 from services.embedding.server import ModelHolder, Watcher
-from services.embedding.worker import Worker, WorkerSettings
+from services.embedding.worker import Worker
 from services.training import store
 from services.training.config import TrainingSettings
 from services.training.worker import TrainingWorker, _Progress, resolve_config

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from runtime import limits, ports
-from services.search.root import RootSettings
+from services.search.config import RootSettings
 from trainer.data import triples as trainer_triples
 
 ROOT = Path(__file__).resolve().parents[2]

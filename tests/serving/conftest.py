@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from services.embedding.client import EmbeddingClient
+from runtime.embedding_client import EmbeddingClient
 from services.embedding.model import load_checkpoint
 from tests.serving.serving_support import TRITON_PY, TritonProc, stop_triton
 from tests.support.processes import ROOT, free_port, start, wait_for

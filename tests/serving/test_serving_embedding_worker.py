@@ -26,10 +26,11 @@ from runtime import db
 from runtime.blobstore import open_blobstore
 from runtime.bus import Event, ensure_topics, make_producer, publish
 from runtime.config import load_settings
+from runtime.embedding_client import EmbeddingClient
 from runtime.serving import serving_version
-from services.embedding.client import EmbeddingClient
+from services.embedding.config import WorkerSettings
 from services.embedding.current import read_current
-from services.embedding.worker import Worker, WorkerSettings
+from services.embedding.worker import Worker
 from tests.serving.serving_support import PHOTOS, photo, png
 from tests.support.processes import ROOT, kill, start, stop, wait_for
 

@@ -25,8 +25,9 @@ from runtime import db
 from runtime.bus import Event
 from runtime.serving import set_serving_version
 from runtime.topics import EMBEDDINGS_READY
+from services.search.config import ShardSettings
 from services.search.index import ShardIndex
-from services.search.shard import Shard, ShardSettings
+from services.search.shard import Shard
 
 M, D, BRUTE = 80, 16, 64  # A starts at M/2 (brute force) and outgrows BRUTE: a sync rebuild
 

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from services.embedding.client import EmbeddingClient, EmbeddingError
+from runtime.embedding_client import EmbeddingClient, EmbeddingError
 from services.embedding.current import write_current
 from tests.serving.serving_support import PHOTOS, photo, png, stop_triton
 from trainer.checkpoints import load_params

@@ -1,4 +1,5 @@
-"""Client for the Triton embedding server (tritonclient gRPC), used by the other services.
+"""The encoders as their clients use them (the embedding worker, the search root): a client
+of the Triton embedding server (tritonclient gRPC; the server is services/embedding/server.py).
 
 `EmbeddingClient.embed_targets(images)` / `.embed_queries(images, instructions)` return unit
 vectors and the model version that produced them. Pass `model_version` to pin a version the

@@ -1,4 +1,6 @@
-"""Validation of client inputs to the encoders (light: no jax). Limits: runtime/limits.py."""
+"""Validation of images sent to the encoders, the same in the embedding server and in the
+search root (which checks a query image before embedding it). No JAX, and no numpy 2: the
+Triton server's environment (.venv-triton) imports it too. Limits: runtime/limits.py."""
 
 from __future__ import annotations
 

@@ -1,0 +1,30 @@
+"""Search settings (`MAGICLENS_*`, see README.md): one class per process, shard and root."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from runtime import ports
+from runtime.config import BaseServiceSettings
+from services.search.index import DEFAULT_BRUTE_THRESHOLD
+
+
+class ShardSettings(BaseServiceSettings):
+    index: str = "default"
+    shard: int = Field(default=0, ge=0)
+    num_shards: int = Field(default=1, ge=1, le=1024)
+    brute_threshold: int = Field(default=DEFAULT_BRUTE_THRESHOLD, ge=1)
+    leaves_frac: float = Field(default=0.1, gt=0, le=1)
+    sync_interval_s: float = Field(default=30.0, gt=0)
+    version_check_s: float = Field(default=2.0, gt=0)
+    bluegreen_min_coverage: float = Field(default=0.98, ge=0, le=1)
+
+
+class RootSettings(BaseServiceSettings):
+    grpc_port: int = Field(default=ports.SEARCH_ROOT.grpc, ge=0, le=65535)
+    shards: str = ports.shard_addrs(2)
+    triton_url: str = ports.TRITON_ADDR
+    shard_timeout_s: float = Field(default=1.0, gt=0)
+    embed_timeout_s: float = Field(default=10.0, gt=0)
+    url_allowlist: str = ""  # comma-separated hosts whose images may be fetched by URL
+    url_fetch_timeout_s: float = Field(default=5.0, gt=0)
