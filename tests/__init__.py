@@ -1,0 +1,1 @@
+"""The test suite, a package: one folder per area, shared helpers in tests/support/."""
