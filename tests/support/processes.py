@@ -22,11 +22,20 @@ ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port nothing listens on right now (the OS picks it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port nothing listens on right now (the OS picks it), and one this test process
+    has not handed out before: the OS may offer a port again as soon as its probe socket
+    closes, and two servers of one test must not be given the same one."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def log_tail(log: Path | None, chars: int = 3000) -> str:
