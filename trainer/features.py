@@ -16,9 +16,18 @@ import jax
 import numpy as np
 
 from trainer.data.triples import load_image
-from trainer.models.magiclens import MagicLens
+from trainer.models import colour
+from trainer.models.magiclens import MagicLens, MagicLensConfig
 
 BATCH = 32
+
+
+def feature_kind(config: MagicLensConfig) -> str:
+    """What decides the cached features' values besides the inputs: the backbone and the
+    colour histogram (its bins and its algorithm's version)."""
+    if not config.colour_bins:
+        return config.backbone
+    return f"{config.backbone}-colour{config.colour_bins}-v{colour.VERSION}"
 
 
 def _jitted(model: MagicLens):
@@ -61,7 +70,7 @@ def cached_features(cache_file: Path | None, model: MagicLens, params: Any, prep
                     params_tag: str = "") -> tuple[np.ndarray, np.ndarray]:
     """`compute_features`, reusing `cache_file` (npz) when it holds the same inputs."""
     key = hashlib.sha256(json.dumps([list(image_paths), list(texts), params_tag,
-                                     model.config.backbone]).encode()).hexdigest()
+                                     feature_kind(model.config)]).encode()).hexdigest()
     if cache_file is not None and cache_file.exists():
         with np.load(cache_file, allow_pickle=False) as z:
             if str(z["key"]) == key:

@@ -149,12 +149,61 @@ def test_image_residual_starts_as_image_only_and_learns_from_text(standin_backbo
 
 
 def test_checkpoint_arch_is_recorded_and_old_exports_keep_theirs():
-    assert CONFIGS["compact"].image_residual
+    assert CONFIGS["compact"].head == "edit" and CONFIGS["compact"].colour_bins == 8
+    assert CONFIGS["compact_transformer"].image_residual
     assert not CONFIGS["base"].image_residual and not CONFIGS["large"].image_residual
     for name, cfg in CONFIGS.items():
         assert config_for_checkpoint({"config": name, **arch_meta(cfg)}) == cfg
-    # An export from before `arch` was recorded was trained without the residual.
-    assert not config_for_checkpoint({"config": "compact"}).image_residual
+    # An export from before `arch` was recorded was trained without the residual, and with
+    # the transformer head and no colour features.
+    old = config_for_checkpoint({"config": "compact"})
+    assert not old.image_residual and old.head == "transformer" and old.colour_bins == 0
+    # An export that recorded `arch` before `head`/`colour_bins` existed keeps the
+    # transformer head it was trained with.
+    before = {k: v for k, v in arch_meta(CONFIGS["compact_transformer"])["arch"].items()
+              if k not in ("head", "colour_bins", "text_hidden")}
+    assert config_for_checkpoint({"config": "compact", "arch": before}) == CONFIGS[
+        "compact_transformer"]
+
+
+def test_edit_head_starts_at_image_only_and_targets_are_images(standin_backbone):
+    cfg = MagicLensConfig("compact", 64, 4, head="edit")
+    model, pre = build_model("compact", backbone=standin_backbone(64), config=cfg)
+    params = init_params(model, jax.random.PRNGKey(3), pre.image_size)
+    assert "edit_head" in params and "multimodal_encoder" not in params
+    imgs = jnp.asarray(np.random.default_rng(1).random((3, 32, 32, 3), np.float32))
+    toks = jnp.asarray(pre.tokenize(["make it red", "as a drawing", ""]))
+    q = np.asarray(model.apply({"params": params}, imgs, toks, method=model.encode_query))
+    t = np.asarray(model.apply({"params": params}, imgs, method=model.encode_target))
+    # Untrained, the instruction moves nothing: query == its own image's target embedding.
+    np.testing.assert_allclose(q, t, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(t, axis=-1), 1.0, atol=1e-5)
+    # The frozen orthonormal projection keeps the backbone's cosines (up to JL noise).
+    feats = np.asarray(model.apply({"params": params}, imgs,
+                                   method=model.image_features_only))
+    unit = feats / np.linalg.norm(feats, axis=-1, keepdims=True)
+    assert np.abs((t @ t.T) - (unit @ unit.T)).max() < 0.35
+    # Once its last layer is non-zero the instruction does move the query.
+    moved = jax.tree_util.tree_map(np.array, params)
+    moved["edit_head"]["text_out"]["kernel"] += 0.1
+    q2 = np.asarray(model.apply({"params": moved}, imgs, toks, method=model.encode_query))
+    assert np.abs(q2[0] - q2[1]).max() > 1e-3
+
+
+def test_colour_histogram_sees_colour_that_the_pooled_features_ignore():
+    from trainer.models.backbone import IMAGENET_MEAN, IMAGENET_STD
+    from trainer.models.colour import colour_histogram
+
+    def norm(rgb):
+        img = np.zeros((1, 224, 224, 3), np.float32)
+        img[:, 60:160, 60:160] = rgb
+        return jnp.asarray((img - IMAGENET_MEAN) / IMAGENET_STD)
+
+    light, dark = (np.asarray(colour_histogram(norm(c), IMAGENET_MEAN, IMAGENET_STD, 8))[0]
+                   for c in ((0.95, 0.8, 0.7), (0.35, 0.2, 0.1)))
+    assert light.shape == (512,) and np.linalg.norm(light) == pytest.approx(1.0, abs=1e-5)
+    assert float(light @ dark) < 0.9  # share only the black background bin
+    assert np.argmax(light) == 0 and np.count_nonzero(light) >= 2
 
 
 def test_encode_target_is_query_with_empty_text(standin_backbone):

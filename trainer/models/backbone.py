@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from trainer.models.clip import CLIP, CONFIGS, IMAGE_MEAN, IMAGE_STD, ClipConfig
+from trainer.models.colour import colour_histogram
 from trainer.models.minilm import MiniLM
 from trainer.models.mobilenet_v2 import FEATURE_DIM, MobileNetV2
 
@@ -137,10 +138,13 @@ class CompactBackbone(nn.Module):
     learned Dense projection to ``embed_dim``.
 
     ``image_features``/``text_features`` give the frozen tower outputs (cacheable);
-    ``project_image``/``project_text`` map cached features to the shared space.
+    ``project_image``/``project_text`` map cached features to the shared space. With
+    ``colour_bins`` > 0 the image features end with a ``colour_bins**3`` colour histogram
+    (trainer.models.colour), which the projection ignores and the edit head uses.
     """
 
     embed_dim: int = 512
+    colour_bins: int = 0
 
     def setup(self) -> None:
         self.image_tower = MobileNetV2()
@@ -149,15 +153,26 @@ class CompactBackbone(nn.Module):
         self.text_proj = nn.Dense(self.embed_dim)
 
     def image_features(self, images: jax.Array) -> jax.Array:
-        """[B,224,224,3] ImageNet-normalised -> [B,1280] pooled MobileNetV2 features."""
-        return self.image_tower.features(images)
+        """[B,224,224,3] ImageNet-normalised -> [B,1280] pooled MobileNetV2 features
+        (then [B, colour_bins**3] colour histogram when colour_bins > 0)."""
+        pooled = self.image_tower.features(images)
+        if not self.colour_bins:
+            return pooled
+        hist = colour_histogram(images, IMAGENET_MEAN, IMAGENET_STD, self.colour_bins)
+        return jnp.concatenate([pooled.astype(jnp.float32), hist], axis=-1)
+
+    @staticmethod
+    def pooled(features: jax.Array) -> jax.Array:
+        """The MobileNetV2 part of `image_features` (what the projection and the
+        image-only baseline use)."""
+        return features[..., :FEATURE_DIM]
 
     def text_features(self, tokens: jax.Array) -> jax.Array:
         """[B,L] WordPiece ids -> [B,384] unit-norm MiniLM sentence embeddings."""
         return self.text_tower.sentence_embedding(tokens)
 
     def project_image(self, features: jax.Array) -> jax.Array:
-        return _unit(self.image_proj(features))
+        return _unit(self.image_proj(self.pooled(features)))
 
     def project_text(self, features: jax.Array) -> jax.Array:
         return _unit(self.text_proj(features))
@@ -170,13 +185,13 @@ class CompactBackbone(nn.Module):
 
     def image_logits(self, images: jax.Array) -> jax.Array:
         """ImageNet-1k logits of the pretrained MobileNetV2 head (a sanity check of the tower)."""
-        return self.image_tower.logits(self.image_features(images))
+        return self.image_tower.logits(self.image_tower.features(images))
 
     def __call__(self, images: jax.Array, tokens: jax.Array) -> dict[str, jax.Array]:
         """Touches every parameter (use for ``init``)."""
         feats = self.image_features(images)
         return {"image": self.project_image(feats), "text": self.encode_text(tokens),
-                "logits": self.image_tower.logits(feats)}
+                "logits": self.image_tower.logits(self.pooled(feats))}
 
     @staticmethod
     def dummy_inputs(batch: int = 1, text_len: int = 64) -> tuple[jax.Array, jax.Array]:
@@ -218,13 +233,16 @@ def compact_preprocessor(text_len: int = 64) -> Preprocessor:
                         resample=Image.Resampling.BILINEAR)
 
 
-def build_backbone(name: str, embed_dim: int = 512,
-                   clip_vocab_path: str | None = None) -> tuple[nn.Module, Preprocessor]:
+def build_backbone(name: str, embed_dim: int = 512, clip_vocab_path: str | None = None,
+                   colour_bins: int = 0) -> tuple[nn.Module, Preprocessor]:
     """``compact`` -> (CompactBackbone(embed_dim), ImageNet/MiniLM preprocessor);
     ``clip_b16``/``clip_l14`` -> (CLIP with scenic names, CLIP preprocessor). ``embed_dim``
-    only applies to ``compact`` (CLIP's is fixed by its config: 512 / 768)."""
+    and ``colour_bins`` only apply to ``compact`` (CLIP's width is fixed: 512 / 768)."""
     if name == "compact":
-        return CompactBackbone(embed_dim=embed_dim), compact_preprocessor()
+        return (CompactBackbone(embed_dim=embed_dim, colour_bins=colour_bins),
+                compact_preprocessor())
+    if colour_bins:
+        raise ValueError(f"colour_bins is only implemented for the compact backbone, not {name}")
     if name in ("clip_b16", "clip_l14"):
         cfg = CONFIGS["vit_" + name.removeprefix("clip_")]
         return CLIP(cfg), clip_preprocessor(cfg, clip_vocab_path)

@@ -1,8 +1,11 @@
-"""MagicLens: a backbone's pooled image and text embeddings fused by a small transformer.
+"""MagicLens: a backbone's pooled image and text embeddings fused by a small head.
 
-Queries are (image, instruction); targets (the index) are the same model on (image, empty
-text). `fuse` works on precomputed backbone embeddings so frozen-backbone training and the
-serving path can skip the backbone. The param tree matches the released checkpoints:
+Two heads. `transformer` (the paper's, and the released checkpoints'): queries are (image,
+instruction) fused by a transformer, targets (the index) are the same model on (image, empty
+text). `edit` (the compact default, trainer.models.edit_head): the instruction moves the query
+image's embedding, targets are the image embeddings. `fuse`/`encode_features` work on
+precomputed backbone features so frozen-backbone training and the serving path can skip the
+backbone. The param tree matches the released checkpoints:
 `clip/...`, `multimodal_encoder/x_layers_{0..3}/...`, `contrastive_multimodal_pooler/...`.
 """
 
@@ -16,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from trainer.models.edit_head import EditHead
 from trainer.models.fusion import AttentionPooler, StackedTransformer, l2_normalize
 
 
@@ -32,23 +36,32 @@ class MagicLensConfig:
     # starts from image-only retrieval and learns the instruction's shift. Off for the
     # released base/large (their checkpoints were trained without it).
     image_residual: bool = False
+    head: str = "transformer"  # transformer | edit
+    colour_bins: int = 0  # compact only: colour histogram features (trainer.models.colour)
+    text_hidden: int = 512  # edit head: width of the instruction MLP
 
 
 CONFIGS: dict[str, MagicLensConfig] = {
     "base": MagicLensConfig(backbone="clip_b16", embed_dim=512, num_heads=8),
     "large": MagicLensConfig(backbone="clip_l14", embed_dim=768, num_heads=16),
     "compact": MagicLensConfig(backbone="compact", embed_dim=512, num_heads=8,
-                               image_residual=True),
+                               head="edit", colour_bins=8),
+    # the previous compact default, kept for comparison (docs/quality.md)
+    "compact_transformer": MagicLensConfig(backbone="compact", embed_dim=512, num_heads=8,
+                                           image_residual=True),
 }
+HEADS = ("transformer", "edit")
 
 
 def config_for_checkpoint(meta: dict[str, Any]) -> MagicLensConfig:
     """The architecture an exported checkpoint was trained with: its recorded `arch`, else
     (exports written before `arch` was recorded) its named config without `image_residual`,
-    which did not exist then. Loading with the wrong one would silently change embeddings."""
+    which did not exist then. Loading with the wrong one would silently change embeddings.
+    Fields added later (`head`, `colour_bins`) take the defaults those exports were made with."""
     if "arch" in meta:
         return MagicLensConfig(**meta["arch"])
-    return dataclasses.replace(CONFIGS[meta.get("config", "compact")], image_residual=False)
+    return dataclasses.replace(CONFIGS[meta.get("config", "compact")], image_residual=False,
+                               head="transformer", colour_bins=0)
 
 
 def arch_meta(config: MagicLensConfig) -> dict[str, Any]:
@@ -75,9 +88,16 @@ class MagicLens(nn.Module):
 
     def setup(self) -> None:
         cfg = self.config
+        if cfg.head not in HEADS:
+            raise ValueError(f"unknown head {cfg.head!r}; choose one of {HEADS}")
         # Adopt the backbone under its released name so `clip/...` params load unchanged.
         # (Linen names setup submodules by attribute, hence setattr.)
         setattr(self, backbone_submodule_name(cfg), self.backbone_def.clone())
+        if cfg.head == "edit":
+            self.edit_head = EditHead(cfg.embed_dim, colour_dim=cfg.colour_bins ** 3
+                                      if cfg.colour_bins else 0, hidden=cfg.text_hidden,
+                                      dtype=self.dtype, name="edit_head")
+            return
         self.multimodal_encoder = StackedTransformer(
             cfg.num_layers, cfg.embed_dim, cfg.num_heads, cfg.ff_mult * cfg.embed_dim,
             dtype=self.dtype, name="multimodal_encoder",
@@ -103,10 +123,16 @@ class MagicLens(nn.Module):
 
     def encode_query(self, images: jax.Array, tokens: jax.Array) -> jax.Array:
         """Raw preprocessed images [B,H,W,3] and instruction tokens [B,L] -> [B,D]."""
+        if self.config.head == "edit":
+            return self.encode_features(self.image_features_only(images),
+                                        self.text_features_only(tokens))
         return self.fuse(self.encoder.encode_image(images), self.encoder.encode_text(tokens))
 
     def encode_target(self, images: jax.Array) -> jax.Array:
-        """Index embedding: the same model on (image, tokenised empty string)."""
+        """Index embedding: the same model on (image, tokenised empty string); for the edit
+        head, the image embedding g itself."""
+        if self.config.head == "edit":
+            return self.edit_head.image(self.image_features_only(images))
         if not self.empty_tokens:
             raise ValueError("MagicLens.empty_tokens is not set; build the model with build_model")
         return self.encode_query(images, self.empty_tokens_array(images.shape[0]))
@@ -121,7 +147,16 @@ class MagicLens(nn.Module):
 
     def encode_features(self, image_features: jax.Array, text_features: jax.Array) -> jax.Array:
         """Fused embedding from cached backbone features (see `backbone_features`)."""
+        if self.config.head == "edit":
+            return self.edit_head(image_features, text_features)
         return self.fuse(*self.project_features(image_features, text_features))
+
+    def encode_target_features(self, image_features: jax.Array,
+                               empty_text_features: jax.Array) -> jax.Array:
+        """`encode_target` from cached features ([B,Fi] and the empty text's [B,Ft])."""
+        if self.config.head == "edit":
+            return self.edit_head.image(image_features)
+        return self.encode_features(image_features, empty_text_features)
 
     def backbone_features(self, images: jax.Array, tokens: jax.Array):
         """What frozen mode caches: raw tower features if the backbone has projections,
@@ -154,6 +189,9 @@ class MagicLens(nn.Module):
         """Initialises every parameter (the backbone's own __call__ touches heads such as the
         compact tower's ImageNet classifier, so pretrained trees load unchanged)."""
         self.encoder(images, tokens)
+        if self.config.head == "edit":  # frozen training touches only these
+            self.encode_features(self.image_features_only(images),
+                                 self.text_features_only(tokens))
         return self.encode_query(images, tokens)
 
 
@@ -171,7 +209,7 @@ def build_model(
     if backbone is None:
         from trainer.models.backbone import build_backbone
 
-        backbone = build_backbone(config.backbone)
+        backbone = build_backbone(config.backbone, colour_bins=config.colour_bins)
     module, preprocessor = backbone
     empty = tuple(int(t) for t in np.asarray(preprocessor.tokenize([""]))[0])
     return MagicLens(config, module, empty, dtype), preprocessor

@@ -1,0 +1,68 @@
+"""The "edit" head: an instruction moves the query image's embedding; targets are images.
+
+    g(image) = unit( P·unit(pooled) + C·colour )        P frozen orthonormal, C learned (0 at start)
+    query    = unit( g(query image) + MLP(instruction) ) last MLP layer starts at zero
+    target   = g(target image)
+
+Why this shape and not the paper's transformer over [image, text] tokens: with a frozen
+ImageNet tower and a few thousand mined triples, the transformer head (and a residual
+around it) never beat plain search-by-image on the demo corpus (R@1 30.4 vs 29.2), while
+this head, trained without query negatives and with same-page hard negatives, reaches about
++20 points R@1 (docs/quality.md has every configuration tried). Starting exactly at image-only
+retrieval (C = 0, MLP output 0) means training can only move away from a sound baseline, and
+the frozen projection keeps "another photo of the same thing" as good as the backbone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from trainer.models.fusion import l2_normalize
+
+
+class EditHead(nn.Module):
+    """`image(features)` -> g; `query(g, text_features)` -> query embedding (both unit)."""
+
+    embed_dim: int
+    colour_dim: int = 0  # trailing feature dims that are the colour histogram
+    hidden: int = 512
+    dtype: Any = jnp.float32
+
+    def setup(self) -> None:
+        self.pooled_proj = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype,
+                                    kernel_init=_scaled_orthogonal)
+        if self.colour_dim:
+            self.colour_proj = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype,
+                                        kernel_init=nn.initializers.zeros)
+        self.text_hidden = nn.Dense(self.hidden, dtype=self.dtype)
+        self.text_out = nn.Dense(self.embed_dim, dtype=self.dtype,
+                                 kernel_init=nn.initializers.zeros)
+
+    def image(self, features: jax.Array) -> jax.Array:
+        """[B, F] tower features (pooled, then `colour_dim` histogram dims) -> [B, D] unit."""
+        f = features.astype(jnp.float32)
+        pooled = f[:, :f.shape[1] - self.colour_dim]
+        # Frozen: the random orthonormal map keeps the backbone's cosines (so image-only
+        # retrieval is intact) and gradients cannot trade them away for the training triples.
+        g = jax.lax.stop_gradient(self.pooled_proj(l2_normalize(pooled))).astype(jnp.float32)
+        if self.colour_dim:
+            g = g + self.colour_proj(f[:, f.shape[1] - self.colour_dim:]).astype(jnp.float32)
+        return l2_normalize(g)
+
+    def query(self, image_emb: jax.Array, text_features: jax.Array) -> jax.Array:
+        """Unit query embedding: the image's g moved by the instruction."""
+        h = jax.nn.gelu(self.text_hidden(text_features.astype(jnp.float32)))
+        return l2_normalize(image_emb.astype(jnp.float32) + self.text_out(h).astype(jnp.float32))
+
+    def __call__(self, image_features: jax.Array, text_features: jax.Array) -> jax.Array:
+        return self.query(self.image(image_features), text_features)
+
+
+def _scaled_orthogonal(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32):
+    """Orthonormal columns scaled by sqrt(in/out): a unit input maps to about unit length."""
+    fan_in, fan_out = shape
+    return nn.initializers.orthogonal(scale=(fan_in / fan_out) ** 0.5)(key, shape, dtype)
