@@ -1,4 +1,5 @@
-"""Contrastive losses: MagicLens InfoNCE with query negatives, and CLIP's symmetric loss."""
+"""Contrastive losses: MagicLens InfoNCE (with query negatives, or with hard negatives and
+weights), and CLIP's symmetric loss."""
 
 from __future__ import annotations
 
@@ -33,3 +34,34 @@ def clip_symmetric(images: jax.Array, texts: jax.Array, temperature: jax.Array) 
         jnp.mean(jax.nn.logsumexp(logits, axis=1) - diag)
         + jnp.mean(jax.nn.logsumexp(logits, axis=0) - diag)
     )
+
+
+def info_nce(queries: jax.Array, targets: jax.Array, query_targets: jax.Array,
+             hard_negatives: jax.Array, hard_mask: jax.Array, duplicate_targets: jax.Array,
+             weights: jax.Array, temperature: jax.Array, query_negatives: float = 0.0
+             ) -> jax.Array:
+    """Weighted InfoNCE of each query against its target, the batch's other targets, its own
+    hard negatives and (optionally) the batch's query images.
+
+    queries, targets, query_targets: [B, D] unit vectors; hard_negatives: [B, K, D] with
+    hard_mask [B, K] (False = padding); duplicate_targets: [B, B], True where target j is
+    the same image as target i (j != i): a valid answer, so not a negative; weights: [B].
+    `query_negatives` > 0 adds the query images as negatives (the paper's recipe) with that
+    weight on their logits' probability mass (log w added to the logits); 0 leaves them out.
+    """
+    q = queries.astype(jnp.float32)
+    t = targets.astype(jnp.float32)
+    neg_inf = jnp.float32(-1e9)
+    logits = q @ t.T / temperature  # [B, B]
+    logits = jnp.where(duplicate_targets, neg_inf, logits)
+    hard = jnp.einsum("bd,bkd->bk", q, hard_negatives.astype(jnp.float32)) / temperature
+    hard = jnp.where(hard_mask, hard, neg_inf)
+    parts = [logits, hard]
+    if query_negatives > 0:
+        qn = q @ query_targets.astype(jnp.float32).T / temperature + jnp.log(query_negatives)
+        parts.append(qn)
+    all_logits = jnp.concatenate(parts, axis=1)
+    idx = jnp.arange(q.shape[0])
+    per_example = jax.nn.logsumexp(all_logits, axis=1) - logits[idx, idx]
+    w = weights.astype(jnp.float32)
+    return jnp.sum(w * per_example) / jnp.maximum(jnp.sum(w), 1e-9)

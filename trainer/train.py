@@ -4,7 +4,10 @@ Two modes. `frozen`: backbone features are computed once and cached; only the pa
 that `MagicLens.encode_features` touches are trained (the fusion head, plus the projections
 for the compact backbone). `full`: everything is trained on raw pixels. For `compact` an
 alignment stage (CLIP loss on image captions, projections only) runs first when captions are
-given. The batch is split over all local devices on a 'data' mesh axis.
+given. The fusion loss (trainer.losses.info_nce) takes the batch's other targets as
+negatives, optionally the query images (the paper's query negatives) and, for specific
+instructions, other targets of the same query on the same page (hard negatives). The batch
+is split over all local devices on a 'data' mesh axis.
 
 CLI: python -m trainer.train --config compact --triples FILE --workdir DIR [--steps N]
      [--mode frozen|full] [--captions FILE] [--eval-triples FILE]
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -88,26 +92,83 @@ def batch_indices(seed: int, step: int, n: int, batch: int) -> np.ndarray:
 
 @dataclass
 class IndexedTriples:
-    """Triples as indices into unique image paths and unique instructions."""
+    """Triples as indices into unique image paths and unique instructions, with each
+    triple's page (an index, -1 unknown) and specificity (NaN unknown)."""
 
     images: list[str]
     texts: list[str]
     query: np.ndarray
     instr: np.ndarray
     target: np.ndarray
+    page: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    specificity: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
     @classmethod
     def from_source(cls, source: TripleSource) -> IndexedTriples:
         images: dict[str, int] = {}
         texts: dict[str, int] = {}
-        q, x, t = [], [], []
+        pages: dict[str, int] = {}
+        q, x, t, pg, sp = [], [], [], [], []
         for tr in source:
             q.append(images.setdefault(tr.query_image, len(images)))
             t.append(images.setdefault(tr.target_image, len(images)))
             x.append(texts.setdefault(tr.instruction, len(texts)))
+            page = getattr(tr, "page", "")
+            pg.append(pages.setdefault(page, len(pages)) if page else -1)
+            spec = getattr(tr, "specificity", None)
+            sp.append(np.nan if spec is None else float(spec))
         if not q:
             raise ValueError("no triples")
-        return cls(list(images), list(texts), np.asarray(q), np.asarray(x), np.asarray(t))
+        return cls(list(images), list(texts), np.asarray(q), np.asarray(x), np.asarray(t),
+                   np.asarray(pg, np.int64), np.asarray(sp, np.float32))
+
+    def is_specific(self, specific_from: float) -> np.ndarray:
+        """[N] bool: the writer scored the triple at least `specific_from` (unknown: yes)."""
+        return np.isnan(self.specificity) | (self.specificity >= specific_from)
+
+    def hard_negatives(self, k: int, specific_from: float, seed: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """([N, K] image ids, [N, K] mask): for each specific triple, up to K other targets of
+        the same query image on the same page, never an image that is a target of the same
+        (query, instruction). Such siblings (the other skin tones, the other genders, the
+        other styles of one emoji) are exactly what a specific instruction must tell apart;
+        a random batch almost never holds them."""
+        n = len(self.query)
+        neg = np.tile(self.target[:, None], (1, max(k, 1)))
+        mask = np.zeros((n, max(k, 1)), bool)
+        if k <= 0:
+            return neg, mask
+        by_group: dict[tuple[int, int], set[int]] = {}
+        answers: dict[tuple[int, int], set[int]] = {}
+        for i in range(n):
+            if self.page[i] >= 0:
+                by_group.setdefault((int(self.page[i]), int(self.query[i])), set()).add(
+                    int(self.target[i]))
+            answers.setdefault((int(self.query[i]), int(self.instr[i])), set()).add(
+                int(self.target[i]))
+        specific = self.is_specific(specific_from)
+        rng = np.random.default_rng([seed, 7])
+        for i in range(n):
+            if not specific[i] or self.page[i] < 0:
+                continue
+            cands = sorted(by_group[(int(self.page[i]), int(self.query[i]))]
+                           - answers[(int(self.query[i]), int(self.instr[i]))]
+                           - {int(self.query[i])})
+            if len(cands) > k:
+                cands = list(rng.choice(cands, size=k, replace=False))
+            neg[i, :len(cands)] = cands
+            mask[i, :len(cands)] = True
+        return neg, mask
+
+    def weights(self, specific_from: float, vague_weight: float) -> np.ndarray:
+        """[N] loss weight: `vague_weight` for triples scored below `specific_from`."""
+        return np.where(self.is_specific(specific_from), 1.0, vague_weight).astype(np.float32)
+
+
+def duplicate_mask(target_ids: np.ndarray) -> np.ndarray:
+    """[B, B] True where two different batch rows have the same target image."""
+    same = target_ids[:, None] == target_ids[None, :]
+    return same & ~np.eye(len(target_ids), dtype=bool)
 
 
 # ----------------------------------------------------------------------------- setup helpers
@@ -145,20 +206,28 @@ def temperature(trainable: dict, cfg: TrainConfig) -> jax.Array:
 
 # ----------------------------------------------------------------------------- embeddings
 
-def _frozen_triplet(m: MagicLens, qf, xf, tf, ef):
-    """(queries, targets, query images as targets) from cached features."""
-    e = jnp.broadcast_to(ef, (qf.shape[0], ef.shape[-1]))
-    qi, xt = m.project_features(qf, xf)
-    ti, et = m.project_features(tf, e)
-    return m.fuse(qi, xt), m.fuse(ti, et), m.fuse(qi, et)
+def _frozen_triplet(m: MagicLens, qf, xf, tf, nf, nmask, dup, w, ef):
+    """(queries, targets, query images as targets, hard negatives, and the masks and weights
+    passed through) from cached features; nf is [B, K, F]."""
+    b, k = nf.shape[0], nf.shape[1]
+    e = jnp.broadcast_to(ef, (b, ef.shape[-1]))
+    ek = jnp.broadcast_to(ef, (b * k, ef.shape[-1]))
+    negs = m.encode_target_features(nf.reshape(b * k, -1), ek).reshape(b, k, -1)
+    return (m.encode_features(qf, xf), m.encode_target_features(tf, e),
+            m.encode_target_features(qf, e), negs, nmask, dup, w)
 
 
-def _full_triplet(m: MagicLens, qimg, tok, timg):
-    """Same from pixels and tokens; the backbone runs once per image batch."""
-    qi, ti = m.encoder.encode_image(qimg), m.encoder.encode_image(timg)
-    xt = m.encoder.encode_text(tok)
-    et = jnp.broadcast_to(m.encoder.encode_text(m.empty_tokens_array(1)), xt.shape)
-    return m.fuse(qi, xt), m.fuse(ti, et), m.fuse(qi, et)
+def _full_triplet(m: MagicLens, qimg, tok, timg, nimg, nmask, dup, w):
+    """Same from pixels and tokens (nimg is [B, K, H, W, 3])."""
+    b, k = nimg.shape[0], nimg.shape[1]
+    negs = m.encode_target(nimg.reshape(b * k, *nimg.shape[2:])).reshape(b, k, -1)
+    return (m.encode_query(qimg, tok), m.encode_target(timg), m.encode_target(qimg), negs,
+            nmask, dup, w)
+
+
+def contrastive_loss(cfg: TrainConfig) -> Callable:
+    """The fusion-stage loss for `cfg` (trainer.losses.info_nce)."""
+    return functools.partial(losses.info_nce, query_negatives=cfg.query_negatives)
 
 
 def _align_pair(m: MagicLens, fi, ft):
@@ -248,6 +317,8 @@ def train(cfg: TrainConfig, triples: TripleSource, workdir: str | Path, *,
     params = init_params if init_params is not None else pretrained_params(
         model, jax.random.PRNGKey(cfg.seed), pre.image_size)
     data = IndexedTriples.from_source(triples)
+    negs, neg_mask = data.hard_negatives(cfg.hard_negatives, cfg.specific_from, cfg.seed)
+    weights = data.weights(cfg.specific_from, cfg.vague_weight)
     repl = NamedSharding(mesh, P())
     data_sh = NamedSharding(mesh, P("data"))
 
@@ -264,24 +335,28 @@ def train(cfg: TrainConfig, triples: TripleSource, workdir: str | Path, *,
         if captions and cfg.align_steps > 0 and latest is None:
             params, align_losses = _align(model, cfg, params, pre, captions, workdir, mesh)
         trainable = init_trainable(subset(params, shapes), cfg)
-        embed, n_batch = _frozen_triplet, 3
+        embed, n_batch = _frozen_triplet, 7
         consts = (jax.device_put(jnp.asarray(ef), repl),)
 
         def get_batch(s: int):
             idx = batch_indices(cfg.seed, s, len(data.query), cfg.batch_size)
-            arrs = (fi[data.query[idx]], ft[data.instr[idx]], fi[data.target[idx]])
+            arrs = (fi[data.query[idx]], ft[data.instr[idx]], fi[data.target[idx]],
+                    fi[negs[idx]], neg_mask[idx], duplicate_mask(data.target[idx]),
+                    weights[idx])
             return (*(jax.device_put(a, data_sh) for a in arrs), *consts)
     elif cfg.mode == "full":
         if captions and cfg.align_steps > 0 and latest is None:
             params, align_losses = _align(model, cfg, params, pre, captions, workdir, mesh)
         trainable = init_trainable(params, cfg)
-        embed, n_batch, consts = _full_triplet, 3, ()
+        embed, n_batch, consts = _full_triplet, 7, ()
         pixels = np.stack([pre.images([load_image(p)])[0] for p in data.images])
         tokens = pre.texts(data.texts)
 
         def get_batch(s: int):
             idx = batch_indices(cfg.seed, s, len(data.query), cfg.batch_size)
-            arrs = (pixels[data.query[idx]], tokens[data.instr[idx]], pixels[data.target[idx]])
+            arrs = (pixels[data.query[idx]], tokens[data.instr[idx]], pixels[data.target[idx]],
+                    pixels[negs[idx]], neg_mask[idx], duplicate_mask(data.target[idx]),
+                    weights[idx])
             return tuple(jax.device_put(a, data_sh) for a in arrs)
     else:
         raise ValueError(f"mode must be frozen or full, not {cfg.mode!r}")
@@ -295,8 +370,8 @@ def train(cfg: TrainConfig, triples: TripleSource, workdir: str | Path, *,
         trainable, opt_state, start = restored["trainable"], restored["opt_state"], latest
     trainable = jax.device_put(trainable, repl)
     opt_state = jax.device_put(opt_state, repl)
-    step_fn = make_step(model, cfg, opt, embed, losses.info_nce_query_negatives, mesh,
-                        n_batch, len(consts))
+    step_fn = make_step(model, cfg, opt, embed, contrastive_loss(cfg), mesh, n_batch,
+                        len(consts))
 
     end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
 

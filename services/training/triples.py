@@ -72,7 +72,9 @@ class PostgresTripleSource:
             if q is None or t is None:
                 self.skipped["image unavailable or undecodable"] += 1
                 continue
-            self._triples.append(Triple(q, text, t))
+            spec = r.get("specificity")
+            self._triples.append(Triple(q, text, t, page=f"page-{r['page_id']}",
+                                        specificity=None if spec is None else float(spec)))
             self.triple_ids.append(int(r["triple_id"]))
 
     @property
@@ -164,7 +166,9 @@ class PostgresTripleSource:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m services.training.triples OUT.jsonl [--split heldout]` for offline runs."""
+    """`python -m services.training.triples OUT.jsonl [--split heldout]` for offline runs
+    (with the train split, also captions.jsonl beside it: together a snapshot that
+    `python -m trainer.experiments --snapshot` reads)."""
     ap = argparse.ArgumentParser(description="Export Postgres triples as trainer JSONL; images "
                                              "are written to an images/ folder beside it.")
     ap.add_argument("out", type=Path)
@@ -175,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     src = PostgresTripleSource(settings.database_url, settings.blob_root,
                                a.out.parent / "images", a.split, limit=a.limit)
     src.export(a.out)
-    print(json.dumps({"out": str(a.out), **src.summary()}))
+    captions = 0
+    if a.split == "train":
+        captions = src.export_captions(settings.database_url, a.out.parent / "captions.jsonl")
+    print(json.dumps({"out": str(a.out), "captions": captions, **src.summary()}))
     return 0
 
 

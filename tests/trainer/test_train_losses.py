@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer.losses import clip_symmetric, info_nce_query_negatives
+from trainer.losses import clip_symmetric, info_nce, info_nce_query_negatives
 
 
 def _unit(x):
@@ -41,3 +41,39 @@ def test_clip_symmetric_by_hand():
     ls = lambda m: np.log(np.exp(m).sum(1))  # noqa: E731
     expected = 0.5 * (np.mean(ls(lg) - np.diag(lg)) + np.mean(ls(lg.T) - np.diag(lg)))
     assert float(clip_symmetric(a, b, 0.07)) == pytest.approx(expected, rel=1e-5)
+
+
+def _info_nce_by_hand(q, t, tq, negs, nmask, dup, w, tau, qneg):
+    total = 0.0
+    for i in range(len(q)):
+        terms = [np.exp(q[i] @ t[j] / tau) for j in range(len(q)) if not dup[i, j]]
+        terms += [np.exp(q[i] @ negs[i, k] / tau) for k in range(negs.shape[1]) if nmask[i, k]]
+        if qneg:
+            terms += [qneg * np.exp(q[i] @ tq[j] / tau) for j in range(len(q))]
+        total += w[i] * -np.log(np.exp(q[i] @ t[i] / tau) / sum(terms))
+    return total / w.sum()
+
+
+@pytest.mark.parametrize("qneg", [0.0, 1.0, 0.5])
+def test_info_nce_with_hard_negatives_masks_and_weights_by_hand(qneg):
+    rng = np.random.default_rng(2)
+    q, t, tq = (_unit(rng.standard_normal((4, 5))) for _ in range(3))
+    negs = _unit(rng.standard_normal((4, 3, 5)))
+    nmask = np.array([[1, 1, 0], [0, 0, 0], [1, 0, 0], [1, 1, 1]], bool)
+    dup = np.zeros((4, 4), bool)
+    dup[0, 2] = dup[2, 0] = True  # rows 0 and 2 share a target: not each other's negative
+    w = np.array([1.0, 0.3, 1.0, 0.3], np.float32)
+    got = float(info_nce(q, t, tq, negs, nmask, dup, w, 0.1, query_negatives=qneg))
+    assert got == pytest.approx(_info_nce_by_hand(q, t, tq, negs, nmask, dup, w, 0.1, qneg),
+                                rel=1e-5)
+
+
+def test_hard_negative_near_the_query_raises_the_loss():
+    q = np.array([[1.0, 0.0]])
+    t = np.array([[0.8, 0.6]])
+    near = np.array([[[0.9, 0.436]]])
+    far = np.array([[[-1.0, 0.0]]])
+    args = dict(query_targets=q, hard_mask=np.ones((1, 1), bool),
+                duplicate_targets=np.zeros((1, 1), bool), weights=np.ones(1), temperature=0.1)
+    assert float(info_nce(q, t, hard_negatives=near, **args)) > float(
+        info_nce(q, t, hard_negatives=far, **args)) + 0.5

@@ -29,27 +29,31 @@ def toy(tmp_path_factory):
     return train_f, eval_f, d / "captions.jsonl"
 
 
-def _standin(image_residual: bool = False):
+def _standin(image_residual: bool = False, head: str = "transformer"):
     return dict(backbone=(StandInBackbone(64), StandInPreprocessor()),
-                model_config=MagicLensConfig("compact", 64, 4, image_residual=image_residual))
+                model_config=MagicLensConfig("compact", 64, 4, image_residual=image_residual,
+                                             head=head))
 
 
-@pytest.mark.parametrize("image_residual", [False, True])
-def test_training_learns_and_beats_sum_baseline(toy, tmp_path, image_residual):
+@pytest.mark.parametrize(("image_residual", "head"),
+                         [(False, "transformer"), (True, "transformer"), (False, "edit")])
+def test_training_learns_and_beats_sum_baseline(toy, tmp_path, image_residual, head):
     train_f, eval_f, caps = toy
     cfg = get_config("compact", steps=120, batch_size=32, align_steps=30, checkpoint_every=60)
     r = train(cfg, JsonlTriples(train_f), tmp_path / "wd", captions=read_captions(caps),
-              eval_triples=JsonlTriples(eval_f), **_standin(image_residual))
-    # The residual head starts from image-only retrieval (a lower-loss start) and its pooler
-    # output grows from zero, so its loss falls less in 120 steps; R@1 below is the real test.
-    assert np.mean(r.losses[-10:]) < (0.7 if image_residual else 0.5) * np.mean(r.losses[:10])
+              eval_triples=JsonlTriples(eval_f), **_standin(image_residual, head))
+    # Heads that start from image-only retrieval (the residual, the edit head) start at a
+    # lower loss and grow their instruction term from zero, so their loss falls less in 120
+    # steps; R@1 below is the real test.
+    from_image = image_residual or head == "edit"
+    assert np.mean(r.losses[-10:]) < (0.7 if from_image else 0.5) * np.mean(r.losses[:10])
     assert np.mean(r.align_losses[-5:]) < np.mean(r.align_losses[:5])
     m = r.metrics
     assert m["magiclens/R@1"] > m["image_text_sum/R@1"] + 10, m
     assert (r.checkpoint / "params").is_dir()
     meta = json.loads((r.checkpoint / "magiclens_meta.json").read_text())
     assert meta["config"] == "compact" and meta["metrics"]["magiclens/R@1"] == m["magiclens/R@1"]
-    assert meta["arch"]["image_residual"] is image_residual
+    assert meta["arch"]["image_residual"] is image_residual and meta["arch"]["head"] == head
 
 
 def test_resume_continues_the_same_run(toy, tmp_path):
@@ -73,13 +77,12 @@ _SHARD_SCRIPT = """
 import numpy as np, jax
 from tests.support.standin import StandInBackbone, StandInPreprocessor
 from trainer.configs import get_config
-from trainer.losses import info_nce_query_negatives
 from trainer.models.magiclens import MagicLensConfig, build_model, init_params
-from trainer.train import (_frozen_triplet, eval_loss_fn, feature_param_shapes, init_trainable,
-    make_mesh, subset)
+from trainer.train import (_frozen_triplet, contrastive_loss, duplicate_mask, eval_loss_fn,
+    feature_param_shapes, init_trainable, make_mesh, subset)
 from trainer.models.magiclens import MagicLens
 from jax.sharding import NamedSharding, PartitionSpec as P
-cfg = get_config("compact")
+cfg = get_config("compact", query_negatives=1.0)
 model, pre = build_model("compact", backbone=(StandInBackbone(64), StandInPreprocessor()),
                          config=MagicLensConfig("compact", 64, 4))
 params = init_params(model, jax.random.PRNGKey(0), pre.image_size)
@@ -89,11 +92,15 @@ r = np.random.default_rng(0)
 qf, tf = r.standard_normal((2, 16, 48)).astype(np.float32)
 xf = r.standard_normal((16, 32)).astype(np.float32)
 ef = r.standard_normal((32,)).astype(np.float32)
+nf = r.standard_normal((16, 3, 48)).astype(np.float32)
+nmask = r.random((16, 3)) < 0.5
+dup = duplicate_mask(np.asarray([0, 1, 2, 0] * 4))
+w = np.where(r.random(16) < 0.3, 0.5, 1.0).astype(np.float32)
 from jax.sharding import Mesh
-f = eval_loss_fn(model, cfg, _frozen_triplet, info_nce_query_negatives)
+f = eval_loss_fn(model, cfg, _frozen_triplet, contrastive_loss(cfg))
 for mesh in (Mesh(np.asarray(jax.devices()[:1]), ("data",)), make_mesh()):
     sh = NamedSharding(mesh, P("data"))
-    args = [jax.device_put(a, sh) for a in (qf, xf, tf)]
+    args = [jax.device_put(a, sh) for a in (qf, xf, tf, nf, nmask, dup, w)]
     print(mesh.devices.size, repr(float(f(tr, *args, ef))))
 """
 

@@ -18,6 +18,13 @@ class TrainConfig:
     warmup_steps: int = 30
     weight_decay: float = 1e-4
     temperature: float = 0.05  # MegaPairs uses 0.02
+    # Loss (trainer.losses.info_nce): weight of the paper's query negatives (0 = off), other
+    # targets of the same query on the same page as hard negatives for triples at least this
+    # specific (0 negatives = off), and the weight of vaguer triples.
+    query_negatives: float = 1.0
+    hard_negatives: int = 0
+    specific_from: float = 8.0
+    vague_weight: float = 1.0
     learn_temperature: bool = False
     seed: int = 0
     checkpoint_every: int = 100

@@ -24,6 +24,11 @@ class Triple:
     query_image: str  # path (or any key the image loader understands)
     instruction: str
     target_image: str
+    # Optional, for hard negatives and weighting: the page the pair came from (other targets
+    # of the same query on it are negatives for a specific instruction) and the writer's
+    # specificity score (None: unknown, treated as specific).
+    page: str = ""
+    specificity: float | None = None
 
 
 @runtime_checkable
@@ -62,7 +67,14 @@ class JsonlTriples:
                     raise ValueError(f"{self.path}:{lineno}: instruction too long")
                 q, t = (str(base / v) if not Path(v).is_absolute() else v
                         for v in (vals[0], vals[2]))
-                triples.append(Triple(q, vals[1], t))
+                page, spec = rec.get("page", ""), rec.get("specificity")
+                if not isinstance(page, str) or len(page) > 200:
+                    raise ValueError(f"{self.path}:{lineno}: page must be a short string")
+                if spec is not None and (isinstance(spec, bool)
+                                         or not isinstance(spec, int | float)):
+                    raise ValueError(f"{self.path}:{lineno}: specificity must be a number")
+                triples.append(Triple(q, vals[1], t, page,
+                                      None if spec is None else float(spec)))
                 if len(triples) > MAX_TRIPLES or (limit and len(triples) >= limit):
                     break
         self._triples = triples
@@ -87,6 +99,10 @@ def write_jsonl(path: str | Path, triples: list[Triple]) -> Path:
                     p = Path(v).resolve()
                     v = str(p.relative_to(base)) if p.is_relative_to(base) else str(p)
                 rec[k] = v
+            if t.page:
+                rec["page"] = t.page
+            if t.specificity is not None:
+                rec["specificity"] = t.specificity
             f.write(json.dumps(rec) + "\n")
     return path
 
