@@ -3,7 +3,9 @@
 Queries are derived from ground truth only, for relations in general rather than one
 template: each relation has several phrasings and one is picked per query by a stable
 hash (all are kept in ``paraphrases``), so a model tuned to one wording gains nothing.
-Query images and targets are all images of held-out pages.
+Query images and targets are all images of held-out pages. Each query also carries
+``unseen_instruction``, the same request worded by hand in ways no writer produces
+(tools.corpus.unseen).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections import defaultdict
 from typing import Any
 
 from tools.corpus.model import stable_hash
+from tools.corpus.unseen import unseen_instruction
 
 STYLE_PHRASES = {
     "openmoji-line": ["as a line drawing", "the same thing as black-and-white line art",
@@ -88,6 +91,7 @@ def build_queries(images: list[dict[str, Any]]) -> list[dict[str, Any]]:
         key = f"{rel}|{q}|{extra}"
         out[rel].append({"relation": rel, "query_image": q, "targets": targets,
                          "instruction": _pick(phrases, key), "paraphrases": phrases,
+                         "unseen_instruction": unseen_instruction(rel, extra, key),
                          "_order": stable_hash(key)})
 
     for q, tr in sorted(t.items()):

@@ -27,8 +27,9 @@ from psycopg.rows import dict_row
 
 from runtime import db, ports
 from runtime.bus import ensure_topics
-from runtime.config import project_root
+from runtime.config import load_settings, project_root
 from services.training import client
+from services.training.config import TrainingSettings
 from tools import infra
 
 ROOT = project_root()
@@ -292,6 +293,29 @@ def step_quality(model: dict) -> None:
     say(f"report: {out / 'report.md'} (plot: {out / 'metrics.png'})")
 
 
+def step_seeds(url: str, model: dict, steps: int) -> None:
+    """The served model is one seed; train the same configuration on the same frozen
+    snapshot over 3 seeds so the numbers come with their spread."""
+    with psycopg.connect(url, row_factory=dict_row) as conn:
+        row = conn.execute("SELECT run_id FROM training_runs WHERE model_version = %s "
+                           "ORDER BY created_at DESC LIMIT 1",
+                           (model["model_version"],)).fetchone()
+    snapshot = load_settings(TrainingSettings).runs_dir / row["run_id"] if row else None
+    if snapshot is None or not (snapshot / "train.jsonl").is_file():
+        say("seed spread skipped: the training run's snapshot is gone")
+        return
+    out = DATA / "demo" / "quality"
+    say("the same configuration over 3 seeds on the run's snapshot "
+        "(python -m trainer.experiments) ...")
+    cmd = [sys.executable, "-m", "trainer.experiments", "--snapshot", str(snapshot),
+           "--corpus", str(CORPUS), "--seeds", "3", "--out", str(DATA / "demo" / "experiments"),
+           "--markdown", str(out / "seeds.md")]
+    if steps:
+        cmd += ["--steps", str(steps)]
+    run(cmd, "seed spread")
+    say(f"seed report: {out / 'seeds.md'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="demo", description=__doc__.splitlines()[0])
     ap.add_argument("--size", default=os.environ.get("MAGICLENS_DEMO_SIZE", "default"),
@@ -312,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         step_examples(url)
         print()
         step_quality(model)
+        step_seeds(url, model, args.steps)
     except (DemoError, infra.InfraError) as exc:
         say(f"stopped: {exc}")
         return 1

@@ -35,8 +35,18 @@ class CorpusQuery:
     relation: str
 
 
-def load_corpus_eval(corpus_dir: str | Path) -> tuple[list[CorpusQuery], dict[str, Path]]:
-    """(queries, held-out gallery {image id: file}) from a built corpus directory."""
+PHRASINGS = ("writer", "unseen")
+
+
+def load_corpus_eval(corpus_dir: str | Path, phrasing: str = "writer"
+                     ) -> tuple[list[CorpusQuery], dict[str, Path]]:
+    """(queries, held-out gallery {image id: file}) from a built corpus directory.
+
+    `phrasing`: "writer" = the instruction in the writers' vocabulary; "unseen" = the
+    hand-written second wording (tools.corpus.unseen), where the corpus has one."""
+    if phrasing not in PHRASINGS:
+        raise ValueError(f"phrasing must be one of {PHRASINGS}, not {phrasing!r}")
+    field = "instruction" if phrasing == "writer" else "unseen_instruction"
     corpus_dir = Path(corpus_dir)
     manifest = json.loads((corpus_dir / "manifest.json").read_text())
     gallery = {img["id"]: corpus_dir / img["file"] for img in manifest["images"]
@@ -48,11 +58,12 @@ def load_corpus_eval(corpus_dir: str | Path) -> tuple[list[CorpusQuery], dict[st
                 break
             q = json.loads(line)
             targets = tuple(t for t in q["targets"] if t in gallery)
-            if q["query_image"] in gallery and targets and q["instruction"].strip():
-                queries.append(CorpusQuery(q["id"], q["query_image"], q["instruction"].strip(),
+            text = q.get(field) or ""
+            if q["query_image"] in gallery and targets and text.strip():
+                queries.append(CorpusQuery(q["id"], q["query_image"], text.strip(),
                                            targets, q.get("relation", "")))
     if not queries:
-        raise ValueError(f"no usable held-out queries in {corpus_dir}")
+        raise ValueError(f"no usable held-out queries ({phrasing} phrasing) in {corpus_dir}")
     return queries, gallery
 
 
@@ -77,38 +88,53 @@ def mean_pairwise_cosine(embeddings: np.ndarray) -> float:
 
 def evaluate_corpus(model: MagicLens, params: Any, preprocessor: Any, corpus_dir: str | Path,
                     ks: Sequence[int] = (1, 5, 10), map_ks: Sequence[int] = (5,),
-                    cache_file: Path | None = None) -> dict[str, float]:
-    """Metrics keyed `<method>/R@K`, `<method>/mAP@K` and `<method>/<relation>/R@10`."""
-    queries, gallery = load_corpus_eval(corpus_dir)
+                    cache_file: Path | None = None, phrasing: str = "writer"
+                    ) -> dict[str, float]:
+    """Metrics keyed `<method>/R@K`, `<method>/mAP@K` and `<method>/<relation>/R@K|mAP@K`."""
+    queries, gallery = load_corpus_eval(corpus_dir, phrasing)
     ids = sorted(gallery)
     texts = sorted({q.instruction for q in queries})
     fi, ft = cached_features(cache_file, model, params, preprocessor,
                              [str(gallery[i]) for i in ids], [*texts, ""],
                              params_tag=_params_tag(params))
-    ef, ft = ft[-1], ft[:-1]
+    return corpus_metrics(model, params, queries, ids, fi, dict(zip(texts, ft[:-1],
+                                                                    strict=True)), ft[-1],
+                          ks, map_ks)
+
+
+def corpus_metrics(model: MagicLens, params: Any, queries: Sequence[CorpusQuery],
+                   ids: Sequence[str], gallery_features: np.ndarray,
+                   text_features: dict[str, np.ndarray], empty_text_features: np.ndarray,
+                   ks: Sequence[int] = (1, 5, 10), map_ks: Sequence[int] = (5,)
+                   ) -> dict[str, float]:
+    """`evaluate_corpus` on precomputed backbone features (the experiment loop reuses one
+    feature cache over many trained heads). `ids[i]` is the image of gallery_features[i]."""
+    fi = gallery_features
     gidx = {g: i for i, g in enumerate(ids)}
-    tidx = {t: i for i, t in enumerate(texts)}
     qf = fi[[gidx[q.query] for q in queries]]
-    xf = ft[[tidx[q.instruction] for q in queries]]
-    embs = embed_all(model, params, qf, xf, fi, ef)
+    xf = np.stack([text_features[q.instruction] for q in queries])
+    embs = embed_all(model, params, qf, xf, fi, empty_text_features)
     gts = [q.targets for q in queries]
     out: dict[str, float] = {"queries": float(len(queries)), "gallery": float(len(ids))}
     top = max([*ks, *map_ks, 10])
+    by_rel: dict[str, list[int]] = defaultdict(list)
+    for i, qq in enumerate(queries):
+        by_rel[qq.relation].append(i)
     for method in METHODS:
         q, g = embs[method]
         out[f"{method}/gallery_cos"] = mean_pairwise_cosine(np.asarray(g))
-        ranks = rank_gallery(np.asarray(q) @ np.asarray(g).T, ids,
+        ranks = rank_gallery(np.asarray(q) @ np.asarray(g).T, list(ids),
                              exclude=[qq.query for qq in queries], top=top)
         for k, v in recall_any_at_k(ranks, gts, ks).items():
             out[f"{method}/R@{k}"] = v
         for k, v in map_at_k(ranks, gts, map_ks).items():
             out[f"{method}/mAP@{k}"] = v
-        by_rel: dict[str, list[int]] = defaultdict(list)
-        for i, qq in enumerate(queries):
-            by_rel[qq.relation].append(i)
         for rel, idx in sorted(by_rel.items()):
-            out[f"{method}/{rel}/R@10"] = recall_any_at_k([ranks[i] for i in idx],
-                                                          [gts[i] for i in idx], [10])[10]
+            r_rel, g_rel = [ranks[i] for i in idx], [gts[i] for i in idx]
+            for k, v in recall_any_at_k(r_rel, g_rel, sorted({*ks, 10})).items():
+                out[f"{method}/{rel}/R@{k}"] = v
+            for k, v in map_at_k(r_rel, g_rel, map_ks).items():
+                out[f"{method}/{rel}/mAP@{k}"] = v
             out[f"{method}/{rel}/n"] = float(len(idx))
     return out
 

@@ -28,22 +28,33 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
+def backbone_image_only(model: MagicLens, image_features: np.ndarray) -> np.ndarray:
+    """Search-by-image with the backbone alone: its own pooled image features, before any
+    trained layer (for the compact tower the MobileNetV2 part, without the colour
+    histogram), unit-normalised. This is the baseline the trained model has to beat."""
+    pooled = getattr(model.backbone_def, "pooled", None)
+    f = np.asarray(pooled(image_features) if pooled is not None else image_features)
+    return _unit(f.astype(np.float32))
+
+
 def embed_all(model: MagicLens, params: Any, qf: np.ndarray, xf: np.ndarray, gf: np.ndarray,
               ef: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{method: (query embeddings, gallery embeddings)} from backbone features."""
+    """{method: (query embeddings, gallery embeddings)} from backbone features.
+
+    text_only and image_text_sum use the backbone's (aligned) projections, the shared
+    space where text and images meet; image_only uses the raw backbone features."""
     p = {"params": params}
-    e_q = np.broadcast_to(ef, (qf.shape[0], ef.shape[-1]))
     e_g = np.broadcast_to(ef, (gf.shape[0], ef.shape[-1]))
     enc = jax.jit(lambda a, b: model.apply(p, a, b, method=MagicLens.encode_features))
+    tgt = jax.jit(lambda a, b: model.apply(p, a, b, method=MagicLens.encode_target_features))
     proj = jax.jit(lambda a, b: model.apply(p, a, b, method=MagicLens.project_features))
-    q_ml, g_ml = np.asarray(enc(qf, xf)), np.asarray(enc(gf, e_g))
+    q_ml, g_ml = np.asarray(enc(qf, xf)), np.asarray(tgt(gf, e_g))
     qi, qt = (np.asarray(a, np.float32) for a in proj(qf, xf))
     gi, _ = (np.asarray(a, np.float32) for a in proj(gf, e_g))
-    del e_q
     gi = _unit(gi)
     return {
         "magiclens": (q_ml, g_ml),
-        "image_only": (_unit(qi), gi),
+        "image_only": (backbone_image_only(model, qf), backbone_image_only(model, gf)),
         "text_only": (_unit(qt), gi),
         "image_text_sum": (_unit(_unit(qi) + _unit(qt)), gi),
     }

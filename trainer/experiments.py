@@ -1,0 +1,305 @@
+"""The quality experiment loop: train configurations on one frozen snapshot, over seeds, and
+report held-out quality against search-by-image with the same backbone.
+
+    python -m trainer.experiments --snapshot RUN_WORKDIR --corpus data/corpus \
+        [--grid ablations|chosen|FILE.json] [--seeds 3] [--out DIR] [--markdown FILE]
+
+`--snapshot` is a training run's work directory (the training service writes `train.jsonl`,
+`captions.jsonl` and the images there) or any folder with those files. Tower features are
+computed once and shared by every run (each run trains only what sits on the frozen towers),
+so one configuration costs well under a minute per seed on 2 CPU cores. Every run is
+evaluated on the corpus's held-out queries in both wordings: the writers' and the
+hand-written unseen one (tools.corpus.unseen).
+
+Grids: `chosen` = the compact config alone; `ablations` = it and the variants docs/quality.md
+reports; a JSON file = a list of {"name", "config", "overrides": {...}, "arch": {...}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer.checkpoints import load_params
+from trainer.configs import get_config
+from trainer.data.triples import JsonlTriples, read_captions
+from trainer.eval.corpus import PHRASINGS, corpus_metrics, load_corpus_eval
+from trainer.eval.retrieval import METHODS
+from trainer.features import compute_features, feature_kind
+from trainer.models.magiclens import CONFIGS, abstract_params, build_model, pretrained_params
+
+MAX_SEEDS = 10
+BAR_RELATION_MIN_N = 10
+SHARED_CACHES = ("features.npz", "align_features.npz")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One configuration: a trainer config name, field overrides and architecture overrides."""
+
+    name: str
+    config: str = "compact"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    arch: dict[str, Any] = field(default_factory=dict)
+
+
+CHOSEN = [Variant("edit head, colour, K=8 hard negatives, no query negatives (chosen)")]
+ABLATIONS = [
+    *CHOSEN,
+    Variant("previous default: transformer head + residual, query negatives",
+            "compact_transformer"),
+    Variant("transformer head + residual, chosen loss (no query negatives, K=8)",
+            "compact_transformer", {"query_negatives": 0.0, "hard_negatives": 8,
+                                    "learning_rate": 2e-3, "temperature": 0.07,
+                                    "steps": 600, "batch_size": 64}),
+    Variant("edit head without colour histogram", arch={"colour_bins": 0}),
+    Variant("edit head without hard negatives (K=0)", overrides={"hard_negatives": 0}),
+    Variant("edit head with query negatives", overrides={"query_negatives": 1.0}),
+    Variant("edit head, vague triples weighted 0.3", overrides={"vague_weight": 0.3}),
+    Variant("edit head, temperature 0.1", overrides={"temperature": 0.1}),
+]
+GRIDS = {"chosen": CHOSEN, "ablations": ABLATIONS}
+
+
+def load_grid(spec: str) -> list[Variant]:
+    if spec in GRIDS:
+        return GRIDS[spec]
+    raw = json.loads(Path(spec).read_text())
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(f"{spec}: expected a non-empty JSON list of variants")
+    return [Variant(str(v["name"]), str(v.get("config", "compact")),
+                    dict(v.get("overrides", {})), dict(v.get("arch", {}))) for v in raw]
+
+
+# ------------------------------------------------------------------------------ features
+
+@dataclass
+class EvalSet:
+    """Held-out queries of one wording and the tower features they need."""
+
+    phrasing: str
+    queries: list
+    ids: list[str]
+    gallery_features: np.ndarray
+    text_features: dict[str, np.ndarray]
+    empty_text_features: np.ndarray
+
+
+def eval_sets(corpus: Path, variant_arch: dict[str, Any], cache: Path) -> list[EvalSet]:
+    """Both wordings' queries with tower features (cached per backbone/colour setting)."""
+    loaded = {}
+    for ph in PHRASINGS:
+        try:
+            loaded[ph] = load_corpus_eval(corpus, ph)
+        except ValueError as e:
+            print(f"experiments: no {ph} queries ({e}); reporting the others only",
+                  file=sys.stderr)
+    if not loaded:
+        raise ValueError(f"no held-out queries in {corpus}")
+    gallery = next(iter(loaded.values()))[1]
+    ids = sorted(gallery)
+    texts = sorted({q.instruction for qs, _ in loaded.values() for q in qs})
+    arch = dataclasses.replace(CONFIGS["compact"], **variant_arch)
+    path = cache / f"eval-{feature_kind(arch)}.npz"
+    if path.exists():
+        with np.load(path, allow_pickle=False) as z:
+            gf, tf = z["image"], z["text"]
+            same = [str(x) for x in z["ids"]] == ids and [str(x) for x in z["texts"]] == texts
+    else:
+        same = False
+    if not same:
+        import jax
+
+        model, pre = build_model("compact", config=arch)
+        params = pretrained_params(model, jax.random.PRNGKey(0), pre.image_size)
+        gf, tf = compute_features(model, params, pre, [str(gallery[i]) for i in ids],
+                                  [*texts, ""], progress=True)
+        cache.mkdir(parents=True, exist_ok=True)
+        np.savez(path, image=gf, text=tf, ids=np.asarray(ids), texts=np.asarray(texts))
+    by_text = dict(zip(texts, tf[:-1], strict=True))
+    return [EvalSet(ph, qs, ids, gf, by_text, tf[-1]) for ph, (qs, _) in loaded.items()]
+
+
+# ------------------------------------------------------------------------------ runs
+
+def run_one(variant: Variant, seed: int, snapshot: Path, out: Path,
+            sets: list[EvalSet]) -> dict[str, Any]:
+    """Train one (variant, seed) on the snapshot and evaluate it on every wording."""
+    from trainer.train import train
+
+    cfg = get_config(variant.config, seed=seed, **variant.overrides)
+    arch = dataclasses.replace(CONFIGS[cfg.model], **variant.arch)
+    slug = "".join(c if c.isalnum() else "-" for c in variant.name.lower())[:60]
+    workdir = out / "runs" / f"{slug}-s{seed}"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    shared = out / "cache" / f"train-{feature_kind(arch)}"
+    shared.mkdir(parents=True, exist_ok=True)
+    for name in SHARED_CACHES:  # tower features do not depend on the seed or the head
+        if not (shared / name).exists() and (snapshot / name).exists():
+            shutil.copyfile(snapshot / name, shared / name)  # a training run's own cache
+        if (shared / name).exists():
+            os.link(shared / name, workdir / name)
+    captions = snapshot / "captions.jsonl"
+    t0 = time.perf_counter()
+    result = train(cfg, JsonlTriples(snapshot / "train.jsonl"), workdir,
+                   captions=read_captions(captions) if captions.exists() else None,
+                   model_config=arch)
+    seconds = time.perf_counter() - t0
+    for name in SHARED_CACHES:
+        if (workdir / name).exists() and not (shared / name).exists():
+            os.link(workdir / name, shared / name)
+    model, pre = build_model(cfg.model, config=arch)
+    params, _ = load_params(result.checkpoint, abstract_params(model, pre.image_size))
+    metrics = {s.phrasing: corpus_metrics(model, params, s.queries, s.ids, s.gallery_features,
+                                          s.text_features, s.empty_text_features)
+               for s in sets}
+    shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
+    return {"variant": variant.name, "seed": seed, "train_seconds": seconds,
+            "config": dataclasses.asdict(cfg), "arch": dataclasses.asdict(arch),
+            "metrics": metrics}
+
+
+# ------------------------------------------------------------------------------ report
+
+def mean_sd(values: Sequence[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def _vals(runs: list[dict], phrasing: str, key: str) -> list[float]:
+    return [r["metrics"][phrasing][key] for r in runs if phrasing in r["metrics"]]
+
+
+COLS = ("R@1", "R@5", "R@10", "mAP@5")
+
+
+def report(results: list[dict]) -> str:
+    """Markdown: the ablation table, then the first variant against the baselines, per
+    wording and per relation, then the bar of issue 13 checked line by line."""
+    variants = list(dict.fromkeys(r["variant"] for r in results))
+    phrasings = [p for p in PHRASINGS if any(p in r["metrics"] for r in results)]
+    lines = ["| configuration | wording | " + " | ".join(COLS) + " | train s |",
+             "|---|---|" + "---|" * (len(COLS) + 1)]
+    for v in variants:
+        runs = [r for r in results if r["variant"] == v]
+        for ph in phrasings:
+            lines.append(f"| {v} | {ph} | " + " | ".join(
+                mean_sd(_vals(runs, ph, f"magiclens/{c}")) for c in COLS)
+                + f" | {statistics.mean(r['train_seconds'] for r in runs):.0f} |")
+    best = [r for r in results if r["variant"] == variants[0]]
+    seeds = len(best)
+    lines += ["", f"**{variants[0]}** against the baselines ({seeds} seeds, mean ± sd; "
+              "image_only is the backbone's own pooled features, no training):", "",
+              "| method | wording | " + " | ".join(COLS) + " |",
+              "|---|---|" + "---|" * len(COLS)]
+    for ph in phrasings:
+        for m in METHODS:
+            lines.append(f"| {m} | {ph} | " + " | ".join(
+                mean_sd(_vals(best, ph, f"{m}/{c}")) for c in COLS) + " |")
+    for ph in phrasings:
+        rels = sorted({k.split("/")[1] for k in best[0]["metrics"][ph]
+                       if k.startswith("magiclens/") and k.endswith("/n")})
+        lines += ["", f"By relation ({ph} wording):", "",
+                  "| relation | n | magiclens R@1 | image_only R@1 | magiclens R@10 | "
+                  "image_only R@10 |", "|---|---|---|---|---|---|"]
+        for rel in rels:
+            n = int(best[0]["metrics"][ph][f"magiclens/{rel}/n"])
+            lines.append(f"| {rel} | {n} | " + " | ".join(
+                mean_sd(_vals(best, ph, f"{m}/{rel}/R@{k}"))
+                for k in (1, 10) for m in ("magiclens", "image_only")) + " |")
+    lines += ["", "The bar (issue 13), on the means:", ""] + [f"- {x}" for x in bar(best)]
+    return "\n".join(lines)
+
+
+def bar(runs: list[dict]) -> list[str]:
+    """Issue 13's bar, each line saying met or NOT met with the numbers."""
+    def m(ph: str, key: str) -> float:
+        return statistics.mean(_vals(runs, ph, key))
+
+    out = []
+    for ph, need in (("writer", 10.0), ("unseen", 5.0)):
+        if not _vals(runs, ph, "magiclens/R@1"):
+            out.append(f"{ph} wording: no queries, not checked")
+            continue
+        for c in ("R@1", "mAP@5"):
+            d = m(ph, f"magiclens/{c}") - m(ph, f"image_only/{c}")
+            out.append(f"{ph} {c}: {d:+.1f} over image_only (need ≥ +{need:.0f}): "
+                       + ("met" if d >= need else "NOT met"))
+    if _vals(runs, "writer", "magiclens/R@1"):
+        for k in sorted(runs[0]["metrics"]["writer"]):
+            if not (k.startswith("magiclens/") and k.endswith("/n")):
+                continue
+            rel = k.split("/")[1]
+            if runs[0]["metrics"]["writer"][k] < BAR_RELATION_MIN_N:
+                continue
+            d = m("writer", f"magiclens/{rel}/R@10") - m("writer", f"image_only/{rel}/R@10")
+            if d < -2 or rel == "same_category":
+                out.append(f"{rel} R@10: {d:+.1f} vs image_only (need ≥ "
+                           + ("0" if rel == "same_category" else "-2") + "): "
+                           + ("met" if d >= (0 if rel == "same_category" else -2)
+                              else "NOT met"))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m trainer.experiments",
+                                 description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__)
+    ap.add_argument("--snapshot", required=True, type=Path,
+                    help="folder with train.jsonl (+ captions.jsonl): a training run's workdir")
+    ap.add_argument("--corpus", required=True, type=Path,
+                    help="built corpus (manifest.json, eval_queries.jsonl)")
+    ap.add_argument("--grid", default="chosen", help="chosen | ablations | FILE.json")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=Path("data/experiments"))
+    ap.add_argument("--markdown", type=Path, help="also write the report here")
+    ap.add_argument("--steps", type=int, help="override every variant's fusion steps")
+    a = ap.parse_args(argv)
+    if not 1 <= a.seeds <= MAX_SEEDS:
+        ap.error(f"--seeds must be 1..{MAX_SEEDS}")
+    if not (a.snapshot / "train.jsonl").is_file():
+        ap.error(f"{a.snapshot}/train.jsonl not found (point --snapshot at a training run's "
+                 "workdir)")
+    variants = load_grid(a.grid)
+    if a.steps is not None:
+        variants = [dataclasses.replace(v, overrides={**v.overrides, "steps": a.steps})
+                    for v in variants]
+    a.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    sets_by_arch: dict[str, list[EvalSet]] = {}
+    for v in variants:
+        akey = json.dumps(v.arch, sort_keys=True)
+        if akey not in sets_by_arch:
+            sets_by_arch[akey] = eval_sets(a.corpus, v.arch, a.out / "cache")
+        for seed in range(a.seeds):
+            r = run_one(v, seed, a.snapshot, a.out, sets_by_arch[akey])
+            w = r["metrics"].get("writer", next(iter(r["metrics"].values())))
+            print(f"experiments: {v.name} seed {seed}: R@1 {w['magiclens/R@1']:.1f} "
+                  f"(image_only {w['image_only/R@1']:.1f}) in {r['train_seconds']:.0f}s",
+                  flush=True)
+            results.append(r)
+    (a.out / "results.json").write_text(json.dumps(results, indent=1))
+    text = report(results)
+    print(text)
+    if a.markdown:
+        a.markdown.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
