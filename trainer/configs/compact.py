@@ -4,8 +4,9 @@ Chosen on the demo corpus with `python -m trainer.experiments` (docs/quality.md 
 configuration tried, 3 seeds each): no query negatives (with a frozen tower they push
 queries away from their own image and cost "same kind of thing" queries half their hits),
 8 same-page hard negatives for specific instructions (without them skin tone and gender
-variants of the query stay tied), temperature 0.07. The alignment stage trains the
-projections the text-only and image+text baselines (and text search) use.
+variants of the query stay tied), vague one-to-many triples ("another one from this page")
+weighted 0.3, temperature 0.1. The alignment stage trains the projections the text-only and
+image+text baselines (and text search) use.
 """
 
 from trainer.configs import TrainConfig
@@ -13,6 +14,6 @@ from trainer.configs import TrainConfig
 
 def get_config() -> TrainConfig:
     return TrainConfig(model="compact", mode="frozen", steps=600, batch_size=64,
-                       learning_rate=2e-3, warmup_steps=30, temperature=0.07,
-                       query_negatives=0.0, hard_negatives=8,
+                       learning_rate=2e-3, warmup_steps=30, temperature=0.1,
+                       query_negatives=0.0, hard_negatives=8, vague_weight=0.3,
                        align_steps=200, align_learning_rate=1e-3)
