@@ -7,7 +7,9 @@ import io
 from PIL import Image, ImageDraw
 from skimage import data
 
-from services.mining.imaging import _flatten, _phash, colour_distance, colour_signature, hamming
+from runtime.near_duplicates import colour_distance, colour_signature, hamming
+from runtime.near_duplicates import flatten as _flatten
+from runtime.near_duplicates import phash as _phash
 
 
 def _face(skin: tuple[int, int, int]) -> Image.Image:
