@@ -32,9 +32,12 @@ class Fingerprint:
     colour_sig: bytes  # 8x8 RGB cell means (192 bytes)
 
 
+_ALPHA_MODES = ("RGBA", "LA", "P", "PA")
+
+
 def flatten(img: Image.Image) -> Image.Image:
     """Transparent images on white, as a browser shows them."""
-    if img.mode in ("RGBA", "LA", "P", "PA"):
+    if img.mode in _ALPHA_MODES:
         rgba = img.convert("RGBA")
         flat = Image.new("RGB", rgba.size, (255, 255, 255))
         flat.paste(rgba, mask=rgba.getchannel("A"))
@@ -74,15 +77,16 @@ def near(phash_a: int, sig_a: bytes, phash_b: int, sig_b: bytes,
             and colour_distance(sig_a, sig_b) <= colour_threshold)
 
 
-def fingerprint(data: bytes, img: Image.Image | None = None) -> Fingerprint:
-    """The fingerprint of image bytes (already validated by the caller: this decodes without
-    further checks). `img`, when given, is the opened original (not yet RGB-converted)."""
-    if img is None:
-        img = Image.open(io.BytesIO(data))
+def fingerprint(data: bytes, rgb: Image.Image | None = None) -> Fingerprint:
+    """The fingerprint of image bytes, already validated by the caller (this decodes without
+    further checks). `rgb`, the caller's own `convert("RGB")` of them, saves a second decode
+    when the image has no transparency (then it equals the flattened image)."""
+    img = Image.open(io.BytesIO(data))  # lazy: the header only, until load()
+    if rgb is None or img.mode in _ALPHA_MODES or "transparency" in img.info:
         img.seek(0)  # animations: the first frame, as the miner hashes it
         img.load()
-    flat = flatten(img)
-    return Fingerprint(hashlib.sha256(data).hexdigest(), phash(flat), colour_signature(flat))
+        rgb = flatten(img)
+    return Fingerprint(hashlib.sha256(data).hexdigest(), phash(rgb), colour_signature(rgb))
 
 
 def warm_up() -> None:

@@ -17,6 +17,7 @@ exact bytes), any image with the same bytes, and near-duplicates by the miner's 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import threading
 import time
@@ -123,13 +124,18 @@ class Root(search_pb2_grpc.SearchServiceServicer):
             data = fetch_url(q.image_url, self.allow, self.s.url_fetch_timeout_s)
         else:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "query image is required")
-        decode_image(data)  # validates format, size and dimensions (BadInput)
+        rgb = decode_image(data)  # validates format, size and dimensions (BadInput)
         if include:
             return QueryImage(data)
-        fp = fingerprint(data)
+        digest = hashlib.sha256(data).hexdigest()
+        try:
+            fp: Fingerprint | None = fingerprint(data, rgb)
+        except Exception as exc:  # decodable for the model, odd for pHash: exact copies only
+            log.warning("query image not fingerprinted", extra={"error": type(exc).__name__})
+            fp = None
         with db.connect(self.s.database_url) as conn:
-            same = store.image_id_by_content_hash(conn, fp.content_hash)
-        return QueryImage(data, same, fp, {fp.content_hash})
+            same = store.image_id_by_content_hash(conn, digest)
+        return QueryImage(data, same, fp, {digest})
 
     def _is_copy(self, qi: QueryImage, row: dict | None) -> bool:
         """A candidate hit that is the query image: same bytes, or a near-duplicate by the
