@@ -15,18 +15,13 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "gen")]
-
-from runtime.image_input import decode_image  # noqa: E402
-from runtime.near_duplicates import fingerprint, near, warm_up  # noqa: E402
+from runtime.image_input import decode_image
+from runtime.near_duplicates import fingerprint, near, warm_up
 
 
 def jpeg(side: int, rng: np.random.Generator) -> bytes:

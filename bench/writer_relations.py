@@ -14,18 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 
+from services.mining.htmlparse import parse_page
+from services.triplegen.meta import ImageMeta
+from services.triplegen.writers.base import PairContext
+from services.triplegen.writers.metadata import MetadataWriter
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "gen")]
-
-from services.mining.htmlparse import parse_page  # noqa: E402
-from services.triplegen.meta import ImageMeta  # noqa: E402
-from services.triplegen.writers.base import PairContext  # noqa: E402
-from services.triplegen.writers.metadata import MetadataWriter  # noqa: E402
-
 MAX_PAGE_BYTES = 8 * 1024 * 1024
 
 
