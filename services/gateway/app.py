@@ -6,6 +6,8 @@ Routes
   GET  /api/search?image_id=&q=&k=     search by a pool image
   POST /api/search?q=&k=               body = raw image bytes (Content-Type image/*), or JSON
                                        {"image_id"|"image_url", "instruction", "k"}
+                                       (each also takes include_query_image=1 / true: keep
+                                       the query image and its copies in the results)
   GET  /api/pool?n=                    a random sample of pool images
   GET  /api/examples                   one-click example queries
   GET  /api/health                     is search up (for the UI's banner)
@@ -65,14 +67,16 @@ class Gateway:
         self.blobs = open_blobstore(settings.blob_root)
 
     # ------------------------------------------------------------------ search
-    def search(self, query: common_pb2.ImageInput, instruction: str, k: int) -> dict[str, Any]:
+    def search(self, query: common_pb2.ImageInput, instruction: str, k: int,
+               include_query_image: bool = False) -> dict[str, Any]:
         s = self.settings
         if len(instruction) > s.gateway_max_instruction_chars:
             raise HttpError(400, f"instruction is longer than "
                                  f"{s.gateway_max_instruction_chars} characters")
         if not 1 <= k <= MAX_K:
             raise HttpError(400, f"k must be between 1 and {MAX_K} (got {k})")
-        req = search_pb2.SearchRequest(query=query, instruction=instruction, k=k)
+        req = search_pb2.SearchRequest(query=query, instruction=instruction, k=k,
+                                       include_query_image=include_query_image)
         try:
             resp = search_client.search(s.search_addr, req, s.gateway_search_timeout_s)
         except RpcFailure as exc:
@@ -102,6 +106,13 @@ def _int_param(params: dict[str, list[str]], name: str, default: int) -> int:
     if not re.fullmatch(r"-?\d{1,6}", raw):
         raise HttpError(400, f"{name} must be an integer")
     return int(raw)
+
+
+def _bool_param(params: dict[str, list[str]], name: str) -> bool:
+    raw = params.get(name, [""])[0].strip().lower()
+    if raw not in ("", "0", "1", "true", "false"):
+        raise HttpError(400, f"{name} must be 1/true or 0/false")
+    return raw in ("1", "true")
 
 
 def _image_id(raw: Any) -> int:
@@ -221,7 +232,8 @@ class Handler(BaseHTTPRequestHandler):
             raise HttpError(400, "give image_id (or POST an image)")
         query = common_pb2.ImageInput(image_id=_image_id(params["image_id"][0]))
         self._json(200, self.gateway.search(query, params.get("q", [""])[0],
-                                            _int_param(params, "k", 12)))
+                                            _int_param(params, "k", 12),
+                                            _bool_param(params, "include_query_image")))
 
     def _post_api_search(self, path: str, params: dict) -> None:
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
@@ -232,6 +244,7 @@ class Handler(BaseHTTPRequestHandler):
                 raise HttpError(400, "the uploaded image is empty")
             query = common_pb2.ImageInput(image_bytes=data)
             instruction, k = params.get("q", [""])[0], _int_param(params, "k", 12)
+            include = _bool_param(params, "include_query_image")
         elif ctype == "application/json":
             try:
                 body = json.loads(self._read_body(MAX_JSON_BODY, "JSON body"))
@@ -253,9 +266,12 @@ class Handler(BaseHTTPRequestHandler):
                 raise HttpError(400, "instruction must be a string")
             if isinstance(k, bool) or not isinstance(k, int):
                 raise HttpError(400, "k must be an integer")
+            include = body.get("include_query_image", False)
+            if not isinstance(include, bool):
+                raise HttpError(400, "include_query_image must be true or false")
         else:
             raise HttpError(415, "send an image (Content-Type image/*) or JSON")
-        self._json(200, self.gateway.search(query, instruction, k))
+        self._json(200, self.gateway.search(query, instruction, k, include))
 
     def _get_api_pool(self, path: str, params: dict) -> None:
         n = _int_param(params, "n", 24)

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from runtime import ports
 from runtime.config import BaseServiceSettings
 from runtime.limits import MAX_IMAGE_PIXELS
+from runtime.near_duplicates import COLOUR_THRESHOLD, PHASH_THRESHOLD
 from runtime.topics import PAGES_DISCOVERED
 
 
@@ -48,10 +49,9 @@ class MiningSettings(BaseServiceSettings):
     mining_svg_render_px: int = Field(default=512, ge=64, le=4096)
 
     # Dedupe and pairs.
-    mining_phash_threshold: int = Field(default=6, ge=0, le=32)
-    # Largest 8x8-cell colour difference (0-255) still called a near-duplicate: re-encodes and
-    # resizes stay under ~10; skin-tone and recolour variants differ by 30+.
-    mining_colour_threshold: int = Field(default=20, ge=0, le=255)
+    # Near-duplicate thresholds (runtime/near_duplicates.py; the search root's default too).
+    mining_phash_threshold: int = Field(default=PHASH_THRESHOLD, ge=0, le=32)
+    mining_colour_threshold: int = Field(default=COLOUR_THRESHOLD, ge=0, le=255)
     mining_max_pairs_per_page: int = Field(default=30, ge=0, le=10_000)
     mining_reconcile_min_age_s: float = Field(default=5.0, ge=0)
     mining_max_attempts: int = Field(default=3, ge=1, le=100)

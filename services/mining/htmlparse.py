@@ -15,6 +15,9 @@ import lxml.html
 from lxml import etree
 
 TEXT_CAP = 600
+PRESCAN_BYTES = 4096  # where a <meta charset> is looked for (HTML's own prescan: 1024)
+_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([a-zA-Z0-9_.:-]{1,40})""", re.I)
+_XML_DECL = re.compile(r"^\s*<\?xml[^>]*\?>")
 _WS = re.compile(r"\s+")
 _HEADINGS = ("h1", "h2", "h3", "h4", "h5", "h6")
 
@@ -117,10 +120,35 @@ def _context(img: etree._Element) -> tuple[str, str]:
     return caption, " — ".join(b for b in bits if b)[:TEXT_CAP]
 
 
+def decode_html(data: bytes) -> str:
+    """Bytes -> text before parsing: a BOM, else a <meta charset> anywhere in the first
+    PRESCAN_BYTES, else UTF-8 if it decodes, else Windows-1252. libxml2 alone decodes what
+    precedes a late <meta charset> (e.g. a <title> before it) as Latin-1: mojibake titles."""
+    for bom, codec in ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe", "utf-16-le"),
+                       (b"\xfe\xff", "utf-16-be")):
+        if data.startswith(bom):
+            return data[len(bom):].decode(codec, errors="replace")
+    m = _META_CHARSET.search(data[:PRESCAN_BYTES])
+    if m:
+        name = m.group(1).decode("ascii", "replace").lower()
+        codec = {"iso-8859-1": "cp1252", "latin1": "cp1252", "latin-1": "cp1252",
+                 "us-ascii": "cp1252", "ascii": "cp1252"}.get(name, name)  # as browsers do
+        try:
+            return data.decode(codec, errors="replace")
+        except LookupError:
+            pass  # an unknown charset name: guess below
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", errors="replace")
+
+
 def parse_page(html: bytes | str, page_url: str, max_images: int) -> ParsedPage:
     """Parse (possibly broken) HTML; never raises for bad markup, only for empty documents."""
+    text = decode_html(html) if isinstance(html, bytes) else html
+    text = _XML_DECL.sub("", text, count=1)  # lxml refuses text with an encoding declaration
     try:
-        doc = lxml.html.document_fromstring(html)
+        doc = lxml.html.document_fromstring(text)
     except (etree.ParserError, ValueError):
         return ParsedPage(title="")
     title = _text(doc.find(".//title")) or next(

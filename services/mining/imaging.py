@@ -24,11 +24,11 @@ import warnings
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-import imagehash
 import resvg_py
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from runtime.limits import MAX_IMAGE_PIXELS
+from runtime.near_duplicates import colour_signature, flatten, phash
 
 ALLOWED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp",
                    "GIF": "image/gif", "BMP": "image/bmp"}
@@ -141,33 +141,6 @@ def _rasterise_svg(data: bytes, policy: Policy) -> bytes:
     return bytes(png)
 
 
-def _flatten(img: Image.Image) -> Image.Image:
-    """Transparent images on white, as a browser shows them."""
-    if img.mode in ("RGBA", "LA", "P", "PA"):
-        rgba = img.convert("RGBA")
-        flat = Image.new("RGB", rgba.size, (255, 255, 255))
-        flat.paste(rgba, mask=rgba.getchannel("A"))
-        return flat
-    return img.convert("RGB")
-
-
-def _phash(img: Image.Image) -> int:
-    value = int(str(imagehash.phash(img, hash_size=8)), 16)
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
-def colour_signature(img: Image.Image) -> bytes:
-    """8x8 cell means per RGB channel: cheap, and sees what greyscale pHash cannot."""
-    return img.resize((8, 8), Image.Resampling.BOX).tobytes()
-
-
-def colour_distance(a: bytes, b: bytes) -> int:
-    """Largest per-cell colour difference (mean over channels, 0-255); 0 when unknown."""
-    if len(a) != 192 or len(b) != 192:
-        return 0
-    return max(sum(abs(a[i + c] - b[i + c]) for c in range(3)) // 3 for i in range(0, 192, 3))
-
-
 def decode_image(data: bytes, policy: Policy, timings: dict[str, float] | None = None
                  ) -> Decoded:
     """Validate and hash; raises Rejection with the rule that failed."""
@@ -208,14 +181,10 @@ def decode_image(data: bytes, policy: Policy, timings: dict[str, float] | None =
         raise Rejection(f"aspect ratio {max(w, h) / min(w, h):.1f} > {policy.max_aspect} "
                         "(banner/divider)")
     t1 = time.perf_counter()
-    flat = _flatten(img)
-    ph, sig = _phash(flat), colour_signature(flat)
+    flat = flatten(img)  # the duplicate rules are the runtime's: the search root uses them too
+    ph, sig = phash(flat), colour_signature(flat)
     img.close()
     if timings is not None:
         timings["decode"] = timings.get("decode", 0.0) + (t1 - t0)
         timings["hash"] = timings.get("hash", 0.0) + (time.perf_counter() - t1)
     return Decoded(store, mime, w, h, content_hash, ph, sig)
-
-
-def hamming(a: int, b: int) -> int:
-    return bin((a ^ b) & ((1 << 64) - 1)).count("1")

@@ -31,6 +31,7 @@ from prometheus_client import Counter
 from runtime import db, outbox
 from runtime.blobstore import BlobStore, open_blobstore
 from runtime.bus import Event
+from runtime.near_duplicates import hamming, near
 from runtime.topics import IMAGES_MINED, PAIRS_MINED
 from services.mining import archive, store
 from services.mining.config import MiningSettings
@@ -40,11 +41,9 @@ from services.mining.imaging import (
     Decoded,
     Policy,
     Rejection,
-    colour_distance,
     declared_size_reason,
     decode_data_uri,
     decode_image,
-    hamming,
     junk_reason,
 )
 from services.mining.netguard import Blocked, Guard
@@ -338,9 +337,8 @@ class Miner:
     def _near(self, phash: int, colour_sig: bytes, d: Decoded) -> bool:
         """Near-duplicate: the same structure (pHash) AND the same colours (skin tones and
         recolourings are different images, not copies)."""
-        return (hamming(phash, d.phash) <= self.settings.mining_phash_threshold
-                and colour_distance(colour_sig, d.colour_sig)
-                <= self.settings.mining_colour_threshold)
+        return near(phash, colour_sig, d.phash, d.colour_sig,
+                    self.settings.mining_phash_threshold, self.settings.mining_colour_threshold)
 
     def _insert_image(self, conn: psycopg.Connection, page_id: int, c: Candidate, d: Decoded,
                       uri: str, page_title: str) -> tuple[int, bool]:

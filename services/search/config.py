@@ -6,6 +6,7 @@ from pydantic import Field
 
 from runtime import ports
 from runtime.config import BaseServiceSettings
+from runtime.near_duplicates import COLOUR_THRESHOLD, PHASH_THRESHOLD
 from services.search.index import DEFAULT_BRUTE_THRESHOLD
 
 
@@ -28,3 +29,9 @@ class RootSettings(BaseServiceSettings):
     embed_timeout_s: float = Field(default=10.0, gt=0)
     url_allowlist: str = ""  # comma-separated hosts whose images may be fetched by URL
     url_fetch_timeout_s: float = Field(default=5.0, gt=0)
+    # Leaving the query image's copies out of the hits: ask the shards for k + margin, ask
+    # again (4x as many) while copies leave fewer than k, at most `duplicate_rounds` times.
+    duplicate_margin: int = Field(default=20, ge=0, le=1000)
+    duplicate_rounds: int = Field(default=3, ge=1, le=5)
+    duplicate_phash_threshold: int = Field(default=PHASH_THRESHOLD, ge=0, le=32)
+    duplicate_colour_threshold: int = Field(default=COLOUR_THRESHOLD, ge=0, le=255)

@@ -7,6 +7,11 @@ A query (image bytes | allow-listed URL | pool image id, + instruction) is embed
 in the model version the shards serve, fanned out to every shard with a deadline, and the
 per-shard top-k lists are merged. A shard that does not answer in time makes the response
 `partial` (with `missing_shards`) instead of failing it; no shard at all is UNAVAILABLE.
+
+Unless the request sets `include_query_image`, the query image and its copies in the pool
+are left out of the hits, whatever form the query came in: the pool image it is (by id or by
+exact bytes), any image with the same bytes, and near-duplicates by the miner's own rule
+(pHash + colour, runtime/near_duplicates.py): re-encoded or resized copies.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import logging
 import threading
 import time
 from concurrent import futures
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import grpc
@@ -31,11 +37,13 @@ from runtime.errors import UnavailableError
 from runtime.image_input import BadInput, decode_image
 from runtime.limits import MAX_IMAGE_BYTES, MAX_INSTRUCTION_CHARS, MAX_K
 from runtime.logs import setup_logging
+from runtime.near_duplicates import Fingerprint, fingerprint, near, warm_up
 from runtime.service import Service
 from services.search import store
 from services.search.config import RootSettings
 
 log = logging.getLogger("search-root")
+SHARD_MAX_K = 1000  # the most a shard returns (services/search/shard.py)
 
 
 def fetch_url(url: str, allow: set[str], timeout_s: float) -> bytes:
@@ -60,6 +68,17 @@ def fetch_url(url: str, allow: set[str], timeout_s: float) -> bytes:
     return bytes(data)
 
 
+@dataclass
+class QueryImage:
+    """A query image: its bytes, and what its copies in the pool look like (empty when the
+    request keeps them)."""
+
+    data: bytes
+    image_id: int | None = None  # the pool image it is (by id, or by exact bytes)
+    fp: Fingerprint | None = None
+    hashes: set[str] = field(default_factory=set)  # content hashes that are the same image
+
+
 class Root(search_pb2_grpc.SearchServiceServicer):
     def __init__(self, settings: RootSettings) -> None:
         self.s = settings
@@ -75,27 +94,60 @@ class Root(search_pb2_grpc.SearchServiceServicer):
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- query image
-    def _query_image(self, q, context) -> tuple[bytes, int | None]:
-        """(image bytes, pool image id to exclude or None)."""
+    def _query_image(self, q, include: bool, context) -> QueryImage:
+        """The query image's bytes and, unless its copies are to be kept, what identifies them
+        in the pool: its own pool id (by id or by exact bytes) and its fingerprint."""
         which = q.WhichOneof("source")
+        if which == "image_id":
+            with db.connect(self.s.database_url) as conn:
+                row = store.live_image(conn, q.image_id)
+            if row is None:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"image {q.image_id} is not in the pool")
+            data = self.blobs.get(row["blob_uri"])
+            if include:
+                return QueryImage(data)
+            if row["phash"] is not None:  # as the miner stored it (an SVG's of its raster)
+                fp = Fingerprint(row["content_hash"], row["phash"], bytes(row["colour_sig"] or b""))
+            else:
+                try:
+                    fp = fingerprint(data)
+                except Exception as exc:  # a pool blob Pillow cannot read: exclude the id only
+                    log.warning("query image not fingerprinted",
+                                extra={"image_id": q.image_id, "error": type(exc).__name__})
+                    return QueryImage(data, q.image_id, hashes={row["content_hash"]})
+            return QueryImage(data, q.image_id, fp, {row["content_hash"], fp.content_hash})
         if which == "image_bytes":
             data = q.image_bytes
             if len(data) > MAX_IMAGE_BYTES:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "image_bytes too large")
         elif which == "image_url":
             data = fetch_url(q.image_url, self.allow, self.s.url_fetch_timeout_s)
-        elif which == "image_id":
-            with db.connect(self.s.database_url) as conn:
-                uri = store.live_blob_uri(conn, q.image_id)
-            if uri is None:
-                context.abort(grpc.StatusCode.NOT_FOUND, f"image {q.image_id} is not in the pool")
-            return self.blobs.get(uri), q.image_id
         else:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "query image is required")
-        decode_image(data)  # validates format, size and dimensions (BadInput)
+        rgb = decode_image(data)  # validates format, size and dimensions (BadInput)
+        if include:
+            return QueryImage(data)
         digest = hashlib.sha256(data).hexdigest()
+        try:
+            fp: Fingerprint | None = fingerprint(data, rgb)
+        except Exception as exc:  # decodable for the model, odd for pHash: exact copies only
+            log.warning("query image not fingerprinted", extra={"error": type(exc).__name__})
+            fp = None
         with db.connect(self.s.database_url) as conn:
-            return data, store.image_id_by_content_hash(conn, digest)
+            same = store.image_id_by_content_hash(conn, digest)
+        return QueryImage(data, same, fp, {digest})
+
+    def _is_copy(self, qi: QueryImage, row: dict | None) -> bool:
+        """A candidate hit that is the query image: same bytes, or a near-duplicate by the
+        miner's rule (pHash AND colour). Rows without a pHash match by bytes only."""
+        if row is None:
+            return False
+        if row["content_hash"] in qi.hashes:
+            return True
+        return (qi.fp is not None and row["phash"] is not None
+                and near(qi.fp.phash, qi.fp.colour_sig, row["phash"],
+                         bytes(row["colour_sig"] or b""), self.s.duplicate_phash_threshold,
+                         self.s.duplicate_colour_threshold))
 
     # ---------------------------------------------------------------- fan-out
     def _shard_versions(self, deadline: float) -> dict[int, str]:
@@ -116,6 +168,37 @@ class Root(search_pb2_grpc.SearchServiceServicer):
             self._versions, self._versions_at = out, time.monotonic()
         return out
 
+    def _fan_out(self, queries: list[tuple[list[float], list[int]]], k: int,
+                 exclude: list[int], filters, deadline: float
+                 ) -> tuple[list[tuple[int, float]], set[int], bool]:
+        """Ask every serving shard for its top `k`; (merged best-first hits, shards that did
+        not answer, whether some shard may hold more than it returned)."""
+        calls = []
+        for vector, shard_ids in queries:
+            req = search_pb2.SearchShardRequest(query=vector, k=k, filters=filters,
+                                                exclude_image_ids=exclude)
+            for i in shard_ids:
+                timeout = max(0.01, min(deadline, time.monotonic() + self.s.shard_timeout_s)
+                              - time.monotonic())
+                calls.append((i, self.stubs[i].SearchShard.future(req, timeout=timeout)))
+        best: dict[int, float] = {}
+        missing: set[int] = set()
+        more = False
+        for i, fut in calls:
+            try:
+                got = fut.result().hits
+            except grpc.RpcError as exc:
+                missing.add(i)
+                log.warning("shard failed", extra={"shard": i, "code": exc.code().name})
+                with self._lock:
+                    self._versions.pop(i, None)
+                continue
+            more = more or len(got) >= k
+            for h in got:
+                if h.score > best.get(h.image_id, -2.0):
+                    best[h.image_id] = h.score
+        return sorted(best.items(), key=lambda t: -t[1]), missing, more
+
     def Search(self, request, context):  # noqa: N802
         t0 = time.monotonic()
         k = request.k or 10
@@ -126,8 +209,9 @@ class Root(search_pb2_grpc.SearchServiceServicer):
                           f"instruction longer than {MAX_INSTRUCTION_CHARS} characters")
         remaining = context.time_remaining()
         deadline = t0 + min(remaining if remaining is not None else 30.0, 30.0)
+        include = request.include_query_image
         try:
-            data, exclude = self._query_image(request.query, context)
+            qi = self._query_image(request.query, include, context)
         except BadInput as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         versions = self._shard_versions(min(deadline, time.monotonic() + self.s.shard_timeout_s))
@@ -137,11 +221,11 @@ class Root(search_pb2_grpc.SearchServiceServicer):
                 by_version.setdefault(versions[i], []).append(i)
         if not by_version:
             context.abort(grpc.StatusCode.UNAVAILABLE, "no search shard is serving")
-        calls = []
+        queries: list[tuple[list[float], list[int]]] = []
         served_versions = []
         for version, shard_ids in by_version.items():
             try:
-                emb = self.embedder.embed_queries([data], [request.instruction],
+                emb = self.embedder.embed_queries([qi.data], [request.instruction],
                                                   model_version=version,
                                                   timeout_s=max(0.1, deadline - time.monotonic()))
             except ModelNotLoadedError as exc:  # e.g. Triton still loading a new version
@@ -153,36 +237,41 @@ class Root(search_pb2_grpc.SearchServiceServicer):
                     context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "embedding timed out")
                 context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
             served_versions.append(emb.model_version)
-            req = search_pb2.SearchShardRequest(
-                query=emb.vectors[0].tolist(), k=k, filters=request.filters,
-                exclude_image_ids=[exclude] if exclude is not None else [])
-            for i in shard_ids:
-                timeout = max(0.01, min(deadline, time.monotonic() + self.s.shard_timeout_s)
-                              - time.monotonic())
-                calls.append((i, self.stubs[i].SearchShard.future(req, timeout=timeout)))
-        hits, missing = [], [i for i in range(len(self.stubs)) if i not in versions]
-        for i, fut in calls:
-            try:
-                hits.extend(fut.result().hits)
-            except grpc.RpcError as exc:
-                missing.append(i)
-                log.warning("shard failed", extra={"shard": i, "code": exc.code().name})
-                with self._lock:
-                    self._versions.pop(i, None)
-        if len(missing) == len(self.stubs):
-            if time.monotonic() >= deadline:
-                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no shard answered in time")
-            context.abort(grpc.StatusCode.UNAVAILABLE, "no search shard answered")
-        best: dict[int, float] = {}
-        for h in hits:
-            if h.image_id != exclude and h.score > best.get(h.image_id, -2.0):
-                best[h.image_id] = h.score
-        top = sorted(best.items(), key=lambda t: -t[1])[:k]
+            queries.append((emb.vectors[0].tolist(), shard_ids))
+        # The query image's copies are dropped after the merge (their fingerprints are in
+        # Postgres, not in the shards), so ask for a margin more; when copies eat the margin
+        # and the shards hold more, ask again for more, up to `duplicate_rounds` times.
+        exclude = [qi.image_id] if qi.image_id is not None else []
+        fetch = k if include else min(SHARD_MAX_K, k + self.s.duplicate_margin)
+        missing = {i for i in range(len(self.stubs)) if i not in versions}
+        dropped: list[int] = []
+        for round_ in range(1 if include else self.s.duplicate_rounds):
+            merged, failed, more = self._fan_out(queries, fetch, exclude + dropped,
+                                                 request.filters, deadline)
+            missing |= failed
+            if len(missing) == len(self.stubs):
+                if time.monotonic() >= deadline:
+                    context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no shard answered in time")
+                context.abort(grpc.StatusCode.UNAVAILABLE, "no search shard answered")
+            if include:
+                top = merged[:k]
+                break
+            with db.connect(self.s.database_url) as conn:
+                rows = store.fingerprints(conn, [i for i, _ in merged])
+            copies = {i for i, _ in merged if self._is_copy(qi, rows.get(i))}
+            dropped += sorted(copies)
+            top = [(i, sc) for i, sc in merged if i not in copies][:k]
+            if (len(top) >= k or not copies or not more or fetch >= SHARD_MAX_K
+                    or round_ + 1 == self.s.duplicate_rounds or time.monotonic() >= deadline):
+                break
+            fetch = min(SHARD_MAX_K, fetch * 4)
+        if dropped:
+            log.info("query image copies left out", extra={"image_ids": dropped[:20]})
         with db.connect(self.s.database_url) as conn:
             ctx = store.hit_context(conn, [i for i, _ in top])
         out = search_pb2.SearchResponse(model_version=served_versions[0],
                                         partial=bool(missing),
-                                        missing_shards=sorted(set(missing)))
+                                        missing_shards=sorted(missing))
         for i, score in top:
             r = ctx.get(i)
             hit = out.hits.add(image_id=i, score=score)
@@ -220,6 +309,7 @@ def main() -> int:
     service = Service("search-root", settings)
     service.prepare(topics=False)
     root = Root(settings)
+    warm_up()
     service.add_grpc([(search_pb2_grpc.add_SearchServiceServicer_to_server, root,
                        "magiclens.v1.SearchService")], max_workers=32)
     log.info("search root ready", extra={"port": service.grpc.port if service.grpc else 0,

@@ -45,18 +45,28 @@ def image_live(conn: psycopg.Connection, image_id: int) -> bool:
     return row is not None
 
 
-def live_blob_uri(conn: psycopg.Connection, image_id: int) -> str | None:
-    """Where a live pool image's bytes are; None when it is not live (or does not exist)."""
-    row = conn.execute("SELECT blob_uri FROM live_images WHERE image_id = %s",
-                       (image_id,)).fetchone()
-    return row["blob_uri"] if row else None
-
-
 def image_id_by_content_hash(conn: psycopg.Connection, digest: str) -> int | None:
     """The pool image with exactly these bytes (sha256 hex), live or not."""
     row = conn.execute("SELECT image_id FROM images WHERE content_hash = %s",
                        (digest,)).fetchone()
     return row["image_id"] if row else None
+
+
+def live_image(conn: psycopg.Connection, image_id: int) -> dict | None:
+    """A live pool image's blob and stored fingerprint (content_hash, phash, colour_sig)."""
+    return conn.execute(
+        "SELECT blob_uri, content_hash, phash, colour_sig FROM live_images "
+        "WHERE image_id = %s", (image_id,)).fetchone()
+
+
+def fingerprints(conn: psycopg.Connection, ids: list[int]) -> dict[int, dict]:
+    """Stored fingerprints of result candidates, to drop copies of the query image."""
+    if not ids:
+        return {}
+    rows = conn.execute(
+        "SELECT image_id, content_hash, phash, colour_sig FROM images "
+        "WHERE image_id = ANY(%s)", (ids,)).fetchall()
+    return {r["image_id"]: r for r in rows}
 
 
 def coverage(conn: psycopg.Connection, version: str, shard: int, num_shards: int) -> float:

@@ -3,7 +3,11 @@ from that text (subject, skin tone, gender, art style, colours, number, place, y
 
 Why parse text rather than use any ground truth: on real web pages all we have is alt text,
 captions, the surrounding paragraph and the page title; the facets below are generic web
-vocabulary (skin tones, genders, art styles, colours, "X of <country>", "built in <year>").
+vocabulary (skin tones, genders, art styles, colours, "built in <year>") and named entities:
+countries and world regions however a page writes them (places.py), whose capitals and
+borders the writer knows, as an LLM writer would. No facet depends on one site's sentence
+templates ("capital: X. It borders Y."): a page saying the same in other words gives the
+same facets (tests/triplegen/test_triplegen_wording.py).
 """
 
 from __future__ import annotations
@@ -14,39 +18,56 @@ from functools import cached_property
 from pathlib import PurePosixPath
 from urllib.parse import urlparse
 
+from services.triplegen.places import gazetteer
+
 TONES = ("light", "medium-light", "medium", "medium-dark", "dark")
-_TONE_RE = re.compile(r"\b(medium-light|medium-dark|light|medium|dark)(?: skin)?(?: tone)\b", re.I)
+_TONE_WORD = r"(medium[- ]light|medium[- ]dark|light|medium|dark)"
+# "dark skin tone", "dark skin", "dark-skinned", "dark tone", "skin tone: dark", and the
+# Fitzpatrick types the Unicode modifiers are named after ("type-6").
+_TONE_RE = re.compile(rf"\b{_TONE_WORD}(?:[- ]skinned\b|(?: skin)(?: tones?| colou?r)?\b|"
+                      rf" tones?\b)|\bskin(?: tone| colou?r)?\s*[:=-]\s*{_TONE_WORD}\b", re.I)
+_FITZPATRICK_RE = re.compile(r"\b(?:(?:fitzpatrick|skin)\s+type[- ]?|type-)(1-2|[1-6])\b", re.I)
+_FITZPATRICK = {"1-2": "light", "1": "light", "2": "light", "3": "medium-light", "4": "medium",
+                "5": "medium-dark", "6": "dark"}
 _DEFAULT_TONE_RE = re.compile(r"\bdefault (?:yellow )?skin\b|\bdefault yellow\b", re.I)
-GENDERS = {"woman": "woman", "women": "woman", "female": "woman", "girl": "girl",
-           "man": "man", "men": "man", "male": "man", "boy": "boy", "person": "person",
-           "people": "person"}
+GENDERS = {"woman": "woman", "women": "woman", "female": "woman", "lady": "woman",
+           "ladies": "woman", "girl": "girl", "girls": "girl", "man": "man", "men": "man",
+           "male": "man", "gentleman": "man", "boy": "boy", "boys": "boy", "person": "person",
+           "people": "person", "gender-neutral": "person", "adult": "person"}
 # Art styles named the way web pages name them; first match wins (most specific first).
 STYLES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("line", re.compile(r"\bline[- ]?art\b|\bline drawings?\b|\boutlined?\b|black[- ]and[- ]white"
-                        r"|\bmonochrome\b|\bwithout any fill\b|\bbw\b", re.I)),
-    ("3d", re.compile(r"\b3d\b|three-dimensional|\brendered\b", re.I)),
-    ("photo", re.compile(r"\bphoto(?:graph)?s?\b|\bphotographic\b", re.I)),
+                        r"|\bmonochrome\b|\bwithout (?:any )?fill\b|\bbw\b|\bpen[- ]and[- ]ink\b"
+                        r"|\bink drawings?\b|\bcontour drawings?\b|\bunfilled\b", re.I)),
+    ("3d", re.compile(r"\b3d\b|\b3-d\b|three-dimensional|\brendered\b|\b(?:cgi|clay) models?\b",
+                      re.I)),
+    ("photo", re.compile(r"\bphoto(?:graph)?s?\b|\bphotographic\b|\bsnapshots?\b"
+                         r"|\bphotorealistic\b|\breal[- ]life\b", re.I)),
     ("glossy", re.compile(r"\bglossy\b|\bnoto\b", re.I)),
     ("flat", re.compile(r"\bflat\b|\bopenmoji colou?r\b", re.I)),
-    ("cartoon", re.compile(r"\bcartoon\b|\bdrawing\b|\bdrawn\b|\billustration\b|\bclip ?art\b"
-                           r"|\bsketch\b|\bstamps?\b", re.I)),
+    ("cartoon", re.compile(r"\bcartoons?\b|\bdrawing\b|\bdrawn\b|\billustration\b|\bclip ?art\b"
+                           r"|\bsketch\b|\bstamps?\b|\bdoodles?\b|\bcomic\b", re.I)),
 )
 COLOURS = ("red", "orange", "yellow", "green", "blue", "purple", "violet", "pink", "brown",
            "black", "white", "grey", "gray", "gold", "golden", "silver")
+_BW_RE = re.compile(r"\bblack[- ](?:and|&)[- ]white\b", re.I)
 _COLOUR_RE = re.compile(r"\b(" + "|".join(COLOURS) + r")\b", re.I)
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
                 "ten")
 _NUM_RE = re.compile(r"(?<![\w.])(\d{1,3})(?![\w.])")
 _YEAR_RE = re.compile(r"\b(?:built|constructed|completed|founded|erected|opened|dates? from|"
-                      r"finished|created)\b[^.]{0,40}?\b(1\d{3}|20\d{2}|\d{1,2}(?:st|nd|rd|th) "
-                      r"century(?: BCE| BC)?)", re.I)
-_PLACE_RES = (
-    re.compile(r"\b(?i:landmarks?|monuments?|sights?|attractions?|flags?|places|cities|photos?)"
-               r" (?:of|in|from) (?:the )?([A-Z][\w'’.-]*(?: [A-Z][\w'’.-]*){0,3})"),
-)
-_CAPITAL_RE = re.compile(r"\bcapital(?: city)?(?: is|:)\s*([A-Z][^.;,()]{1,40})")
-_BORDERS_RE = re.compile(r"\bborders?\s+([A-Z][^.]{1,400})")
-_FLAG_OF_RE = re.compile(r"^\s*(?:the )?flag(?: of|:)\s*(?:the )?(.+?)\s*$", re.I)
+                      r"dating (?:back )?(?:from|to)|dated|finished|created|raised|inaugurated|"
+                      r"consecrated|established)\b[^.]{0,40}?\b(1\d{3}|20\d{2}|"
+                      r"\d{1,2}(?:st|nd|rd|th) century(?: BCE| BC)?)", re.I)
+# A page title is about a place when it names one after a preposition or a possessive, or
+# names one and says it is about places ("Brazil: top sights", "Sights you must see in India").
+_PLACE_CUE = re.compile(r"\b(?:landmarks?|monuments?|sights?|attractions?|flags?|banners?|places"
+                        r"|cities|towns|travel|tour|visit|trip|guide|heritage|wonders?|country"
+                        r"|countries|nations?|regions?|photos?)\b", re.I)
+_PLACE_PREP = re.compile(r"\b(?:of|in|from|across|around|to|visiting)\s+(?:the\s+)?$", re.I)
+_CAPTION_TAIL = re.compile(r"[A-Z][\w'’.-]*(?: [A-Z][\w'’.-]*){0,3}")
+_FLAG_WORD = re.compile(r"\b(?:flags?|banners?|ensigns?)\b", re.I)
+FLAG_NEAR_CHARS = 40  # a country named this close to "flag" is what the flag is of
 # Words that describe how a picture is made or presented, not what it shows.
 PRESENTATION = frozenset({
     "a", "an", "the", "of", "in", "on", "at", "by", "with", "and", "or", "for", "to", "from",
@@ -120,7 +141,10 @@ class ImageMeta:
         text = f"{self.alt} {self.caption}"
         m = _TONE_RE.search(text)
         if m:
-            return m.group(1).lower()
+            return (m.group(1) or m.group(2)).lower().replace(" ", "-")
+        m = _FITZPATRICK_RE.search(text)
+        if m:
+            return _FITZPATRICK[m.group(1)]
         return "default" if _DEFAULT_TONE_RE.search(text) else None
 
     @cached_property
@@ -147,7 +171,8 @@ class ImageMeta:
 
     @cached_property
     def colours(self) -> list[str]:
-        found = [c.lower() for c in _COLOUR_RE.findall(f"{self.alt} {self.caption}")]
+        text = _BW_RE.sub(" ", f"{self.alt} {self.caption}")  # a style, not two colours
+        found = [c.lower() for c in _COLOUR_RE.findall(text)]
         if self.tone:  # "dark skin tone" is not a colour of the object
             found = [c for c in found if c not in ("yellow",) or "yellow skin" not in
                      f"{self.alt} {self.caption}".lower()]
@@ -181,49 +206,77 @@ class ImageMeta:
         return int(val)
 
     @cached_property
-    def place(self) -> str | None:
-        """A country/region the image is 'of', from its caption or the page title."""
-        cap = clean(self.caption, 200)
-        if "," in cap:
-            tail = cap.rsplit(",", 1)[1].strip()
-            if re.fullmatch(r"[A-Z][\w'’.-]*(?: [A-Z][\w'’.-]*){0,3}", tail):
-                return tail
-        for rx in _PLACE_RES:
-            m = rx.search(self.page_title)
-            if m:
-                return m.group(1).strip()
+    def _place(self) -> tuple[str, str] | None:
+        """(as written, canonical key) of the country/region the image is of or in: one its
+        own caption or alt names after a comma or a preposition ('Charminar, Hyderabad,
+        India', 'a mosque in Jordan'), else the one its page title is about. A flag is *of*
+        its country, not in it: its place is the page's."""
+        gaz = gazetteer()
+        if not self.flag_of:
+            for text in (clean(self.caption, 200), clean(self.alt, 200)):
+                for surface, key, start in gaz.places_in(text):
+                    before = text[:start].rstrip()
+                    if before.endswith(",") or _PLACE_PREP.search(text[:start]) or \
+                            before.endswith("("):
+                        return surface, key
+            cap = clean(self.caption, 200)
+            if "," in cap:  # "Eiffel Tower, Paris": a place the gazetteer does not list
+                tail = cap.rsplit(",", 1)[1].strip()
+                if _CAPTION_TAIL.fullmatch(tail):
+                    return tail, tail.lower()
+        title = clean(self.page_title, 200)
+        places = gaz.places_in(title)
+        for surface, key, start in places:
+            if _PLACE_PREP.search(title[:start]) or title[start + len(surface):].startswith(
+                    ("'s", "’s", ":")):
+                return surface, key
+        if places and _PLACE_CUE.search(title):
+            return places[0][0], places[0][1]
         return None
 
     @cached_property
-    def flag_of(self) -> str | None:
-        m = _FLAG_OF_RE.match(clean(self.alt, 100) or clean(self.caption, 100))
-        return m.group(1).strip() if m else None
+    def place(self) -> str | None:
+        """A country/region the image is 'of' or in, as the page writes it."""
+        return self._place[0] if self._place else None
 
-    def _own_facts(self) -> str:
-        """The part of the surrounding text about this image's own country: pages put many
-        figures next to each other, so a capital in the context may belong to a neighbour."""
-        if not self.flag_of:
-            return ""
-        m = re.search(re.escape(self.flag_of) + r"\b[^.]*\.(?:\s*It borders[^.]*\.)?",
-                      self.context)
-        return m.group(0) if m else ""
+    @cached_property
+    def place_key(self) -> str | None:
+        """The same place under one name whatever the spelling ('USA', 'United States')."""
+        return self._place[1] if self._place else None
+
+    @cached_property
+    def flag_of(self) -> str | None:
+        """The country a flag shows, named (or as a demonym) next to a flag word in its own
+        alt text or caption: 'Flag of X', 'X flag', 'flag: X', 'the Belarusian banner'."""
+        gaz = gazetteer()
+        for text in (clean(self.alt, 200), clean(self.caption, 200)):
+            flags = [m.span() for m in _FLAG_WORD.finditer(text)]
+            if not flags:
+                continue
+            found = gaz.countries_in(text) or gaz.demonyms_in(text)
+            near = [(min(abs(s - fe), abs(fs - e)), name) for name, s, e in found
+                    for fs, fe in flags if min(abs(s - fe), abs(fs - e)) <= FLAG_NEAR_CHARS]
+            if near:
+                return min(near)[1]
+        return None
 
     @cached_property
     def capital(self) -> str | None:
-        m = _CAPITAL_RE.search(self._own_facts())
-        return m.group(1).strip() if m else None
+        """A flag's country's capital: known, not read from whichever paragraph is nearby
+        (pages put many figures side by side; a capital in the context may be a neighbour's)."""
+        c = gazetteer().country(self.flag_of)
+        return c.capitals[0] if c and c.capitals else None
 
     @cached_property
     def borders(self) -> list[str]:
-        m = _BORDERS_RE.search(self._own_facts())
-        if not m:
-            return []
-        return [b.strip() for b in re.split(r",| and ", m.group(1)) if b.strip()]
+        c = gazetteer().country(self.flag_of)
+        return list(c.borders) if c else []
 
     @cached_property
     def subject(self) -> str:
         """The name without presentation words, tones, genders and numbers: 'health worker'."""
         name = _TONE_RE.sub(" ", self.name.split(":")[0] if self.tone else self.name)
+        name = _FITZPATRICK_RE.sub(" ", name)
         kept = [w for w in words(name) if w not in PRESENTATION and w not in GENDERS
                 and not w.isdigit() and w not in NUMBER_WORDS]
         return " ".join(kept)

@@ -106,6 +106,8 @@ def test_search_validation(gw):
         ("post", {"json": {"image_url": "file:///etc/passwd"}}, 400),
         ("post", {"json": {"image_id": ids["coffee"], "k": "5"}}, 400),
         ("post", {"json": {"image_id": True}}, 400),
+        ("get", {"params": {"image_id": ids["coffee"], "include_query_image": "maybe"}}, 400),
+        ("post", {"json": {"image_id": ids["coffee"], "include_query_image": "yes"}}, 400),
         ("post", {"content": b"x", "headers": {"Content-Type": "text/plain"}}, 415),
         ("post", {"content": b"", "headers": {"Content-Type": "image/png"}}, 400),
     ]

@@ -7,7 +7,11 @@ import io
 from PIL import Image, ImageDraw
 from skimage import data
 
-from services.mining.imaging import _flatten, _phash, colour_distance, colour_signature, hamming
+from runtime import image_input
+from runtime.near_duplicates import colour_distance, colour_signature, fingerprint, hamming
+from runtime.near_duplicates import flatten as _flatten
+from runtime.near_duplicates import phash as _phash
+from services.mining.imaging import Policy, decode_image
 
 
 def _face(skin: tuple[int, int, int]) -> Image.Image:
@@ -35,3 +39,19 @@ def test_reencoded_and_resized_copies_stay_near_duplicates():
     for other in (copy, small):
         assert colour_distance(colour_signature(photo), colour_signature(other)) <= 5
         assert hamming(_phash(photo), _phash(other)) <= 6
+
+
+def test_search_roots_fingerprint_equals_what_the_miner_stores():
+    """The search root fingerprints query bytes with the runtime's rule, reusing its own RGB
+    decode when the image has no transparency: the same values the miner stores."""
+    photo = Image.fromarray(data.chelsea()).convert("RGB")
+    face = Image.new("RGBA", (120, 120), (0, 0, 0, 0))
+    ImageDraw.Draw(face).ellipse((10, 10, 110, 110), fill=(200, 60, 60, 255))
+    for img, fmt in ((photo, "JPEG"), (photo, "PNG"), (face, "PNG"), (face.convert("P"), "GIF")):
+        buf = io.BytesIO()
+        img.save(buf, fmt)
+        raw = buf.getvalue()
+        mined = decode_image(raw, Policy())
+        for fp in (fingerprint(raw), fingerprint(raw, image_input.decode_image(raw))):
+            assert (fp.content_hash, fp.phash, fp.colour_sig) == (
+                mined.content_hash, mined.phash, mined.colour_sig), fmt

@@ -10,12 +10,12 @@ import zlib
 import pytest
 from PIL import Image
 
+from runtime.near_duplicates import hamming
 from services.mining.imaging import (
     Policy,
     Rejection,
     decode_data_uri,
     decode_image,
-    hamming,
     junk_reason,
 )
 from tests.mining.mining_support import noise_image

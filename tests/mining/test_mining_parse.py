@@ -71,6 +71,25 @@ def test_non_html_garbage_and_empty_documents_do_not_raise():
     assert parse_page(b"\x00\xff\xfe binary", "http://example.org/", 10).candidates == []
 
 
+def test_charset_is_honoured_for_text_before_the_meta_tag():
+    """A <title> before <meta charset> was decoded as Latin-1 ('Computer â\x80\x94 ...')."""
+    late = ("<html><head><title>Computer — clip art gallery</title><meta charset='utf-8'>"
+            "</head><body><figure><img src='a.png' alt='Café'><figcaption>naïve — art"
+            "</figcaption></figure></body></html>").encode()
+    page = parse_page(late, "http://example.org/", 5)
+    assert page.title == "Computer — clip art gallery"
+    assert (page.candidates[0].alt, page.candidates[0].caption) == ("Café", "naïve — art")
+    legacy = "<title>Café</title><meta http-equiv='Content-Type' content='text/html; " \
+        "charset=iso-8859-1'><img src='a.png' alt='Zürich'>"
+    page = parse_page(legacy.encode("latin-1"), "http://example.org/", 5)
+    assert (page.title, page.candidates[0].alt) == ("Café", "Zürich")
+    undeclared = parse_page("<title>Crème brûlée</title>".encode(), "http://example.org/", 5)
+    assert undeclared.title == "Crème brûlée"  # no charset named: UTF-8 when it decodes
+    xml = parse_page(b"<?xml version='1.0' encoding='utf-8'?><html><title>X \xe2\x80\x94 Y"
+                     b"</title></html>", "http://example.org/", 5)
+    assert xml.title == "X — Y"
+
+
 def test_image_cap_rejects_the_rest_with_a_reason():
     html = "".join(f"<img src='i{i}.png'>" for i in range(12))
     page = parse_page(html, "http://example.org/", max_images=5)

@@ -77,8 +77,10 @@ def test_facts_about_a_neighbouring_figure_are_not_used():
     q = meta(1, "Flag of Moldova", "Flag of Moldova", "", title)
     t = meta(2, "Flag of Ukraine", "Flag of Ukraine",
              "Belarus (Republic of Belarus); capital: Minsk. It borders Ukraine.", title)
-    assert t.capital is None and t.borders == []
-    assert all(i.relation != "capital" for i in write(q, t, per_pair=3).instructions)
+    # Facts follow from which country the flag is of, never from the nearby paragraph.
+    assert t.capital == "Kyiv" and "Belarus" in t.borders and "Lithuania" not in t.borders
+    caps = [i.text for i in write(q, t, per_pair=3).instructions if i.relation == "capital"]
+    assert caps and all("Kyiv" in c and "Minsk" not in c for c in caps)
 
 
 def test_same_input_gives_same_output_and_pairs_vary():

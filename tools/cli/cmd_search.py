@@ -27,6 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"number of results, 1..{MAX_K} (default 10)")
     p.add_argument("--source", default="", help="only images from this source label")
     p.add_argument("--domain", default="", help="only images from pages on this domain")
+    p.add_argument("--include-query-image", action="store_true",
+                   help="keep the query image and its copies (same bytes, re-encodes, resizes) "
+                   "in the results; by default they are left out")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=run)
 
@@ -50,6 +53,7 @@ def run(args: argparse.Namespace, settings: ClientSettings) -> int:
         raise UsageError(f"--instruction is longer than {MAX_INSTRUCTION_CHARS} characters")
     request = search_pb2.SearchRequest(
         query=image_input(args.image), instruction=args.instruction, k=args.k,
+        include_query_image=args.include_query_image,
         filters=search_pb2.SearchFilters(source=args.source, page_domain=args.domain))
     try:
         resp = search_client.search(settings.search_addr, request, settings.rpc_timeout_s)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from magiclens.v1 import common_pb2 as magiclens_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19magiclens/v1/search.proto\x12\x0cmagiclens.v1\x1a\x19magiclens/v1/common.proto\"4\n\rSearchFilters\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x13\n\x0bpage_domain\x18\x02 \x01(\t\"\x86\x01\n\rSearchRequest\x12\'\n\x05query\x18\x01 \x01(\x0b\x32\x18.magiclens.v1.ImageInput\x12\x13\n\x0binstruction\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\x05\x12,\n\x07\x66ilters\x18\x04 \x01(\x0b\x32\x1b.magiclens.v1.SearchFilters\"l\n\tSearchHit\x12\x10\n\x08image_id\x18\x01 \x01(\x03\x12\x11\n\timage_url\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12+\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x1a.magiclens.v1.ImageContext\"w\n\x0eSearchResponse\x12%\n\x04hits\x18\x01 \x03(\x0b\x32\x17.magiclens.v1.SearchHit\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0f\n\x07partial\x18\x03 \x01(\x08\x12\x16\n\x0emissing_shards\x18\x04 \x03(\x05\"\x17\n\x15GetIndexStatusRequest\"u\n\x0bIndexStatus\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x13\n\x0bnum_vectors\x18\x02 \x01(\x03\x12\x0e\n\x06shards\x18\x03 \x01(\x05\x12\x11\n\tshards_up\x18\x04 \x01(\x05\x12\x17\n\x0f\x66reshness_p50_s\x18\x05 \x01(\x01\"w\n\x12SearchShardRequest\x12\r\n\x05query\x18\x01 \x03(\x02\x12\t\n\x01k\x18\x02 \x01(\x05\x12,\n\x07\x66ilters\x18\x03 \x01(\x0b\x32\x1b.magiclens.v1.SearchFilters\x12\x19\n\x11\x65xclude_image_ids\x18\x04 \x03(\x03\"+\n\x08ShardHit\x12\x10\n\x08image_id\x18\x01 \x01(\x03\x12\r\n\x05score\x18\x02 \x01(\x02\"R\n\x13SearchShardResponse\x12$\n\x04hits\x18\x01 \x03(\x0b\x32\x16.magiclens.v1.ShardHit\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\x17\n\x15GetShardStatusRequest\"d\n\x0bShardStatus\x12\r\n\x05shard\x18\x01 \x01(\x05\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x13\n\x0bnum_vectors\x18\x03 \x01(\x03\x12\x1a\n\x12next_model_version\x18\x04 \x01(\t2\xa6\x01\n\rSearchService\x12\x43\n\x06Search\x12\x1b.magiclens.v1.SearchRequest\x1a\x1c.magiclens.v1.SearchResponse\x12P\n\x0eGetIndexStatus\x12#.magiclens.v1.GetIndexStatusRequest\x1a\x19.magiclens.v1.IndexStatus2\xb4\x01\n\x0cShardService\x12R\n\x0bSearchShard\x12 .magiclens.v1.SearchShardRequest\x1a!.magiclens.v1.SearchShardResponse\x12P\n\x0eGetShardStatus\x12#.magiclens.v1.GetShardStatusRequest\x1a\x19.magiclens.v1.ShardStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19magiclens/v1/search.proto\x12\x0cmagiclens.v1\x1a\x19magiclens/v1/common.proto\"4\n\rSearchFilters\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x13\n\x0bpage_domain\x18\x02 \x01(\t\"\xa3\x01\n\rSearchRequest\x12\'\n\x05query\x18\x01 \x01(\x0b\x32\x18.magiclens.v1.ImageInput\x12\x13\n\x0binstruction\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\x05\x12,\n\x07\x66ilters\x18\x04 \x01(\x0b\x32\x1b.magiclens.v1.SearchFilters\x12\x1b\n\x13include_query_image\x18\x05 \x01(\x08\"l\n\tSearchHit\x12\x10\n\x08image_id\x18\x01 \x01(\x03\x12\x11\n\timage_url\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12+\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x1a.magiclens.v1.ImageContext\"w\n\x0eSearchResponse\x12%\n\x04hits\x18\x01 \x03(\x0b\x32\x17.magiclens.v1.SearchHit\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0f\n\x07partial\x18\x03 \x01(\x08\x12\x16\n\x0emissing_shards\x18\x04 \x03(\x05\"\x17\n\x15GetIndexStatusRequest\"u\n\x0bIndexStatus\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x13\n\x0bnum_vectors\x18\x02 \x01(\x03\x12\x0e\n\x06shards\x18\x03 \x01(\x05\x12\x11\n\tshards_up\x18\x04 \x01(\x05\x12\x17\n\x0f\x66reshness_p50_s\x18\x05 \x01(\x01\"w\n\x12SearchShardRequest\x12\r\n\x05query\x18\x01 \x03(\x02\x12\t\n\x01k\x18\x02 \x01(\x05\x12,\n\x07\x66ilters\x18\x03 \x01(\x0b\x32\x1b.magiclens.v1.SearchFilters\x12\x19\n\x11\x65xclude_image_ids\x18\x04 \x03(\x03\"+\n\x08ShardHit\x12\x10\n\x08image_id\x18\x01 \x01(\x03\x12\r\n\x05score\x18\x02 \x01(\x02\"R\n\x13SearchShardResponse\x12$\n\x04hits\x18\x01 \x03(\x0b\x32\x16.magiclens.v1.ShardHit\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\x17\n\x15GetShardStatusRequest\"d\n\x0bShardStatus\x12\r\n\x05shard\x18\x01 \x01(\x05\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x13\n\x0bnum_vectors\x18\x03 \x01(\x03\x12\x1a\n\x12next_model_version\x18\x04 \x01(\t2\xa6\x01\n\rSearchService\x12\x43\n\x06Search\x12\x1b.magiclens.v1.SearchRequest\x1a\x1c.magiclens.v1.SearchResponse\x12P\n\x0eGetIndexStatus\x12#.magiclens.v1.GetIndexStatusRequest\x1a\x19.magiclens.v1.IndexStatus2\xb4\x01\n\x0cShardService\x12R\n\x0bSearchShard\x12 .magiclens.v1.SearchShardRequest\x1a!.magiclens.v1.SearchShardResponse\x12P\n\x0eGetShardStatus\x12#.magiclens.v1.GetShardStatusRequest\x1a\x19.magiclens.v1.ShardStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,27 +35,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEARCHFILTERS']._serialized_start=70
   _globals['_SEARCHFILTERS']._serialized_end=122
   _globals['_SEARCHREQUEST']._serialized_start=125
-  _globals['_SEARCHREQUEST']._serialized_end=259
-  _globals['_SEARCHHIT']._serialized_start=261
-  _globals['_SEARCHHIT']._serialized_end=369
-  _globals['_SEARCHRESPONSE']._serialized_start=371
-  _globals['_SEARCHRESPONSE']._serialized_end=490
-  _globals['_GETINDEXSTATUSREQUEST']._serialized_start=492
-  _globals['_GETINDEXSTATUSREQUEST']._serialized_end=515
-  _globals['_INDEXSTATUS']._serialized_start=517
-  _globals['_INDEXSTATUS']._serialized_end=634
-  _globals['_SEARCHSHARDREQUEST']._serialized_start=636
-  _globals['_SEARCHSHARDREQUEST']._serialized_end=755
-  _globals['_SHARDHIT']._serialized_start=757
-  _globals['_SHARDHIT']._serialized_end=800
-  _globals['_SEARCHSHARDRESPONSE']._serialized_start=802
-  _globals['_SEARCHSHARDRESPONSE']._serialized_end=884
-  _globals['_GETSHARDSTATUSREQUEST']._serialized_start=886
-  _globals['_GETSHARDSTATUSREQUEST']._serialized_end=909
-  _globals['_SHARDSTATUS']._serialized_start=911
-  _globals['_SHARDSTATUS']._serialized_end=1011
-  _globals['_SEARCHSERVICE']._serialized_start=1014
-  _globals['_SEARCHSERVICE']._serialized_end=1180
-  _globals['_SHARDSERVICE']._serialized_start=1183
-  _globals['_SHARDSERVICE']._serialized_end=1363
+  _globals['_SEARCHREQUEST']._serialized_end=288
+  _globals['_SEARCHHIT']._serialized_start=290
+  _globals['_SEARCHHIT']._serialized_end=398
+  _globals['_SEARCHRESPONSE']._serialized_start=400
+  _globals['_SEARCHRESPONSE']._serialized_end=519
+  _globals['_GETINDEXSTATUSREQUEST']._serialized_start=521
+  _globals['_GETINDEXSTATUSREQUEST']._serialized_end=544
+  _globals['_INDEXSTATUS']._serialized_start=546
+  _globals['_INDEXSTATUS']._serialized_end=663
+  _globals['_SEARCHSHARDREQUEST']._serialized_start=665
+  _globals['_SEARCHSHARDREQUEST']._serialized_end=784
+  _globals['_SHARDHIT']._serialized_start=786
+  _globals['_SHARDHIT']._serialized_end=829
+  _globals['_SEARCHSHARDRESPONSE']._serialized_start=831
+  _globals['_SEARCHSHARDRESPONSE']._serialized_end=913
+  _globals['_GETSHARDSTATUSREQUEST']._serialized_start=915
+  _globals['_GETSHARDSTATUSREQUEST']._serialized_end=938
+  _globals['_SHARDSTATUS']._serialized_start=940
+  _globals['_SHARDSTATUS']._serialized_end=1040
+  _globals['_SEARCHSERVICE']._serialized_start=1043
+  _globals['_SEARCHSERVICE']._serialized_end=1209
+  _globals['_SHARDSERVICE']._serialized_start=1212
+  _globals['_SHARDSERVICE']._serialized_end=1392
 # @@protoc_insertion_point(module_scope)

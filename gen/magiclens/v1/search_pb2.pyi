@@ -16,16 +16,18 @@ class SearchFilters(_message.Message):
     def __init__(self, source: _Optional[str] = ..., page_domain: _Optional[str] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("query", "instruction", "k", "filters")
+    __slots__ = ("query", "instruction", "k", "filters", "include_query_image")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     FILTERS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_QUERY_IMAGE_FIELD_NUMBER: _ClassVar[int]
     query: _common_pb2.ImageInput
     instruction: str
     k: int
     filters: SearchFilters
-    def __init__(self, query: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., instruction: _Optional[str] = ..., k: _Optional[int] = ..., filters: _Optional[_Union[SearchFilters, _Mapping]] = ...) -> None: ...
+    include_query_image: bool
+    def __init__(self, query: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., instruction: _Optional[str] = ..., k: _Optional[int] = ..., filters: _Optional[_Union[SearchFilters, _Mapping]] = ..., include_query_image: _Optional[bool] = ...) -> None: ...
 
 class SearchHit(_message.Message):
     __slots__ = ("image_id", "image_url", "score", "context")

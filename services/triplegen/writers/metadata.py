@@ -20,7 +20,7 @@ from services.triplegen.meta import NUMBER_WORDS, TONES, ImageMeta
 from services.triplegen.validate import check
 from services.triplegen.writers.base import Instruction, PairContext, WriteResult
 
-VERSION = "metadata-v3"
+VERSION = "metadata-v4"  # v4: facts from named entities + a gazetteer, not page templates
 
 NP_OPENERS = ("", "", "find ", "show me ", "I'm looking for ", "search for ", "looking for ",
               "can you find ", "get me ", "I want ", "find me ")
@@ -231,7 +231,7 @@ def relations(ctx: PairContext, rng: random.Random) -> list[Option]:
         ], 8.0))
 
     # -- same place (country/region), with an older/newer refinement when years are known
-    if q.place and t.place and q.place.lower() == t.place.lower() and not same:
+    if q.place_key and q.place_key == t.place_key and not same:
         p = q.place
         texts = [_np(rng, f"another {noun} in {p}"), _np(rng, f"a different {noun} from {p}"),
                  _np(rng, f"other {noun}s of {p}"), _np(rng, f"more {noun}s from the same place"),
