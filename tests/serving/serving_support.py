@@ -66,14 +66,17 @@ def augmented_images(per_photo: int = 25, seed: int = 0) -> list[bytes]:
 
 def _head_perturbed(src: Path, dst: Path, version: str, seed: int) -> None:
     """Copy checkpoint `src` to `dst` with the fusion head moved off its initialisation, as
-    training would: compact's residual head starts at exactly the image embedding (query ==
-    target), which would hide a server that ignores the instruction."""
+    training would: compact's heads start at exactly the image embedding (query == target),
+    which would hide a server that ignores the instruction. The edit head's frozen pooled
+    projection stays as it is (training never moves it)."""
     params, meta = load_params(src)
     rng = np.random.default_rng(seed)
 
     def perturb(path, x):
         keys = [getattr(p, "key", "") for p in path]
         if keys and keys[0] in ("multimodal_encoder", "contrastive_multimodal_pooler"):
+            return np.asarray(x) + rng.normal(0, 0.05, np.shape(x)).astype(np.float32)
+        if keys[:1] == ["edit_head"] and "pooled_proj" not in keys:
             return np.asarray(x) + rng.normal(0, 0.05, np.shape(x)).astype(np.float32)
         return x
 
@@ -88,7 +91,8 @@ def serving_checkpoints() -> dict[str, Path]:
     Cached under data/cache/serving-test, keyed by the current compact architecture so a
     change to it rebuilds them."""
     arch = arch_meta(CONFIGS["compact"])["arch"]
-    root = CACHE / ("residual" if arch["image_residual"] else "plain")
+    root = CACHE / ("residual" if arch["image_residual"] else "plain") if arch["head"] == \
+        "transformer" else CACHE / f"edit-colour{arch['colour_bins']}"
     a, b = root / "model-a", root / "model-b"
 
     def current(d: Path) -> bool:
