@@ -30,7 +30,7 @@ from prometheus_client import Counter
 
 from runtime import db, outbox
 from runtime.blobstore import BlobStore, open_blobstore
-from runtime.bus import Event
+from runtime.bus import Event, InvalidEvent
 from runtime.near_duplicates import hamming, near
 from runtime.topics import IMAGES_MINED, PAIRS_MINED
 from services.mining import archive, store
@@ -136,8 +136,8 @@ class Miner:
         try:
             url = normalise(msg.url)
         except BadUrl as exc:
-            log.warning("page event refused", extra={"url": msg.url[:200], "reason": str(exc)})
-            return
+            # Dead-lettered with the reason (visible, never retried); later events go on.
+            raise InvalidEvent(f"page URL refused: {exc}") from None
         self.register(url, msg.source, msg.split)
         row = store.lock_page(conn, url_hash(url), skip_locked=True)
         if row is None:
