@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from runtime import db
-from runtime.bus import Consumer, ensure_topics
+from runtime.bus import Consumer, Throttle, ensure_topics
 from runtime.config import BaseServiceSettings
 from runtime.grpc_server import GrpcServer, Registration
 from runtime.outbox import OutboxRelay
@@ -101,11 +101,17 @@ class Service:
         (self._threads if into is None else into).append(t)
 
     def _periodic_loop(self, seconds: float, job: Callable[[], None]) -> None:
+        outage_log = Throttle(60.0)
         while not self.stop_event.wait(seconds):
             try:
                 job()
-            except Exception:
-                log.exception("periodic job failed")
+            except Exception as exc:
+                if not db.is_outage(exc):
+                    log.exception("periodic job failed")
+                elif outage_log.due():  # one line a minute, not a traceback every pass
+                    log.warning("periodic job postponed: database unavailable",
+                                extra={"job": getattr(job, "__name__", "job"),
+                                       "error": str(exc)[:300]})
 
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
