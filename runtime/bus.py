@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import psycopg
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
@@ -236,6 +236,27 @@ Handler = Callable[[psycopg.Connection, Event], None]
 Reconciler = Callable[[], Iterable[Event]]
 
 
+class _Assignments(ConsumerRebalanceListener):
+    """Notes each new assignment (it runs on the client's IO thread, where no blocking call
+    is allowed); the consumer loop then positions those partitions (`_reposition`)."""
+
+    def __init__(self) -> None:
+        self.pending: set = set()
+        self.lock = threading.Lock()
+
+    def on_partitions_revoked(self, revoked) -> None:
+        pass
+
+    def on_partitions_assigned(self, assigned) -> None:
+        with self.lock:
+            self.pending |= set(assigned)
+
+    def take(self) -> set:
+        with self.lock:
+            taken, self.pending = self.pending, set()
+        return taken
+
+
 class Throttle:
     """At most one True per `every_s`: outage warnings once, then every so often, not once
     a second for as long as an outage lasts."""
@@ -261,6 +282,10 @@ class ConsumerOptions:
     heartbeat_interval_ms: int = 2000
     max_poll_interval_ms: int = 600_000
     retry_backoff_s: float = 0.5
+    # Topics that appear (re-created after a memory broker restarted) are noticed this soon;
+    # a member left without partitions this long re-creates its topics (idempotent).
+    metadata_max_age_ms: int = 10_000
+    unassigned_check_s: float = 10.0
     # A dead-lettered reconciled item is tried again (max_attempts more times) this long after
     # it was dead-lettered, the wait doubling with each dead-lettering up to the max
     # (dead_letters.retry_at; set it to now() or delete the row to retry at the next pass).
@@ -299,6 +324,7 @@ class Consumer:
         self.commit_failures = 0  # offset commits refused (rebalance / eviction)
         self.kafka_restarts = 0  # Kafka consumers recreated after a client failure
         self._kafka: KafkaConsumer | None = None
+        self._assignments = _Assignments()
         self._outage_log = Throttle(30.0)
         self._kafka_log = Throttle(30.0)
         self._conn: psycopg.Connection | None = None
@@ -309,17 +335,20 @@ class Consumer:
 
     def _connect(self) -> None:
         try:
-            self._kafka = KafkaConsumer(
-                *[t.name for t in self.topics], bootstrap_servers=self.bootstrap,
+            kafka = KafkaConsumer(
+                bootstrap_servers=self.bootstrap,
                 group_id=self.group_id, client_id=f"{self.name}-consumer",
                 enable_auto_commit=False, auto_offset_reset="earliest",
                 session_timeout_ms=self.options.session_timeout_ms,
                 heartbeat_interval_ms=self.options.heartbeat_interval_ms,
                 max_poll_records=self.options.max_poll_records,
                 max_poll_interval_ms=self.options.max_poll_interval_ms,
+                metadata_max_age_ms=self.options.metadata_max_age_ms,
                 fetch_max_bytes=MAX_EVENT_BYTES, max_partition_fetch_bytes=MAX_EVENT_BYTES)
+            kafka.subscribe([t.name for t in self.topics], listener=self._assignments)
         except (KafkaError, OSError) as exc:
             raise _brokers_error(self.bootstrap, exc) from None
+        self._kafka = kafka
 
     def _db(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
@@ -335,6 +364,7 @@ class Consumer:
         a back-off. Only stop() ends it."""
         next_reconcile = time.monotonic()
         backoff = 0.0
+        unassigned_since = time.monotonic()
         try:
             while not self.stop_event.is_set():
                 if self.reconciler and time.monotonic() >= next_reconcile:
@@ -343,8 +373,17 @@ class Consumer:
                 try:
                     if self._kafka is None:
                         self._connect()
+                        unassigned_since = time.monotonic()
                     self._poll_once()
                     backoff = 0.0
+                    if self._kafka is not None and self._kafka.assignment():
+                        unassigned_since = time.monotonic()
+                    elif time.monotonic() - unassigned_since > self.options.unassigned_check_s:
+                        # A restarted memory broker has no topics: until one is re-created
+                        # this member has nothing to read (and a producer's auto-created
+                        # topic would have the wrong partition count).
+                        unassigned_since = time.monotonic()
+                        ensure_topics(self.bootstrap, self.topics)
                 except Stopping:
                     return
                 except Exception as exc:  # a broker fault must not stop us
@@ -360,11 +399,29 @@ class Consumer:
         finally:
             self._close()
 
+    def _reposition(self, partitions: set) -> None:
+        """Read newly assigned partitions from their committed offsets (from the beginning
+        when none). The client otherwise keeps positions it held before a rejoin, which after
+        a memory broker restarted lie past the new, empty logs: nothing would be read."""
+        assert self._kafka is not None
+        owned = self._kafka.assignment()
+        for tp in partitions & owned:
+            offset = self._kafka.committed(tp)
+            if offset is None:
+                self._kafka.seek_to_beginning(tp)
+            else:
+                self._kafka.seek(tp, offset)
+
     def _poll_once(self) -> None:
         assert self._kafka is not None
         batches = self._kafka.poll(timeout_ms=self.options.poll_timeout_ms)
         if self._kafka.assignment():
             self.assigned.set()
+        moved = self._assignments.take()
+        if moved:
+            self._reposition(moved)
+            # records fetched from the old positions come again from the right ones
+            batches = {tp: recs for tp, recs in batches.items() if tp not in moved}
         for tp, records in batches.items():
             for record in records:
                 if self.stop_event.is_set():
@@ -384,6 +441,7 @@ class Consumer:
     def _drop_kafka(self) -> None:
         """Close a failed Kafka consumer without waiting (errors are only logged)."""
         kafka, self._kafka = self._kafka, None
+        self._assignments.take()
         if kafka is not None:
             try:
                 kafka.close(autocommit=False)
