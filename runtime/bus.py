@@ -26,14 +26,14 @@ from dataclasses import dataclass, field
 import psycopg
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
 from runtime import db
 from runtime.errors import UnavailableError
-from runtime.limits import MAX_EVENT_BYTES
+from runtime.limits import MAX_EVENT_BYTES, MAX_JSON_DEPTH
 from runtime.topics import ALL_TOPICS, BY_NAME, Topic
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,45 @@ class BadEvent(ValueError):
     """A record that cannot be decoded; it is dead-lettered, never retried."""
 
 
+class InvalidEvent(BadEvent):
+    """Raised by a handler for an event that can never be applied (it fails validation):
+    dead-lettered at once with the reason, without retries."""
+
+
+def _json_depth_ok(obj: object, limit: int) -> bool:
+    """Whether a parsed JSON value nests at most `limit` levels (iterative: no recursion)."""
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            return False
+        stack.extend((child, depth + 1) for child in children)
+    return True
+
+
 def decode(topic: Topic, value: bytes, headers: dict[str, str]) -> Message:
+    """The record as its topic's message; BadEvent (with the reason) for anything else.
+
+    Every failure is a BadEvent, whatever raised it (a JSON document nested 200k deep once
+    escaped as RecursionError and crash-looped a consumer: issue 14)."""
+    if len(value) > MAX_EVENT_BYTES:
+        raise BadEvent(f"record of {len(value)} bytes exceeds {MAX_EVENT_BYTES}")
+    try:
+        return _decode(topic, value, headers)
+    except BadEvent:
+        raise
+    except Exception as exc:  # any failure of foreign input is the input's
+        raise BadEvent(f"undecodable {topic.message_type} "
+                       f"({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _decode(topic: Topic, value: bytes, headers: dict[str, str]) -> Message:
     msg = topic.message()
     content_type = headers.get("content-type", "")
     looks_json = value[:1] == b"{"  # protobuf never starts with "{" for these messages
@@ -92,14 +130,19 @@ def decode(topic: Topic, value: bytes, headers: dict[str, str]) -> Message:
             raise BadEvent(f"topic {topic.name} does not accept JSON")
         try:
             obj = json.loads(value)
+        except RecursionError:
+            raise BadEvent(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
         except ValueError as exc:
-            raise BadEvent(f"invalid JSON: {exc}") from None
+            raise BadEvent(f"invalid JSON: {str(exc)[:200]}") from None
         if not isinstance(obj, dict):
             raise BadEvent("JSON event must be an object")
+        if not _json_depth_ok(obj, MAX_JSON_DEPTH):
+            raise BadEvent(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
         try:
             json_format.ParseDict(obj, msg, ignore_unknown_fields=True)
         except json_format.ParseError as exc:
-            raise BadEvent(f"JSON does not match {topic.message_type}: {exc}") from None
+            raise BadEvent(f"JSON does not match {topic.message_type}: "
+                           f"{str(exc)[:200]}") from None
         return msg
     try:
         msg.ParseFromString(value)
@@ -163,12 +206,17 @@ def ensure_topics(bootstrap: str, topics: Iterable[Topic] | None = None) -> None
         admin.close()
 
 
-def make_producer(bootstrap: str, client_id: str = "magiclens") -> KafkaProducer:
+def make_producer(bootstrap: str, client_id: str = "magiclens",
+                  timeout_s: float = 15.0) -> KafkaProducer:
+    """An idempotent, acks=all producer whose every wait (metadata, a request, a delivery)
+    ends within about `timeout_s`, so a dead broker is noticed in seconds, not minutes."""
+    ms = int(timeout_s * 1000)
     try:
         return KafkaProducer(bootstrap_servers=bootstrap, client_id=client_id, acks="all",
                              enable_idempotence=True, linger_ms=5, retries=5,
                              max_request_size=MAX_EVENT_BYTES, compression_type="gzip",
-                             request_timeout_ms=15000)
+                             request_timeout_ms=ms, max_block_ms=ms,
+                             delivery_timeout_ms=ms + 5, reconnect_backoff_max_ms=1000)
     except (KafkaError, OSError) as exc:
         raise _brokers_error(bootstrap, exc) from None
 
@@ -188,6 +236,43 @@ Handler = Callable[[psycopg.Connection, Event], None]
 Reconciler = Callable[[], Iterable[Event]]
 
 
+class _Assignments(ConsumerRebalanceListener):
+    """Notes each new assignment (it runs on the client's IO thread, where no blocking call
+    is allowed); the consumer loop then positions those partitions (`_reposition`)."""
+
+    def __init__(self) -> None:
+        self.pending: set = set()
+        self.lock = threading.Lock()
+
+    def on_partitions_revoked(self, revoked) -> None:
+        pass
+
+    def on_partitions_assigned(self, assigned) -> None:
+        with self.lock:
+            self.pending |= set(assigned)
+
+    def take(self) -> set:
+        with self.lock:
+            taken, self.pending = self.pending, set()
+        return taken
+
+
+class Throttle:
+    """At most one True per `every_s`: outage warnings once, then every so often, not once
+    a second for as long as an outage lasts."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        self._next = 0.0
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + self.every_s
+        return True
+
+
 @dataclass
 class ConsumerOptions:
     max_attempts: int = 3
@@ -197,6 +282,10 @@ class ConsumerOptions:
     heartbeat_interval_ms: int = 2000
     max_poll_interval_ms: int = 600_000
     retry_backoff_s: float = 0.5
+    # Topics that appear (re-created after a memory broker restarted) are noticed this soon;
+    # a member left without partitions this long re-creates its topics (idempotent).
+    metadata_max_age_ms: int = 10_000
+    unassigned_check_s: float = 10.0
     # A dead-lettered reconciled item is tried again (max_attempts more times) this long after
     # it was dead-lettered, the wait doubling with each dead-lettering up to the max
     # (dead_letters.retry_at; set it to now() or delete the row to retry at the next pass).
@@ -232,7 +321,12 @@ class Consumer:
         self.stop_event = threading.Event()
         self.assigned = threading.Event()
         self.processed = 0
+        self.commit_failures = 0  # offset commits refused (rebalance / eviction)
+        self.kafka_restarts = 0  # Kafka consumers recreated after a client failure
         self._kafka: KafkaConsumer | None = None
+        self._assignments = _Assignments()
+        self._outage_log = Throttle(30.0)
+        self._kafka_log = Throttle(30.0)
         self._conn: psycopg.Connection | None = None
 
     # -- lifecycle
@@ -241,17 +335,20 @@ class Consumer:
 
     def _connect(self) -> None:
         try:
-            self._kafka = KafkaConsumer(
-                *[t.name for t in self.topics], bootstrap_servers=self.bootstrap,
+            kafka = KafkaConsumer(
+                bootstrap_servers=self.bootstrap,
                 group_id=self.group_id, client_id=f"{self.name}-consumer",
                 enable_auto_commit=False, auto_offset_reset="earliest",
                 session_timeout_ms=self.options.session_timeout_ms,
                 heartbeat_interval_ms=self.options.heartbeat_interval_ms,
                 max_poll_records=self.options.max_poll_records,
                 max_poll_interval_ms=self.options.max_poll_interval_ms,
+                metadata_max_age_ms=self.options.metadata_max_age_ms,
                 fetch_max_bytes=MAX_EVENT_BYTES, max_partition_fetch_bytes=MAX_EVENT_BYTES)
+            kafka.subscribe([t.name for t in self.topics], listener=self._assignments)
         except (KafkaError, OSError) as exc:
             raise _brokers_error(self.bootstrap, exc) from None
+        self._kafka = kafka
 
     def _db(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
@@ -259,56 +356,129 @@ class Consumer:
         return self._conn
 
     def run(self) -> None:
-        """Consume until stop(); reconcile at start and every reconcile_interval_s."""
-        self._connect()
-        assert self._kafka is not None
+        """Consume until stop(); reconcile at start and every reconcile_interval_s.
+
+        Kafka faults never end this loop (issue 14): a failed commit (the group rebalanced
+        or evicted this member) is logged and the uncommitted records come back, to be
+        skipped as duplicates; any other client failure recreates the Kafka consumer after
+        a back-off. Only stop() ends it."""
         next_reconcile = time.monotonic()
+        backoff = 0.0
+        unassigned_since = time.monotonic()
         try:
             while not self.stop_event.is_set():
                 if self.reconciler and time.monotonic() >= next_reconcile:
                     self.reconcile()
                     next_reconcile = time.monotonic() + self.reconcile_interval_s
-                batches = self._kafka.poll(timeout_ms=self.options.poll_timeout_ms)
-                if self._kafka.assignment():
-                    self.assigned.set()
-                for tp, records in batches.items():
-                    for record in records:
-                        if self.stop_event.is_set():
-                            break
-                        try:
-                            self._process_record(record)
-                        except Stopping:
-                            return
-                        self._kafka.commit({tp: OffsetAndMetadata(record.offset + 1, "", -1)})
+                try:
+                    if self._kafka is None:
+                        self._connect()
+                        unassigned_since = time.monotonic()
+                    self._poll_once()
+                    backoff = 0.0
+                    if self._kafka is not None and self._kafka.assignment():
+                        unassigned_since = time.monotonic()
+                    elif time.monotonic() - unassigned_since > self.options.unassigned_check_s:
+                        # A restarted memory broker has no topics: until one is re-created
+                        # this member has nothing to read (and a producer's auto-created
+                        # topic would have the wrong partition count).
+                        unassigned_since = time.monotonic()
+                        ensure_topics(self.bootstrap, self.topics)
+                except Stopping:
+                    return
+                except Exception as exc:  # a broker fault must not stop us
+                    backoff = min(max(1.0, backoff * 2), 10.0)
+                    self.kafka_restarts += 1
+                    if self._kafka_log.due():
+                        log.warning("Kafka consumer failed; recreating it",
+                                    extra={"consumer": self.name, "retry_in_s": backoff,
+                                           "error": f"{type(exc).__name__}: {exc}"})
+                    self._drop_kafka()
+                    if self.stop_event.wait(backoff):
+                        return
         finally:
             self._close()
+
+    def _reposition(self, partitions: set) -> None:
+        """Read newly assigned partitions from their committed offsets (from the beginning
+        when none). The client otherwise keeps positions it held before a rejoin, which after
+        a memory broker restarted lie past the new, empty logs: nothing would be read."""
+        assert self._kafka is not None
+        owned = self._kafka.assignment()
+        for tp in partitions & owned:
+            offset = self._kafka.committed(tp)
+            if offset is None:
+                self._kafka.seek_to_beginning(tp)
+            else:
+                self._kafka.seek(tp, offset)
+
+    def _poll_once(self) -> None:
+        assert self._kafka is not None
+        batches = self._kafka.poll(timeout_ms=self.options.poll_timeout_ms)
+        if self._kafka.assignment():
+            self.assigned.set()
+        moved = self._assignments.take()
+        if moved:
+            self._reposition(moved)
+            # records fetched from the old positions come again from the right ones
+            batches = {tp: recs for tp, recs in batches.items() if tp not in moved}
+        for tp, records in batches.items():
+            for record in records:
+                if self.stop_event.is_set():
+                    return
+                self._process_record(record)
+                try:
+                    self._kafka.commit({tp: OffsetAndMetadata(record.offset + 1, "", -1)})
+                except CommitFailedError as exc:
+                    # Rebalanced or evicted (e.g. a long outage outlasted max_poll_interval):
+                    # this batch belongs to the group again; the next poll rejoins and the
+                    # records come back, already recorded in processed_events.
+                    self.commit_failures += 1
+                    log.warning("offset commit failed; rejoining the group",
+                                extra={"consumer": self.name, "error": str(exc)[:300]})
+                    return
+
+    def _drop_kafka(self) -> None:
+        """Close a failed Kafka consumer without waiting (errors are only logged)."""
+        kafka, self._kafka = self._kafka, None
+        self._assignments.take()
+        if kafka is not None:
+            try:
+                kafka.close(autocommit=False)
+            except Exception as exc:  # closing a broken client may raise
+                log.debug("closing the Kafka consumer failed", extra={"error": str(exc)})
 
     def _close(self) -> None:
         if self._kafka is not None:
             # Tansu can wedge a group if a member leaves before its first assignment.
             deadline = time.monotonic() + 8
-            while not self.assigned.is_set() and time.monotonic() < deadline:
-                self._kafka.poll(timeout_ms=200)
-                if self._kafka.assignment():
-                    self.assigned.set()
             with contextlib.suppress(Exception):
-                self._kafka.close(autocommit=False)
+                while not self.assigned.is_set() and time.monotonic() < deadline:
+                    self._kafka.poll(timeout_ms=200)
+                    if self._kafka.assignment():
+                        self.assigned.set()
+            self._drop_kafka()
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 self._conn.close()
 
     # -- processing
     def _process_record(self, record) -> None:
-        topic = self._by_name.get(record.topic) or BY_NAME[record.topic]
-        headers = _headers(record.headers)
-        value = record.value or b""
-        event_id = (canonical_event_id(headers.get("event-id", ""))
-                    or derived_event_id(record.topic, value))
-        key = (record.key or b"").decode(errors="replace")
+        """Decode and apply one record. Whatever is wrong with the record itself (any
+        exception while reading it) dead-letters it with the reason; nothing about one
+        record can stop the consumer."""
+        value = record.value if isinstance(record.value, bytes) else b""
+        key = ""
+        event_id = derived_event_id(record.topic, value)
         try:
+            key = (record.key or b"").decode(errors="replace")
+            topic = self._by_name.get(record.topic) or BY_NAME[record.topic]
+            headers = _headers(record.headers)
+            event_id = canonical_event_id(headers.get("event-id", "")) or event_id
             message = decode(topic, value, headers)
-        except BadEvent as exc:
-            self._dead_letter(record.topic, key, event_id, value, str(exc), processed=True)
+        except Exception as exc:  # BadEvent and anything else the input causes
+            reason = str(exc) if isinstance(exc, BadEvent) else f"{type(exc).__name__}: {exc}"
+            self._dead_letter(record.topic, key, event_id, value, reason, processed=True)
             return
         self.handle(Event(record.topic, key, event_id, message, record.partition,
                           record.offset, headers))
@@ -328,9 +498,11 @@ class Consumer:
         """Apply one event exactly once; returns False when it was a duplicate, a parked
         reconciled item not due for a retry, or dead-lettered.
 
-        A database outage (psycopg.OperationalError, UnavailableError) is waited out: nothing
-        committed, the offset not moved, no attempt counted. A handler that raises anything
-        else is retried `max_attempts` times, then the event is dead-lettered.
+        A database outage (connection-class errors only: `db.is_outage`) is waited out:
+        nothing committed, the offset not moved, no attempt counted. Anything else a handler
+        raises, database errors included (a value too large for an index is bad data, not an
+        outage), is retried `max_attempts` times, then the event is dead-lettered; a handler
+        that raises InvalidEvent dead-letters it at once.
         """
         event_id = self.event_id(event)
         last_error = ""
@@ -359,16 +531,25 @@ class Consumer:
                                         "event_id": event_id})
                 self.processed += 1
                 return True
-            except (psycopg.OperationalError, UnavailableError) as exc:
-                log.warning("database unavailable, waiting", extra={"error": str(exc)})
-                self._conn = None
-                if self.stop_event.wait(1.0):
-                    raise Stopping from exc
-            except Exception as exc:
+            except Stopping:
+                raise
+            except InvalidEvent as exc:
+                last_error = f"invalid event: {exc}"
+                break
+            except Exception as exc:  # classified below, never escapes
+                if db.is_outage(exc, self._conn):
+                    if self._outage_log.due():
+                        log.warning("database unavailable, waiting",
+                                    extra={"consumer": self.name, "error": str(exc)[:300]})
+                    self._drop_conn()
+                    if self.stop_event.wait(1.0):
+                        raise Stopping from exc
+                    continue
                 attempt += 1
                 last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("handler failed", extra={"event_id": event_id,
-                                                       "attempt": attempt})
+                log.warning("handler failed", exc_info=attempt == 1,
+                            extra={"event_id": event_id, "attempt": attempt,
+                                   "error": last_error[:300]})
                 if self.stop_event.wait(self.options.retry_backoff_s * attempt):
                     raise Stopping from exc
         value = event.message.SerializeToString()
@@ -399,6 +580,7 @@ class Consumer:
         log.error("event dead-lettered", extra={"topic": topic, "key": key,
                                                 "event_id": event_id, "error": error})
         o = self.options
+        degraded = False
         while True:
             try:
                 conn = self._db()
@@ -420,12 +602,31 @@ class Consumer:
                                      "VALUES (%s, %s) ON CONFLICT DO NOTHING",
                                      (self.name, event_id))
                 return
-            except (psycopg.OperationalError, UnavailableError) as exc:
-                log.warning("database unavailable, waiting to dead-letter",
-                            extra={"error": str(exc)})
-                self._conn = None
-                if self.stop_event.wait(1.0):
-                    raise Stopping from exc
+            except Exception as exc:  # dead-lettering must not stop us either
+                if db.is_outage(exc, self._conn):
+                    if self._outage_log.due():
+                        log.warning("database unavailable, waiting to dead-letter",
+                                    extra={"consumer": self.name, "error": str(exc)[:300]})
+                    self._drop_conn()
+                    if self.stop_event.wait(1.0):
+                        raise Stopping from exc
+                    continue
+                if degraded:
+                    log.error("event could not be dead-lettered; skipped",
+                              extra={"topic": topic, "event_id": event_id,
+                                     "error": f"{type(exc).__name__}: {exc}"[:300]})
+                    return
+                # Keep the record of the failure even when its content cannot be stored.
+                degraded = True
+                error = f"{error[:1000]} (payload of {len(value)} bytes not kept: " \
+                        f"{type(exc).__name__})"
+                value, key = b"", key[:200]
+
+    def _drop_conn(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def reconcile(self) -> int:
         """Re-derive pending work from Postgres state and apply it (handlers are idempotent)."""
@@ -440,11 +641,13 @@ class Consumer:
                     n += 1
         except Stopping:
             return n
-        except (psycopg.OperationalError, UnavailableError) as exc:
-            log.warning("reconciliation postponed: database unavailable",
-                        extra={"error": str(exc)})
-            self._conn = None
-        except Exception:
+        except Exception as exc:
+            if db.is_outage(exc, self._conn):
+                if self._outage_log.due():
+                    log.warning("reconciliation postponed: database unavailable",
+                                extra={"consumer": self.name, "error": str(exc)[:300]})
+                self._drop_conn()
+                return n
             # A reconciler that raises must not take Kafka consumption down with it: the
             # pending work is still in Postgres and the next pass derives it again.
             log.exception("reconciliation pass failed; the next pass retries",
@@ -454,5 +657,6 @@ class Consumer:
         return n
 
 
-__all__ = ["BadEvent", "Consumer", "ConsumerOptions", "Event", "canonical_event_id", "decode",
-           "encode", "ensure_topics", "make_producer", "publish", "reconciled_event_id"]
+__all__ = ["BadEvent", "Consumer", "ConsumerOptions", "Event", "InvalidEvent", "Throttle",
+           "canonical_event_id", "decode", "encode", "ensure_topics", "make_producer",
+           "publish", "reconciled_event_id"]

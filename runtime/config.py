@@ -45,6 +45,10 @@ class BaseServiceSettings(BaseSettings):
     metrics_port: int = Field(default=0, ge=0, le=65535)
     reconcile_interval_s: float = Field(default=30.0, gt=0)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+    # Retention of published outbox rows and of processed-event ids (the latter must outlast
+    # any redelivery of the same event, i.e. the topics' retention; 7 days by default).
+    outbox_retention_s: float = Field(default=7 * 86400.0, gt=0)
+    processed_events_retention_s: float = Field(default=7 * 86400.0, gt=0)
 
     @field_validator("database_url")
     @classmethod

@@ -40,6 +40,28 @@ def connect(url: str, *, autocommit: bool = False, timeout: float = 5.0) -> psyc
         raise UnavailableError(f"PostgreSQL at {_redact(url)} is unreachable: {first}") from exc
 
 
+# SQLSTATEs that mean "the server is going away or not accepting connections yet":
+# admin_shutdown, crash_shutdown, cannot_connect_now. With class 08 (connection exceptions)
+# these are the only database errors a consumer waits out instead of counting them against
+# the event (issue 14: ProgramLimitExceeded is an OperationalError too, and is bad data).
+_OUTAGE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+
+
+def is_outage(exc: BaseException, conn: psycopg.Connection | None = None) -> bool:
+    """True when `exc` says PostgreSQL cannot be reached (wait it out and retry for free);
+    False for every other error, which is the work's own fault (count it, dead-letter it)."""
+    if isinstance(exc, UnavailableError):
+        return True
+    if conn is not None and (conn.closed or conn.broken):
+        return True
+    if isinstance(exc, psycopg.Error):
+        state = exc.sqlstate
+        if state is None:  # raised by the client itself: a lost or closed connection
+            return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
+        return state.startswith("08") or state in _OUTAGE_SQLSTATES
+    return False
+
+
 @contextmanager
 def transaction(url: str) -> Iterator[psycopg.Connection]:
     """One connection, one transaction: committed on success, rolled back on error."""

@@ -33,6 +33,11 @@ MAX_K = 100
 MAX_GRPC_MESSAGE_BYTES = 32 * MiB  # every gRPC server and client channel, both directions
 MAX_EVENT_BYTES = 10 * MiB  # a Kafka record (producer request size, consumer fetch sizes)
 MAX_URL_CHARS = 2048  # a page or image URL, and a query's image_url
+# ... and its UTF-8 size: a URL meets unique btree indexes, whose rows must stay under ~2.7 kB
+# (2,019 characters of 3-byte text once wedged mining: issue 14).
+MAX_URL_BYTES = 2048
+# Nesting of a JSON event (the events are flat; 200k levels once crash-looped a consumer).
+MAX_JSON_DEPTH = 32
 MAX_IMAGE_ID = 2**63 - 1  # pool image ids are BIGSERIAL
 
 _DOC = (
@@ -47,12 +52,16 @@ _DOC = (
     ("MAX_GRPC_MESSAGE_BYTES", MAX_GRPC_MESSAGE_BYTES, "a gRPC message, either direction"),
     ("MAX_EVENT_BYTES", MAX_EVENT_BYTES, "a Kafka record"),
     ("MAX_URL_CHARS", MAX_URL_CHARS, "a page or image URL"),
+    ("MAX_URL_BYTES", MAX_URL_BYTES, "a page or image URL in UTF-8 (it meets btree indexes)"),
+    ("MAX_JSON_DEPTH", MAX_JSON_DEPTH, "nesting of a JSON Kafka event"),
 )
 
 
 def _human(name: str, value: int) -> str:
-    if name.endswith("_BYTES"):
+    if name.endswith("_BYTES") and value >= MiB:
         return f"{value // MiB} MiB"
+    if name.endswith("_BYTES"):
+        return f"{value:,} bytes"
     return f"{value:,}"
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from runtime import db
-from runtime.bus import Consumer, ensure_topics
+from runtime.bus import Consumer, Throttle, ensure_topics
 from runtime.config import BaseServiceSettings
 from runtime.grpc_server import GrpcServer, Registration
 from runtime.outbox import OutboxRelay
@@ -44,6 +44,7 @@ class Service:
         self._threads: list[threading.Thread] = []
         self._worker_threads: list[threading.Thread] = []
         self.abandoned: list[str] = []  # own loops still running when stop() gave up on them
+        self.crashed: list[str] = []  # workers that raised: the process exits non-zero
 
     def prepare(self, migrate: bool = True, topics: bool = True) -> None:
         """Check dependencies up front so a bad setting fails fast with one line."""
@@ -57,8 +58,10 @@ class Service:
         return consumer
 
     def add_outbox_relay(self) -> OutboxRelay:
-        self.relay = OutboxRelay(self.settings.database_url,
-                                 self.settings.kafka_bootstrap_servers)
+        self.relay = OutboxRelay(
+            self.settings.database_url, self.settings.kafka_bootstrap_servers,
+            outbox_retention_s=self.settings.outbox_retention_s,
+            processed_retention_s=self.settings.processed_events_retention_s)
         return self.relay
 
     def add_grpc(self, registrations: Sequence[Registration], max_workers: int = 16) -> GrpcServer:
@@ -86,7 +89,11 @@ class Service:
             try:
                 target()
             except Exception:
+                # Consumers and the relay recover from every fault themselves; reaching this
+                # is a bug or a bad configuration: stop, exit non-zero, let the supervisor
+                # restart us.
                 log.exception("worker crashed; stopping the service", extra={"worker": name})
+                self.crashed.append(name)
                 self.stop_event.set()
 
         t = threading.Thread(target=guarded, name=name, daemon=True)
@@ -94,11 +101,17 @@ class Service:
         (self._threads if into is None else into).append(t)
 
     def _periodic_loop(self, seconds: float, job: Callable[[], None]) -> None:
+        outage_log = Throttle(60.0)
         while not self.stop_event.wait(seconds):
             try:
                 job()
-            except Exception:
-                log.exception("periodic job failed")
+            except Exception as exc:
+                if not db.is_outage(exc):
+                    log.exception("periodic job failed")
+                elif outage_log.due():  # one line a minute, not a traceback every pass
+                    log.warning("periodic job postponed: database unavailable",
+                                extra={"job": getattr(job, "__name__", "job"),
+                                       "error": str(exc)[:300]})
 
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -143,5 +156,5 @@ class Service:
             log.warning("exiting with work in progress; it resumes on restart",
                         extra={"service": self.name, "workers": ",".join(self.abandoned)})
             logging.shutdown()
-            os._exit(0)  # an XLA computation still running in a thread aborts a normal exit
-        return 0
+            os._exit(1 if self.crashed else 0)  # a running XLA computation aborts a normal exit
+        return 1 if self.crashed else 0

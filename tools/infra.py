@@ -188,13 +188,15 @@ def _ensure_database(port: int) -> None:
             conn.execute("CREATE DATABASE magiclens")
 
 
-def pg_down(paths: InfraPaths) -> None:
+def pg_down(paths: InfraPaths, mode: str = "fast", timeout_s: int = 30) -> None:
+    """Stop the cluster: `fast` (clean) or `immediate` (as in a crash; recovery at start)."""
     if not pg_running(paths):
         return
-    subprocess.run(_as_postgres([pg_bin("pg_ctl"), "-D", str(paths.pg_data), "-m", "fast",
-                                 "-w", "-t", "30", "stop"]), capture_output=True, text=True)
+    subprocess.run(_as_postgres([pg_bin("pg_ctl"), "-D", str(paths.pg_data), "-m", mode,
+                                 "-w", "-t", str(timeout_s), "stop"]),
+                   capture_output=True, text=True)
     if pg_running(paths):
-        raise InfraError("PostgreSQL did not stop within 30s")
+        raise InfraError(f"PostgreSQL did not stop within {timeout_s}s")
 
 
 # ---------------------------------------------------------------- Tansu

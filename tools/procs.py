@@ -2,7 +2,9 @@
 
 Why not honcho/supervisor: `task up` must return while services keep running, with one log
 file per service and PID bookkeeping that `task down` and `task logs` reuse; a Procfile stays
-the single definition (the Kubernetes manifests mirror it).
+the single definition (the Kubernetes manifests mirror it). Each service runs under a keeper
+(tools/keeper.py) that restarts it with back-off when it exits, as the cluster would;
+`status` (`./taskw ps`) shows each one's state, restarts and last exit.
 
     python -m tools.procs up [NAME ...] | down | status | logs [NAME]
 """
@@ -63,25 +65,43 @@ class Supervisor:
         self.state_file.write_text(json.dumps(state, indent=2))
 
     def running(self) -> dict[str, int]:
+        """{name: keeper pid} of the services whose keeper is alive."""
         return {n: p for n, p in self._state().items() if infra.pid_alive(p)}
 
-    def up(self, names: list[str] | None = None, env: dict[str, str] | None = None) -> list[str]:
+    def state_file_of(self, name: str) -> Path:
+        return self.run_dir / f"{name}.state.json"
+
+    def details(self, name: str) -> dict:
+        """The keeper's record of a service: state, pid, restarts, last exit."""
+        try:
+            return json.loads(self.state_file_of(name).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def up(self, names: list[str] | None = None, env: dict[str, str] | None = None,
+           backoff_s: float | None = None) -> list[str]:
         specs = read_procfile(self.procfile)
         unknown = set(names or []) - {s.name for s in specs}
         if unknown:
             raise SystemExit(f"procs: unknown process(es): {', '.join(sorted(unknown))}")
         state = self.running()
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        env = env or dict(os.environ)
+        backoff = backoff_s if backoff_s is not None else float(
+            env.get("MAGICLENS_PROCS_BACKOFF_S", "1"))
         started = []
         for spec in specs:
             if (names and spec.name not in names) or spec.name in state:
                 continue
-            log = open(self.log_dir / f"{spec.name}.log", "ab")  # noqa: SIM115 - child owns it
-            proc = subprocess.Popen(shlex.split(os.path.expandvars(spec.command)),
-                                    cwd=self.root, stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=env or dict(os.environ), start_new_session=True)
-            log.close()
+            log = self.log_dir / f"{spec.name}.log"
+            keeper = [sys.executable, "-m", "tools.keeper", "--name", spec.name,
+                      "--log", str(log), "--state", str(self.state_file_of(spec.name)),
+                      "--backoff", str(backoff), "--",
+                      *shlex.split(os.path.expandvars(spec.command))]
+            proc = subprocess.Popen(keeper, cwd=self.root, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                                    env=env, start_new_session=True)
             state[spec.name] = proc.pid
             started.append(spec.name)
         self._save(state)
@@ -91,19 +111,39 @@ class Supervisor:
         state = self.running()
         for pid in state.values():
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
+                os.kill(pid, signal.SIGTERM)  # the keeper stops its service, then itself
+        deadline = time.monotonic() + grace + 5
         while time.monotonic() < deadline and any(infra.pid_alive(p) for p in state.values()):
             for pid in state.values():
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, os.WNOHANG)
             time.sleep(0.1)
-        for pid in state.values():
+        for name, pid in state.items():
             if infra.pid_alive(pid):
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, signal.SIGKILL)
+                    os.kill(pid, signal.SIGKILL)
+            child = self.details(name).get("pid")
+            if isinstance(child, int) and child > 0:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child, signal.SIGKILL)  # left by a keeper that was killed
         self._save({})
         return sorted(state)
+
+    def status_lines(self) -> list[str]:
+        running = self.running()
+        lines = [f"{'service':18} {'state':9} {'pid':>7} {'restarts':>8}  last exit"]
+        for spec in read_procfile(self.procfile):
+            d = self.details(spec.name)
+            if spec.name in running:
+                state = d.get("state", "starting")
+            else:  # a keeper that gave up (bad configuration) says so; otherwise stopped
+                state = "failed" if d.get("state") == "failed" else "stopped"
+            pid = d.get("pid") if state == "running" else None
+            last = ("-" if d.get("last_exit") is None
+                    else f"code {d['last_exit']} at {d.get('last_exit_at', '?')}")
+            lines.append(f"{spec.name:18} {state:9} {pid or '-':>7} "
+                         f"{d.get('restarts', 0):>8}  {last}")
+        return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,10 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         stopped = sup.down()
         print(f"procs: stopped {', '.join(stopped) or 'nothing'}")
     elif args.action == "status":
-        running = sup.running()
-        for spec in read_procfile(sup.procfile):
-            pid = running.get(spec.name)
-            print(f"{spec.name:18} {'running pid ' + str(pid) if pid else 'stopped'}")
+        print("\n".join(sup.status_lines()))
     else:
         files = [sup.log_dir / f"{n}.log" for n in (args.names or
                  [s.name for s in read_procfile(sup.procfile)])]

@@ -55,6 +55,8 @@ class MiningSettings(BaseServiceSettings):
     mining_max_pairs_per_page: int = Field(default=30, ge=0, le=10_000)
     mining_reconcile_min_age_s: float = Field(default=5.0, ge=0)
     mining_max_attempts: int = Field(default=3, ge=1, le=100)
+    # A failed page (DNS, timeout, network) is retried after this, doubling per attempt.
+    mining_retry_backoff_s: float = Field(default=60.0, ge=0)
 
     @field_validator("mining_allow_hosts")
     @classmethod

@@ -30,7 +30,7 @@ from prometheus_client import Counter
 
 from runtime import db, outbox
 from runtime.blobstore import BlobStore, open_blobstore
-from runtime.bus import Event
+from runtime.bus import Event, InvalidEvent
 from runtime.near_duplicates import hamming, near
 from runtime.topics import IMAGES_MINED, PAIRS_MINED
 from services.mining import archive, store
@@ -46,7 +46,7 @@ from services.mining.imaging import (
     decode_image,
     junk_reason,
 )
-from services.mining.netguard import Blocked, Guard
+from services.mining.netguard import Blocked, Guard, Unresolved
 from services.mining.urls import BadUrl, display, domain, normalise, url_hash
 
 log = logging.getLogger(__name__)
@@ -136,13 +136,15 @@ class Miner:
         try:
             url = normalise(msg.url)
         except BadUrl as exc:
-            log.warning("page event refused", extra={"url": msg.url[:200], "reason": str(exc)})
-            return
+            # Dead-lettered with the reason (visible, never retried); later events go on.
+            raise InvalidEvent(f"page URL refused: {exc}") from None
         self.register(url, msg.source, msg.split)
         row = store.lock_page(conn, url_hash(url), skip_locked=True)
         if row is None:
             return  # another worker holds it right now
-        retry_failed = (row["status"] == "failed" and not event.synthetic
+        # A failed page (network, DNS, timeout) is tried again, up to max attempts: by a
+        # redelivered event, or by the reconciler once its back-off has passed.
+        retry_failed = (row["status"] == "failed"
                         and row["attempts"] < self.settings.mining_max_attempts)
         if row["status"] not in ("discovered", "fetching") and not retry_failed:
             return
@@ -161,7 +163,9 @@ class Miner:
     def reconcile(self) -> Iterator[Event]:
         """Pages that Postgres says are still pending (their events may be lost)."""
         with db.connect(self.settings.database_url) as conn:
-            rows = store.pending_pages(conn, self.settings.mining_reconcile_min_age_s)
+            rows = store.pending_pages(conn, self.settings.mining_reconcile_min_age_s,
+                                       retry_backoff_s=self.settings.mining_retry_backoff_s,
+                                       max_attempts=self.settings.mining_max_attempts)
         for r in rows:
             yield Event(self.settings.mining_pages_topic, r["url"], "",
                         events_pb2.PageDiscovered(url=r["url"], source=r["source"],
@@ -192,6 +196,8 @@ class Miner:
                     html, note = html[:cap], f"HTML truncated at {cap} bytes"
             else:
                 html, http_status, note = self._page_html(conn, url)
+        except Unresolved as exc:  # may pass: failed, retried with back-off by the reconciler
+            return Outcome("failed", str(exc))
         except Blocked as exc:
             return Outcome("skipped", str(exc))
         except FetchError as exc:

@@ -20,6 +20,11 @@ class Blocked(ValueError):
     """The URL must not be fetched; the message is the recorded reason."""
 
 
+class Unresolved(Blocked):
+    """The host did not resolve. Unlike the other refusals this may pass (a resolver outage,
+    a domain not yet propagated): a page is retried with back-off, not skipped for good."""
+
+
 @dataclass(frozen=True)
 class Target:
     scheme: str
@@ -94,7 +99,7 @@ class Guard:
             try:
                 addresses = resolve_host(host, port)
             except (OSError, UnicodeError) as exc:
-                raise Blocked(f"cannot resolve {host} ({type(exc).__name__})") from None
+                raise Unresolved(f"cannot resolve {host} ({type(exc).__name__})") from None
             if not addresses:
                 raise Blocked(f"{host} resolves to nothing")
         for addr in addresses:

@@ -36,13 +36,16 @@ def lock_page(conn: psycopg.Connection, url_hash: str, *,
                         + (" SKIP LOCKED" if skip_locked else ""), (url_hash,)).fetchone()
 
 
-def pending_pages(conn: psycopg.Connection, min_age_s: float,
-                  limit: int = 500) -> list[dict[str, Any]]:
-    """Pages still to mine (their events may be lost), untouched for `min_age_s`."""
+def pending_pages(conn: psycopg.Connection, min_age_s: float, limit: int = 500, *,
+                  retry_backoff_s: float = 60.0, max_attempts: int = 3) -> list[dict[str, Any]]:
+    """Pages still to mine (their events may be lost), untouched for `min_age_s`, and failed
+    pages with attempts left whose back-off (`retry_backoff_s`, doubling per attempt) is over."""
     return conn.execute(
-        "SELECT url, source, split FROM pages WHERE status IN ('discovered', 'fetching') "
-        "AND updated_at < now() - make_interval(secs => %s) ORDER BY page_id LIMIT %s",
-        (min_age_s, limit)).fetchall()
+        "SELECT url, source, split FROM pages WHERE (status IN ('discovered', 'fetching') "
+        "AND updated_at < now() - make_interval(secs => %s)) OR (status = 'failed' "
+        "AND attempts < %s AND updated_at < now() - make_interval(secs => "
+        "%s * 2 ^ greatest(attempts - 1, 0))) ORDER BY page_id LIMIT %s",
+        (min_age_s, max_attempts, retry_backoff_s, limit)).fetchall()
 
 
 def finish_page(conn: psycopg.Connection, page_id: int, status: str, reason: str | None,

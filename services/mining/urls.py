@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from urllib.parse import urlsplit, urlunsplit
 
-from runtime.limits import MAX_URL_CHARS
+from runtime.limits import MAX_URL_BYTES, MAX_URL_CHARS
 
 
 class BadUrl(ValueError):
@@ -19,6 +19,8 @@ def normalise(url: str) -> str:
         raise BadUrl("empty URL")
     if len(url) > MAX_URL_CHARS:
         raise BadUrl(f"URL longer than {MAX_URL_CHARS} characters")
+    if len(url.encode("utf-8", errors="surrogatepass")) > MAX_URL_BYTES:
+        raise BadUrl(f"URL longer than {MAX_URL_BYTES} bytes in UTF-8")
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -50,4 +52,12 @@ def display(url: str) -> str:
     if url.startswith("data:"):
         head = url.split(",", 1)[0]
         return f"{head[:60]},…({len(url)} chars)"
-    return url[:MAX_URL_CHARS]
+    return truncate_utf8(url, MAX_URL_BYTES)
+
+
+def truncate_utf8(text: str, max_bytes: int) -> str:
+    """`text` cut to at most `max_bytes` of UTF-8, never inside a character."""
+    data = text.encode("utf-8", errors="replace")
+    if len(data) <= max_bytes:
+        return text
+    return data[:max_bytes].decode("utf-8", errors="ignore")

@@ -23,7 +23,9 @@ def main() -> int:
     setup_logging("outbox-relay", settings.log_level)
     check_dependencies(settings)
     relay = OutboxRelay(settings.database_url, settings.kafka_bootstrap_servers,
-                        batch_size=settings.outbox_batch)
+                        batch_size=settings.outbox_batch,
+                        outbox_retention_s=settings.outbox_retention_s,
+                        processed_retention_s=settings.processed_events_retention_s)
     signal.signal(signal.SIGTERM, lambda *_: relay.stop())
     signal.signal(signal.SIGINT, lambda *_: relay.stop())
     log.info("outbox relay started")

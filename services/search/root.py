@@ -17,6 +17,7 @@ exact bytes), any image with the same bytes, and near-duplicates by the miner's 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import threading
@@ -31,6 +32,7 @@ from magiclens.v1 import search_pb2, search_pb2_grpc
 
 from runtime import db
 from runtime.blobstore import open_blobstore
+from runtime.bus import Throttle
 from runtime.config import load_settings, run_main
 from runtime.embedding_client import EmbeddingClient, EmbeddingError, ModelNotLoadedError
 from runtime.errors import UnavailableError
@@ -77,6 +79,28 @@ class QueryImage:
     image_id: int | None = None  # the pool image it is (by id, or by exact bytes)
     fp: Fingerprint | None = None
     hashes: set[str] = field(default_factory=set)  # content hashes that are the same image
+
+
+_outage_log = Throttle(30.0)
+
+
+def _outage_as_unavailable(method):
+    """A database outage is UNAVAILABLE (retry later), with one warning per 30 s instead of
+    an UNKNOWN status and a traceback per request."""
+
+    @functools.wraps(method)
+    def wrapper(self, request, context):
+        try:
+            return method(self, request, context)
+        except Exception as exc:
+            if not db.is_outage(exc):
+                raise
+            if _outage_log.due():
+                log.warning("database unavailable; answering UNAVAILABLE",
+                            extra={"error": str(exc)[:300]})
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the database is unavailable; retry")
+
+    return wrapper
 
 
 class Root(search_pb2_grpc.SearchServiceServicer):
@@ -199,6 +223,7 @@ class Root(search_pb2_grpc.SearchServiceServicer):
                     best[h.image_id] = h.score
         return sorted(best.items(), key=lambda t: -t[1]), missing, more
 
+    @_outage_as_unavailable
     def Search(self, request, context):  # noqa: N802
         t0 = time.monotonic()
         k = request.k or 10
@@ -284,6 +309,7 @@ class Root(search_pb2_grpc.SearchServiceServicer):
                 hit.context.context_text = r["context_text"]
         return out
 
+    @_outage_as_unavailable
     def GetIndexStatus(self, request, context):  # noqa: N802
         futs = [s.GetShardStatus.future(search_pb2.GetShardStatusRequest(),
                                         timeout=self.s.shard_timeout_s) for s in self.stubs]

@@ -18,6 +18,7 @@ import psycopg
 from magiclens.v1 import events_pb2
 
 from runtime import outbox
+from runtime.serving import set_serving_version
 from runtime.topics import MODELS_PUBLISHED, Topic, renamed
 
 _PROMOTE_LOCK = 0x4D4C_5052_4F4D  # serialises PromoteModel calls
@@ -214,25 +215,30 @@ def publish(conn: psycopg.Connection, topic: Topic, run: Run, *, checkpoint_uri:
 
 
 def promote(conn: psycopg.Connection, topic: Topic, model_version: str) -> dict[str, Any]:
-    """Make `model_version` the one promoted version; emit ModelPublished{promoted=true}.
+    """Make `model_version` the one promoted version and the serving one, in this
+    transaction; emit ModelPublished{promoted=true}.
 
-    Promoting the already promoted version is a no-op (no second event).
+    Promotion is state, not an event (issue 14): `serving_models` is written here, so the
+    embedding worker (Triton's current-model file) and the shards converge from Postgres
+    within their reconcile interval even when every event is lost. Promoting the version
+    that is already promoted repairs: it rewrites the serving row and emits the event again.
     """
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PROMOTE_LOCK,))
     row = conn.execute("SELECT * FROM model_versions WHERE model_version = %s FOR UPDATE",
                        (model_version,)).fetchone()
     if row is None:
         raise NotFound(f"no model version {model_version!r}")
-    if row["status"] == "promoted":
-        return row
-    if row["status"] != "published" or not row["checkpoint_uri"]:
+    if row["status"] not in ("published", "promoted") or not row["checkpoint_uri"]:
         raise Conflict(f"model version {model_version} is {row['status']}; only a published "
                        "version can be promoted")
-    conn.execute("UPDATE model_versions SET status = 'published', updated_at = now() "
-                 "WHERE status = 'promoted'")
-    row = conn.execute(
-        "UPDATE model_versions SET status = 'promoted', promoted_at = now(), updated_at = now() "
-        "WHERE model_version = %s RETURNING *", (model_version,)).fetchone()
+    if row["status"] != "promoted":
+        conn.execute("UPDATE model_versions SET status = 'published', updated_at = now() "
+                     "WHERE status = 'promoted'")
+        row = conn.execute(
+            "UPDATE model_versions SET status = 'promoted', promoted_at = now(), "
+            "updated_at = now() WHERE model_version = %s RETURNING *",
+            (model_version,)).fetchone()
+    set_serving_version(conn, model_version, row["checkpoint_uri"])
     outbox.enqueue(conn, topic, model_version, events_pb2.ModelPublished(
         model_version=model_version, config_name=row["config_name"],
         checkpoint_uri=row["checkpoint_uri"], embed_dim=row["embed_dim"] or 0, promoted=True))

@@ -167,7 +167,7 @@ def insert_triple(conn: psycopg.Connection, row: dict[str, Any]) -> int | None:
         "VALUES (%(pair_id)s, %(query_image_id)s, %(target_image_id)s, %(instruction)s, "
         "%(writer)s, %(writer_version)s, %(writer_model)s, %(prompt_version)s, %(relation)s, "
         "%(scores)s, %(split)s) "
-        "ON CONFLICT (pair_id, writer, writer_version, instruction) DO NOTHING "
+        "ON CONFLICT (pair_id, writer, writer_version, md5(instruction)) DO NOTHING "
         "RETURNING triple_id", {**row, "scores": json.dumps(row["scores"])}).fetchone()
     return found["triple_id"] if found else None
 

@@ -13,43 +13,7 @@ from magiclens.v1 import events_pb2
 from runtime.bus import Consumer, ConsumerOptions, Event, ensure_topics
 from runtime.errors import UnavailableError
 from runtime.topics import Topic
-from tests.support.processes import wait_for
-
-
-def _topic(name: str) -> Topic:
-    return Topic(name, "url", events_pb2.PageDiscovered, ("test",), ("test",), 2,
-                 accepts_json=True)
-
-
-class Running:
-    """consumer.run() in a thread; a crash is kept and fails the waits at once."""
-
-    def __init__(self, consumer: Consumer) -> None:
-        self.consumer = consumer
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.consumer.run()
-        except BaseException as exc:  # the test reports it
-            self.error = exc
-
-    def wait(self, predicate, timeout: float, what: str) -> None:
-        def done() -> bool:
-            if self.error is not None:
-                raise AssertionError(f"the consumer crashed: {self.error!r}") from self.error
-            return predicate()
-
-        wait_for(done, timeout, what, interval=0.1)
-
-    def __enter__(self) -> Running:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.consumer.stop()
-        self.thread.join(30)
+from tests.support.consumers import Running, page_topic
 
 
 def _jobs(url: str, table: str, keys: list[str]) -> None:
@@ -106,7 +70,7 @@ def _count_once(conn, table: str, key: str) -> None:
 def test_a_reconciled_item_that_keeps_failing_is_parked_and_the_rest_is_done(
         infra_servers, unique):
     url, bootstrap = infra_servers.database_url, infra_servers.kafka_bootstrap
-    topic, table = _topic(f"test.poison.{unique}"), f"t_poison_{unique}"
+    topic, table = page_topic(f"test.poison.{unique}"), f"t_poison_{unique}"
     ensure_topics(bootstrap, [topic])
     keys = [f"img-{i:02d}" for i in range(12)]
     poison = keys[3]  # e.g. an image whose blob cannot be read
@@ -163,7 +127,7 @@ def test_a_reconciled_item_that_keeps_failing_is_parked_and_the_rest_is_done(
 def test_a_transient_failure_of_a_reconciled_item_is_waited_out_not_dead_lettered(
         infra_servers, unique):
     url, bootstrap = infra_servers.database_url, infra_servers.kafka_bootstrap
-    topic, table = _topic(f"test.transient.{unique}"), f"t_transient_{unique}"
+    topic, table = page_topic(f"test.transient.{unique}"), f"t_transient_{unique}"
     ensure_topics(bootstrap, [topic])
     keys = ["a", "b", "c"]
     _jobs(url, table, keys)
@@ -189,7 +153,7 @@ def test_a_transient_failure_of_a_reconciled_item_is_waited_out_not_dead_lettere
 def test_kafka_events_with_missing_or_malformed_ids_never_crash_the_consumer(
         infra_servers, unique):
     url, bootstrap = infra_servers.database_url, infra_servers.kafka_bootstrap
-    topic, table = _topic(f"test.ids.{unique}"), f"t_ids_{unique}"
+    topic, table = page_topic(f"test.ids.{unique}"), f"t_ids_{unique}"
     ensure_topics(bootstrap, [topic])
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {table} (k TEXT PRIMARY KEY, n INT NOT NULL)")
@@ -239,7 +203,7 @@ def test_kafka_events_with_missing_or_malformed_ids_never_crash_the_consumer(
 
 def test_a_database_outage_while_dead_lettering_is_waited_out(infra_servers, unique):
     url = infra_servers.database_url
-    topic = _topic(f"test.outage.{unique}")
+    topic = page_topic(f"test.outage.{unique}")
     left_open: list[psycopg.Connection] = []
 
     def handler(conn, event) -> None:
@@ -265,7 +229,7 @@ def test_a_database_outage_while_dead_lettering_is_waited_out(infra_servers, uni
 
 def test_a_reconciler_that_raises_postpones_its_pass_instead_of_crashing(infra_servers, unique):
     url = infra_servers.database_url
-    topic, table = _topic(f"test.rbug.{unique}"), f"t_rbug_{unique}"
+    topic, table = page_topic(f"test.rbug.{unique}"), f"t_rbug_{unique}"
     _jobs(url, table, ["a", "b"])
     passes = [0]
 

@@ -21,6 +21,7 @@ from runtime.bus import ensure_topics
 from runtime.config import load_settings
 from runtime.grpc_server import GrpcServer
 from runtime.outbox import OutboxRelay
+from runtime.serving import serving_version
 from services.training import client, store
 from services.training.config import TrainingSettings
 from services.training.server import TrainingServicer, registration
@@ -153,15 +154,22 @@ def test_promote_flips_the_promoted_version(svc):
     assert client.promote(b, svc.stub).status == "promoted"
     st = statuses()
     assert (st[a], st[b]) == ("published", "promoted")
-    assert client.promote(b, svc.stub).status == "promoted"  # idempotent: no new event
+    # Re-promoting repairs: the serving state is rewritten and the event sent again.
+    with db.transaction(svc.url) as conn:
+        conn.execute("UPDATE serving_models SET model_version = %s", (a,))
+    assert client.promote(b, svc.stub).status == "promoted"
+    with db.transaction(svc.url) as conn:
+        assert serving_version(conn)[0] == b
     assert client.promote(a, svc.stub).status == "promoted"
     st = statuses()
     assert (st[a], st[b]) == ("promoted", "published")
     assert list(st.values()).count("promoted") == 1
-    seen = svc.events.wait_for(lambda ev: sum(e.promoted for e in ev) >= 3)
-    time.sleep(1.0)  # let a (wrong) extra event from the idempotent call arrive, if any
+    with db.transaction(svc.url) as conn:  # written with the promotion, not by a consumer
+        assert serving_version(conn)[0] == a
+    seen = svc.events.wait_for(lambda ev: sum(e.promoted for e in ev) >= 4)
+    time.sleep(1.0)  # let a (wrong) extra event arrive, if any
     svc.events.wait_for(lambda ev: True, timeout=1)
-    assert [e.model_version for e in seen if e.promoted] == [a, b, a]
+    assert [e.model_version for e in seen if e.promoted] == [a, b, b, a]
 
     with pytest.raises(grpc.RpcError) as err:
         client.promote("no-such-version", svc.stub)
