@@ -538,12 +538,7 @@ class Consumer:
                 break
             except Exception as exc:  # classified below, never escapes
                 if db.is_outage(exc, self._conn):
-                    if self._outage_log.due():
-                        log.warning("database unavailable, waiting",
-                                    extra={"consumer": self.name, "error": str(exc)[:300]})
-                    self._drop_conn()
-                    if self.stop_event.wait(1.0):
-                        raise Stopping from exc
+                    self._wait_out_outage(exc, "database unavailable, waiting")
                     continue
                 attempt += 1
                 last_error = f"{type(exc).__name__}: {exc}"
@@ -604,12 +599,7 @@ class Consumer:
                 return
             except Exception as exc:  # dead-lettering must not stop us either
                 if db.is_outage(exc, self._conn):
-                    if self._outage_log.due():
-                        log.warning("database unavailable, waiting to dead-letter",
-                                    extra={"consumer": self.name, "error": str(exc)[:300]})
-                    self._drop_conn()
-                    if self.stop_event.wait(1.0):
-                        raise Stopping from exc
+                    self._wait_out_outage(exc, "database unavailable, waiting to dead-letter")
                     continue
                 if degraded:
                     log.error("event could not be dead-lettered; skipped",
@@ -621,6 +611,15 @@ class Consumer:
                 error = f"{error[:1000]} (payload of {len(value)} bytes not kept: " \
                         f"{type(exc).__name__})"
                 value, key = b"", key[:200]
+
+    def _wait_out_outage(self, exc: BaseException, message: str) -> None:
+        """One second of a database outage: a rate-limited warning, a fresh connection next
+        time, and `Stopping` if shutdown was asked for meanwhile."""
+        if self._outage_log.due():
+            log.warning(message, extra={"consumer": self.name, "error": str(exc)[:300]})
+        self._drop_conn()
+        if self.stop_event.wait(1.0):
+            raise Stopping from exc
 
     def _drop_conn(self) -> None:
         conn, self._conn = self._conn, None
