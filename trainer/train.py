@@ -113,10 +113,8 @@ class IndexedTriples:
             q.append(images.setdefault(tr.query_image, len(images)))
             t.append(images.setdefault(tr.target_image, len(images)))
             x.append(texts.setdefault(tr.instruction, len(texts)))
-            page = getattr(tr, "page", "")
-            pg.append(pages.setdefault(page, len(pages)) if page else -1)
-            spec = getattr(tr, "specificity", None)
-            sp.append(np.nan if spec is None else float(spec))
+            pg.append(pages.setdefault(tr.page, len(pages)) if tr.page else -1)
+            sp.append(np.nan if tr.specificity is None else float(tr.specificity))
         if not q:
             raise ValueError("no triples")
         return cls(list(images), list(texts), np.asarray(q), np.asarray(x), np.asarray(t),
@@ -134,10 +132,10 @@ class IndexedTriples:
         other styles of one emoji) are exactly what a specific instruction must tell apart;
         a random batch almost never holds them."""
         n = len(self.query)
-        neg = np.tile(self.target[:, None], (1, max(k, 1)))
-        mask = np.zeros((n, max(k, 1)), bool)
-        if k <= 0:
-            return neg, mask
+        if k <= 0:  # zero-width: no extra target encodings per step
+            return np.zeros((n, 0), np.int64), np.zeros((n, 0), bool)
+        neg = np.tile(self.target[:, None], (1, k))
+        mask = np.zeros((n, k), bool)
         by_group: dict[tuple[int, int], set[int]] = {}
         answers: dict[tuple[int, int], set[int]] = {}
         for i in range(n):
@@ -212,7 +210,8 @@ def _frozen_triplet(m: MagicLens, qf, xf, tf, nf, nmask, dup, w, ef):
     b, k = nf.shape[0], nf.shape[1]
     e = jnp.broadcast_to(ef, (b, ef.shape[-1]))
     ek = jnp.broadcast_to(ef, (b * k, ef.shape[-1]))
-    negs = m.encode_target_features(nf.reshape(b * k, -1), ek).reshape(b, k, -1)
+    flat = m.encode_target_features(nf.reshape(b * k, nf.shape[2]), ek)  # K may be 0
+    negs = flat.reshape(b, k, flat.shape[-1])
     return (m.encode_features(qf, xf), m.encode_target_features(tf, e),
             m.encode_target_features(qf, e), negs, nmask, dup, w)
 
@@ -220,7 +219,8 @@ def _frozen_triplet(m: MagicLens, qf, xf, tf, nf, nmask, dup, w, ef):
 def _full_triplet(m: MagicLens, qimg, tok, timg, nimg, nmask, dup, w):
     """Same from pixels and tokens (nimg is [B, K, H, W, 3])."""
     b, k = nimg.shape[0], nimg.shape[1]
-    negs = m.encode_target(nimg.reshape(b * k, *nimg.shape[2:])).reshape(b, k, -1)
+    flat = m.encode_target(nimg.reshape(b * k, *nimg.shape[2:]))  # K may be 0
+    negs = flat.reshape(b, k, flat.shape[-1])
     return (m.encode_query(qimg, tok), m.encode_target(timg), m.encode_target(qimg), negs,
             nmask, dup, w)
 

@@ -73,6 +73,14 @@ def test_full_mode_runs(toy, tmp_path):
     assert len(r.losses) == 3 and all(np.isfinite(r.losses))
 
 
+def test_runs_without_hard_negatives(toy, tmp_path):
+    train_f, _, _ = toy
+    cfg = get_config("compact", steps=3, batch_size=4, warmup_steps=1, hard_negatives=0,
+                     align_steps=0)
+    r = train(cfg, JsonlTriples(train_f), tmp_path / "k0", **_standin())
+    assert len(r.losses) == 3 and all(np.isfinite(r.losses))
+
+
 _SHARD_SCRIPT = """
 import numpy as np, jax
 from tests.support.standin import StandInBackbone, StandInPreprocessor
