@@ -288,7 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     if not (a.snapshot / "train.jsonl").is_file():
         ap.error(f"{a.snapshot}/train.jsonl not found (point --snapshot at a training run's "
                  "workdir)")
-    variants = load_grid(a.grid)
+    if not (a.corpus / "manifest.json").is_file() or not (a.corpus / "eval_queries.jsonl"
+                                                         ).is_file():
+        ap.error(f"{a.corpus}: not a built corpus (manifest.json, eval_queries.jsonl)")
+    try:
+        variants = load_grid(a.grid)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        ap.error(f"--grid {a.grid}: {e}")
     if a.steps is not None:
         variants = [dataclasses.replace(v, overrides={**v.overrides, "steps": a.steps})
                     for v in variants]

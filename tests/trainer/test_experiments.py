@@ -83,3 +83,15 @@ def test_experiment_command_refuses_a_folder_without_triples(tmp_path):
                            str(tmp_path), "--corpus", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "train.jsonl not found" in proc.stderr
+
+
+def test_experiment_command_refuses_a_bad_corpus_and_a_bad_grid(corpus_and_snapshot, tmp_path):
+    corpus, snap = corpus_and_snapshot
+    bad_grid = tmp_path / "grid.json"
+    bad_grid.write_text('{"not": "a list"}')
+    for args, says in (([str(tmp_path)], "not a built corpus"),
+                       ([str(corpus), "--grid", str(bad_grid)], "non-empty JSON list")):
+        proc = subprocess.run([sys.executable, "-m", "trainer.experiments", "--snapshot",
+                               str(snap), "--corpus", *args],
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and says in proc.stderr, proc.stderr[-500:]
