@@ -73,6 +73,9 @@ ABLATIONS = [
     Variant("chosen, vague weight 1.0, 900 steps", overrides={"steps": 900,
                                                               "vague_weight": 1.0}),
     Variant("chosen, learning rate 1e-3", overrides={"learning_rate": 1e-3}),
+    Variant("chosen, vague weight 0.1", overrides={"vague_weight": 0.1}),
+    Variant("chosen, shift also sees the query image",
+            arch={"edit_image_conditioned": True}),
 ]
 # The paper's head: about 1.3 s per step on 2 cores (the edit head: 0.03 s), so run apart.
 TRANSFORMER = [

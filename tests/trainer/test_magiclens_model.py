@@ -257,3 +257,26 @@ def test_tree_mismatch_is_an_error(tmp_path, standin_backbone):
     save_released_format(params, path)
     with pytest.raises(ValueError, match="layer_norm/scale"):
         load_released(path, abstract_params(model, pre.image_size))
+
+
+def test_image_conditioned_edit_head_shifts_each_image_differently(standin_backbone):
+    """With `edit_image_conditioned` the same instruction moves two images by different
+    vectors (without it, by one vector); untrained it still starts at image-only."""
+    imgs = jnp.asarray(np.random.default_rng(2).random((2, 32, 32, 3), np.float32))
+    shifts = {}
+    for cond in (False, True):
+        cfg = MagicLensConfig("compact", 64, 4, head="edit", edit_image_conditioned=cond)
+        model, pre = build_model("compact", backbone=standin_backbone(64), config=cfg)
+        params = init_params(model, jax.random.PRNGKey(3), pre.image_size)
+        assert ("image_hidden" in params["edit_head"]) is cond
+        toks = jnp.asarray(pre.tokenize(["make it red"] * 2))
+        g = np.asarray(model.apply({"params": params}, imgs, method=model.encode_target))
+        q0 = np.asarray(model.apply({"params": params}, imgs, toks, method=model.encode_query))
+        np.testing.assert_allclose(q0, g, atol=1e-6)
+        moved = jax.tree_util.tree_map(np.array, params)
+        moved["edit_head"]["text_out"]["kernel"] += 0.1
+        text = np.asarray(model.apply({"params": moved}, toks, method=model.text_features_only))
+        delta = np.asarray(model.apply({"params": moved}, jnp.asarray(g), jnp.asarray(text),
+                                       method=lambda m, a, b: m.edit_head.shift(a, b)))
+        shifts[cond] = float(np.abs(delta[0] - delta[1]).max())
+    assert shifts[False] < 1e-6 < 1e-3 < shifts[True]

@@ -1,7 +1,7 @@
 """The "edit" head: an instruction moves the query image's embedding; targets are images.
 
     g(image) = unit( P·unit(pooled) + C·colour )        P frozen orthonormal, C learned (0 at start)
-    query    = unit( g(query image) + MLP(instruction) ) last MLP layer starts at zero
+    query    = unit( g(query image) + MLP(instruction[, g]) ) last MLP layer starts at zero
     target   = g(target image)
 
 Why this shape and not the paper's transformer over [image, text] tokens: with a frozen
@@ -30,6 +30,9 @@ class EditHead(nn.Module):
     embed_dim: int
     colour_dim: int = 0  # trailing feature dims that are the colour histogram
     hidden: int = 512
+    # The shift also sees the query's g: "its neighbour's flag" or "darker skin" moves each
+    # image differently, which a shift from the instruction alone cannot express.
+    image_conditioned: bool = False
     dtype: Any = jnp.float32
 
     def setup(self) -> None:
@@ -39,6 +42,8 @@ class EditHead(nn.Module):
             self.colour_proj = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype,
                                         kernel_init=nn.initializers.zeros)
         self.text_hidden = nn.Dense(self.hidden, dtype=self.dtype)
+        if self.image_conditioned:
+            self.image_hidden = nn.Dense(self.hidden, use_bias=False, dtype=self.dtype)
         self.text_out = nn.Dense(self.embed_dim, dtype=self.dtype,
                                  kernel_init=nn.initializers.zeros)
 
@@ -53,10 +58,16 @@ class EditHead(nn.Module):
             g = g + self.colour_proj(f[:, f.shape[1] - self.colour_dim:]).astype(jnp.float32)
         return l2_normalize(g)
 
+    def shift(self, image_emb: jax.Array, text_features: jax.Array) -> jax.Array:
+        """[B, D] the instruction's move (from the text alone unless `image_conditioned`)."""
+        pre = self.text_hidden(text_features.astype(jnp.float32))
+        if self.image_conditioned:
+            pre = pre + self.image_hidden(image_emb.astype(jnp.float32))
+        return self.text_out(jax.nn.gelu(pre)).astype(jnp.float32)
+
     def query(self, image_emb: jax.Array, text_features: jax.Array) -> jax.Array:
         """Unit query embedding: the image's g moved by the instruction."""
-        h = jax.nn.gelu(self.text_hidden(text_features.astype(jnp.float32)))
-        return l2_normalize(image_emb.astype(jnp.float32) + self.text_out(h).astype(jnp.float32))
+        return l2_normalize(image_emb.astype(jnp.float32) + self.shift(image_emb, text_features))
 
     def __call__(self, image_features: jax.Array, text_features: jax.Array) -> jax.Array:
         return self.query(self.image(image_features), text_features)

@@ -39,6 +39,7 @@ class MagicLensConfig:
     head: str = "transformer"  # transformer | edit
     colour_bins: int = 0  # compact only: colour histogram features (trainer.models.colour)
     text_hidden: int = 512  # edit head: width of the instruction MLP
+    edit_image_conditioned: bool = False  # edit head: the shift also sees the query image
 
 
 CONFIGS: dict[str, MagicLensConfig] = {
@@ -96,6 +97,7 @@ class MagicLens(nn.Module):
         if cfg.head == "edit":
             self.edit_head = EditHead(cfg.embed_dim, colour_dim=cfg.colour_bins ** 3
                                       if cfg.colour_bins else 0, hidden=cfg.text_hidden,
+                                      image_conditioned=cfg.edit_image_conditioned,
                                       dtype=self.dtype, name="edit_head")
             return
         self.multimodal_encoder = StackedTransformer(
