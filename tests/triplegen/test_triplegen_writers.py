@@ -109,3 +109,16 @@ def test_diversity_counts_distinct_ngrams():
     assert d["distinct_2_in_sample"] == 5
     assert d["distinct_instructions"] == 2
     assert 0 < d["distinct_3_ratio"] <= 1
+
+
+def test_skin_tone_change_also_uses_everyday_tone_words():
+    """Besides Unicode's name ("medium"), the writer names the tone the way people do
+    (Fitzpatrick descriptors such as "olive"), so such requests are trained on at all."""
+    from services.triplegen.writers.metadata import TONE_SYNONYMS, _tone_mods
+
+    q = meta(1, "cook: light skin tone", "cook — light skin tone", title="Cook variants")
+    t = meta(2, "cook: medium skin tone", "cook — medium skin tone", title="Cook variants")
+    mods, imps = _tone_mods(q, t)
+    words = [w for w in TONE_SYNONYMS["medium"] if any(w in m for m in mods + imps)]
+    assert len(words) == 1, (mods, imps)
+    assert any("darker" in m for m in mods)

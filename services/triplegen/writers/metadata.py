@@ -20,7 +20,7 @@ from services.triplegen.meta import NUMBER_WORDS, TONES, ImageMeta
 from services.triplegen.validate import check
 from services.triplegen.writers.base import Instruction, PairContext, WriteResult
 
-VERSION = "metadata-v4"  # v4: facts from named entities + a gazetteer, not page templates
+VERSION = "metadata-v5"  # v5: everyday skin-tone words (Fitzpatrick descriptors) beside Unicode's
 
 NP_OPENERS = ("", "", "find ", "show me ", "I'm looking for ", "search for ", "looking for ",
               "can you find ", "get me ", "I want ", "find me ")
@@ -118,8 +118,21 @@ def _np(rng: random.Random, core: str) -> str:
     return rng.choice(NP_OPENERS) + core
 
 
+# How people name skin tones besides Unicode's five names: the Fitzpatrick scale's own
+# descriptors (the emoji modifiers are Fitzpatrick types 1-2, 3, 4, 5 and 6), so a request
+# for "olive" or "pale" skin means something to the model, not only "medium" or "light".
+TONE_SYNONYMS = {
+    "light": ("pale", "fair", "pale white", "very light"),
+    "medium-light": ("light olive", "fair to olive", "lightly tanned"),
+    "medium": ("olive", "moderate brown", "tanned"),
+    "medium-dark": ("brown", "dark brown"),
+    "dark": ("very dark brown", "deeply pigmented"),
+}
+
+
 def _tone_mods(q: ImageMeta, t: ImageMeta) -> tuple[list[str], list[str]]:
-    """(modifiers, imperatives) for a skin-tone change."""
+    """(modifiers, imperatives) for a skin-tone change: Unicode's name for the tone, one
+    everyday descriptor of it, and the direction of the change when both tones are known."""
     tt = t.tone or ""
     if tt == "default":
         return (["in the default yellow", "with yellow cartoon skin", "without a skin tone"],
@@ -129,6 +142,9 @@ def _tone_mods(q: ImageMeta, t: ImageMeta) -> tuple[list[str], list[str]]:
     ti = rank.get(tt, -1)
     mods = [f"with {tt} skin", f"with a {tt} skin tone", f"in a {tt} skin tone"]
     imps = [f"give it a {tt} skin tone", f"change the skin to {tt}"]
+    word = _seed(q.image_id, t.image_id, "tone-word").choice(TONE_SYNONYMS.get(tt) or (tt,))
+    mods += [f"with {word} skin", f"{word}-skinned"]
+    imps += [f"make the skin {word}"]
     if qi >= 0 and ti >= 0:
         d = "darker" if ti > qi else "lighter"
         much = "much " if abs(ti - qi) >= 3 else ""
@@ -234,7 +250,10 @@ def relations(ctx: PairContext, rng: random.Random) -> list[Option]:
     if q.place_key and q.place_key == t.place_key and not same:
         p = q.place
         texts = [_np(rng, f"another {noun} in {p}"), _np(rng, f"a different {noun} from {p}"),
-                 _np(rng, f"other {noun}s of {p}"), _np(rng, f"more {noun}s from the same place"),
+                 _np(rng, f"other {noun}s of {p}"),
+                 # people point at the place rather than name it ("from the same region")
+                 _np(rng, rng.choice((f"more {noun}s from the same place",
+                                      f"another {noun} from the same region"))),
                  _np(rng, f"another famous {noun} in this country")
                  if noun in ("landmark", "monument") else _np(rng, f"one more {noun} of {p}")]
         out.append(Option("same_place", texts, 7.0))
@@ -264,6 +283,10 @@ def relations(ctx: PairContext, rng: random.Random) -> list[Option]:
                      _np(rng, f"{d} instead"),
                      _np(rng, f"{d} {style_keep}".strip()) if style_keep else
                      _np(rng, f"a different {noun}: {d}")]
+            # and, as people often ask, without describing it at all: "more like this"
+            texts.append(_np(rng, rng.choice((f"another {noun} of the same kind",
+                                              "something else from the same collection",
+                                              f"more {noun}s like this one"))))
             out.append(Option("category", texts, 5.0))
         if tc:
             out.append(Option("colour", [_np(rng, f"a {tc[0]} {noun} from the same set"),
