@@ -286,7 +286,7 @@ def relations(ctx: PairContext, rng: random.Random) -> list[Option]:
             # and, as people often ask, without describing it at all: "more like this"
             texts.append(_np(rng, rng.choice((f"another {noun} of the same kind",
                                               "something else from the same collection",
-                                              f"more {noun}s like this one"))))
+                                              f"a similar {noun} from this set"))))
             out.append(Option("category", texts, 5.0))
         if tc:
             out.append(Option("colour", [_np(rng, f"a {tc[0]} {noun} from the same set"),
