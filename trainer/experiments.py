@@ -74,6 +74,8 @@ ABLATIONS = [
                                                               "vague_weight": 1.0}),
     Variant("chosen, learning rate 1e-3", overrides={"learning_rate": 1e-3}),
     Variant("chosen, vague weight 0.1", overrides={"vague_weight": 0.1}),
+    Variant("chosen, relation-balanced sampling (sqrt)", overrides={"relation_balance": 0.5}),
+    Variant("chosen, relation-balanced sampling (equal)", overrides={"relation_balance": 1.0}),
     Variant("chosen, shift also sees the query image",
             arch={"edit_image_conditioned": True}),
 ]

@@ -78,9 +78,14 @@ def feature_param_shapes(model: MagicLens, fi: int, ft: int, method: Callable) -
 
 # ----------------------------------------------------------------------------- data order
 
-def batch_indices(seed: int, step: int, n: int, batch: int) -> np.ndarray:
-    """Example ids of batch `step`: a fresh permutation per epoch, a pure function of
-    (seed, step) so a resumed run sees exactly the batches it would have seen."""
+def batch_indices(seed: int, step: int, n: int, batch: int,
+                  probs: np.ndarray | None = None) -> np.ndarray:
+    """Example ids of batch `step`: a fresh permutation per epoch (or, with `probs`, a draw
+    without replacement by those probabilities), a pure function of (seed, step) so a
+    resumed run sees exactly the batches it would have seen."""
+    if probs is not None:
+        return np.random.default_rng([seed, step, 11]).choice(n, size=batch, p=probs,
+                                                               replace=n < batch)
     pos = np.arange(step * batch, (step + 1) * batch)
     epochs, offs = pos // n, pos % n
     out = np.empty(batch, np.int64)
@@ -102,23 +107,27 @@ class IndexedTriples:
     target: np.ndarray
     page: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     specificity: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    relation: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @classmethod
     def from_source(cls, source: TripleSource) -> IndexedTriples:
         images: dict[str, int] = {}
         texts: dict[str, int] = {}
         pages: dict[str, int] = {}
-        q, x, t, pg, sp = [], [], [], [], []
+        relations: dict[str, int] = {}
+        q, x, t, pg, sp, rel = [], [], [], [], [], []
         for tr in source:
             q.append(images.setdefault(tr.query_image, len(images)))
             t.append(images.setdefault(tr.target_image, len(images)))
             x.append(texts.setdefault(tr.instruction, len(texts)))
             pg.append(pages.setdefault(tr.page, len(pages)) if tr.page else -1)
             sp.append(np.nan if tr.specificity is None else float(tr.specificity))
+            rel.append(relations.setdefault(tr.relation, len(relations)))
         if not q:
             raise ValueError("no triples")
         return cls(list(images), list(texts), np.asarray(q), np.asarray(x), np.asarray(t),
-                   np.asarray(pg, np.int64), np.asarray(sp, np.float32))
+                   np.asarray(pg, np.int64), np.asarray(sp, np.float32),
+                   np.asarray(rel, np.int64))
 
     def is_specific(self, specific_from: float) -> np.ndarray:
         """[N] bool: the writer scored the triple at least `specific_from` (unknown: yes)."""
@@ -157,6 +166,16 @@ class IndexedTriples:
             neg[i, :len(cands)] = cands
             mask[i, :len(cands)] = True
         return neg, mask
+
+    def sampling_probs(self, balance: float) -> np.ndarray | None:
+        """[N] draw probabilities ∝ (the triple's relation count)^-balance, or None for
+        uniform epochs. Without it the most frequent relations (capitals, skin tones) fill
+        most batches and rare ones (neighbours, regions) are seen a few times."""
+        if balance <= 0 or len(self.relation) == 0:
+            return None
+        counts = np.bincount(self.relation).astype(np.float64)
+        p = counts[self.relation] ** -balance
+        return p / p.sum()
 
     def weights(self, specific_from: float, vague_weight: float) -> np.ndarray:
         """[N] loss weight: `vague_weight` for triples scored below `specific_from`."""
@@ -319,6 +338,7 @@ def train(cfg: TrainConfig, triples: TripleSource, workdir: str | Path, *,
     data = IndexedTriples.from_source(triples)
     negs, neg_mask = data.hard_negatives(cfg.hard_negatives, cfg.specific_from, cfg.seed)
     weights = data.weights(cfg.specific_from, cfg.vague_weight)
+    probs = data.sampling_probs(cfg.relation_balance)
     repl = NamedSharding(mesh, P())
     data_sh = NamedSharding(mesh, P("data"))
 
@@ -339,7 +359,7 @@ def train(cfg: TrainConfig, triples: TripleSource, workdir: str | Path, *,
         consts = (jax.device_put(jnp.asarray(ef), repl),)
 
         def get_batch(s: int):
-            idx = batch_indices(cfg.seed, s, len(data.query), cfg.batch_size)
+            idx = batch_indices(cfg.seed, s, len(data.query), cfg.batch_size, probs)
             arrs = (fi[data.query[idx]], ft[data.instr[idx]], fi[data.target[idx]],
                     fi[negs[idx]], neg_mask[idx], duplicate_mask(data.target[idx]),
                     weights[idx])
@@ -353,7 +373,7 @@ def train(cfg: TrainConfig, triples: TripleSource, workdir: str | Path, *,
         tokens = pre.texts(data.texts)
 
         def get_batch(s: int):
-            idx = batch_indices(cfg.seed, s, len(data.query), cfg.batch_size)
+            idx = batch_indices(cfg.seed, s, len(data.query), cfg.batch_size, probs)
             arrs = (pixels[data.query[idx]], tokens[data.instr[idx]], pixels[data.target[idx]],
                     pixels[negs[idx]], neg_mask[idx], duplicate_mask(data.target[idx]),
                     weights[idx])

@@ -30,7 +30,7 @@ SPLITS = ("train", "heldout")
 # `train` takes triples of split 'train' and drops every triple that touches a held-out page
 # (the pair's page, or any page either image appears on); `heldout` is the evaluation set.
 _BASE = """
-SELECT t.triple_id, t.instruction, p.page_id,
+SELECT t.triple_id, t.instruction, p.page_id, t.relation,
        CASE WHEN jsonb_typeof(t.scores->'specificity') = 'number'
             THEN (t.scores->>'specificity')::float8 END AS specificity,
        q.image_id AS q_id, q.blob_uri AS q_uri, g.image_id AS t_id, g.blob_uri AS t_uri
@@ -249,8 +249,8 @@ def promote(conn: psycopg.Connection, topic: Topic, model_version: str) -> dict[
 
 
 def triple_rows(conn: psycopg.Connection, split: str, limit: int) -> list[dict[str, Any]]:
-    """(triple_id, instruction, page_id, specificity, q_id, q_uri, t_id, t_uri) of one
-    split, oldest first. The page lets the trainer use other targets of the same query on
+    """(triple_id, instruction, page_id, relation, specificity, q_id, q_uri, t_id, t_uri) of
+    one split, oldest first. The page lets the trainer use other targets of the same query on
     the same page as hard negatives; specificity is the writer's score (NULL if none)."""
     return conn.execute(_TRIPLES[split] + "ORDER BY t.triple_id LIMIT %s", (limit,)).fetchall()
 

@@ -74,7 +74,8 @@ class PostgresTripleSource:
                 continue
             spec = r.get("specificity")
             self._triples.append(Triple(q, text, t, page=f"page-{r['page_id']}",
-                                        specificity=None if spec is None else float(spec)))
+                                        specificity=None if spec is None else float(spec),
+                                        relation=(r.get("relation") or "")[:200]))
             self.triple_ids.append(int(r["triple_id"]))
 
     @property

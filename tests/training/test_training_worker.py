@@ -61,6 +61,7 @@ def test_triple_source_excludes_heldout_superseded_and_broken(env, tmp_path):
     # Export round-trips through the trainer's own JSONL reader.
     back = list(JsonlTriples(src.export(tmp_path / "train.jsonl")))
     assert back == list(src)
+    assert all(t.relation for t in back)  # the writer's relation label travels too
     with pytest.raises(ValueError):
         PostgresTripleSource(settings.database_url, settings.blob_root, tmp_path, "test")
 

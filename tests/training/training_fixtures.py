@@ -119,8 +119,9 @@ class Seeder:
             "DO UPDATE SET status = 'tripled' RETURNING pair_id", (page_id, q, t)).fetchone()
         return conn.execute(
             "INSERT INTO triples (pair_id, query_image_id, target_image_id, instruction, writer, "
-            "writer_version, split, status) VALUES (%s, %s, %s, %s, 'metadata', 'test', %s, %s) "
-            "RETURNING triple_id", (pair["pair_id"], q, t, text, split, status)).fetchone()[
+            "writer_version, split, status, relation) VALUES (%s, %s, %s, %s, 'metadata', "
+            "'test', %s, %s, %s) RETURNING triple_id",
+            (pair["pair_id"], q, t, text, split, status, text.split()[0].lower())).fetchone()[
             "triple_id"]
 
     def photo_triples(self, conn: psycopg.Connection, photo: str, page_id: int) -> list[int]:

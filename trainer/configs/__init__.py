@@ -25,6 +25,9 @@ class TrainConfig:
     hard_negatives: int = 0
     specific_from: float = 8.0
     vague_weight: float = 1.0
+    # Relation-balanced sampling: a triple is drawn with probability ∝ (its relation's
+    # triple count)^-balance; 0 = uniform epochs, 1 = every relation equally often.
+    relation_balance: float = 0.0
     learn_temperature: bool = False
     seed: int = 0
     checkpoint_every: int = 100

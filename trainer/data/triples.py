@@ -29,6 +29,9 @@ class Triple:
     # specificity score (None: unknown, treated as specific).
     page: str = ""
     specificity: float | None = None
+    # The writer's relation label ("skin_tone", "neighbour", "category"...; "" unknown), for
+    # relation-balanced sampling.
+    relation: str = ""
 
 
 @runtime_checkable
@@ -68,13 +71,16 @@ class JsonlTriples:
                 q, t = (str(base / v) if not Path(v).is_absolute() else v
                         for v in (vals[0], vals[2]))
                 page, spec = rec.get("page", ""), rec.get("specificity")
+                relation = rec.get("relation", "")
                 if not isinstance(page, str) or len(page) > 200:
                     raise ValueError(f"{self.path}:{lineno}: page must be a short string")
+                if not isinstance(relation, str) or len(relation) > 200:
+                    raise ValueError(f"{self.path}:{lineno}: relation must be a short string")
                 if spec is not None and (isinstance(spec, bool)
                                          or not isinstance(spec, int | float)):
                     raise ValueError(f"{self.path}:{lineno}: specificity must be a number")
                 triples.append(Triple(q, vals[1], t, page,
-                                      None if spec is None else float(spec)))
+                                      None if spec is None else float(spec), relation))
                 if len(triples) > MAX_TRIPLES or (limit and len(triples) >= limit):
                     break
         self._triples = triples
@@ -103,6 +109,8 @@ def write_jsonl(path: str | Path, triples: list[Triple]) -> Path:
                 rec["page"] = t.page
             if t.specificity is not None:
                 rec["specificity"] = t.specificity
+            if t.relation:
+                rec["relation"] = t.relation
             f.write(json.dumps(rec) + "\n")
     return path
 
