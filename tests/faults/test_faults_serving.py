@@ -1,7 +1,11 @@
 """SIGKILL of the serving processes under local supervision (tools/procs + tools/keeper, as
-`./taskw up` runs them): the Triton server, and the tritonserver binary under it. Each comes
-back by itself, Triton cleans what the killed server left, and embedding and search answer
-again with no manual step. Real Postgres, broker, Triton (the serving tests' checkpoint) and
+`./taskw up` runs them): the Triton server, the tritonserver binary under it, and one search
+shard. Each comes back by itself, Triton cleans what the killed server left, and embedding
+and search answer again with no manual step.
+
+What the search root answers while a shard is down (services/search/root.py): the other
+shards' hits with `partial: true` and `missing_shards` naming the dead one; UNAVAILABLE only
+when no shard answers. Real Postgres, broker, Triton (the serving tests' checkpoint) and
 ScaNN shards; a private database per module.
 """
 
@@ -24,7 +28,7 @@ from runtime import db
 from runtime.blobstore import open_blobstore
 from runtime.embedding_client import EmbeddingClient
 from runtime.serving import set_serving_version, vector_bytes
-from tests.serving.serving_support import TRITON_PY, augmented_images, descendants
+from tests.serving.serving_support import PHOTOS, TRITON_PY, augmented_images, descendants
 from tests.support.processes import ROOT, free_port, wait_for, wait_grpc
 from tools import infra
 from tools.procs import Supervisor
@@ -153,6 +157,31 @@ def _full(s: Stack) -> search_pb2.SearchResponse | None:
     except grpc.RpcError:
         return None
     return r if not r.partial else None
+
+
+def test_a_killed_shard_answers_partial_then_restarts_and_serves_in_full(stack):
+    qid = stack.image_ids[PER_PHOTO * PHOTOS.index("coffee")]
+    full = stack.search(qid)
+    assert not full.partial and len(full.hits) == 10
+    assert {h.image_id % 2 for h in full.hits} == {0, 1}  # both shards contribute
+    old = stack.pid("shard1")
+    os.kill(old, signal.SIGKILL)
+    during = stack.search(qid)  # at once: the shard is down (restarting takes seconds)
+    # Either the whole answer (the shard already back) or shard 0's share, saying so.
+    if during.partial:
+        assert list(during.missing_shards) == [1]
+        assert during.hits and all(h.image_id % 2 == 0 for h in during.hits)
+        evens = [h.image_id for h in full.hits if h.image_id % 2 == 0]
+        assert [h.image_id for h in during.hits][:len(evens)] == evens
+    else:
+        assert [h.image_id for h in during.hits] == [h.image_id for h in full.hits]
+    wait_for(lambda: stack.restarted("shard1", 1, old), 60, "shard 1 restarted by its keeper")
+    again = wait_for(lambda: (r := stack.search(qid)) and not r.partial and r, 60,
+                     "a full answer again", interval=0.5)
+    assert [h.image_id for h in again.hits] == [h.image_id for h in full.hits]
+    assert "restored snapshot" in stack.log("shard1")
+    assert stack.sup.details("shard0")["restarts"] == 0
+    assert stack.sup.details("root")["restarts"] == 0
 
 
 def _leftovers(stack: Stack, pid: int) -> tuple[list[Path], list[Path]]:
