@@ -29,7 +29,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import sys
@@ -228,27 +227,29 @@ def _state(pid: int) -> str:
 
 SHM_DIR = Path("/dev/shm")
 # Triton writes the files of a model loaded with its config and files inline (PyTriton's
-# proxy models) to mkdtemp("/tmp/folderXXXXXX"); the Python backend stubs run them from there.
-TRITON_TMP = re.compile(r"(/tmp/folder[A-Za-z0-9]{6})/")
+# proxy models) to mkdtemp("/tmp/folderXXXXXX") (a fixed /tmp, not TMPDIR); the Python
+# backend stubs run them from there. Their config names the PyTriton workspace.
+TRITON_TMP = Path("/tmp")
 
 
 class Workspace:
-    """This server's PyTriton workspace at a fixed path per gRPC port, and the record of what
-    else it leaves outside that path, so a server that starts after a SIGKILL cleans up.
+    """This server's PyTriton workspace at a fixed path per gRPC port, and cleaning what a
+    SIGKILLed server left there and outside it, so a server that starts after a crash does.
 
     Why: PyTriton's default workspace is a random directory under ~/.cache/pytriton that only
     a clean stop removes (~22 MB: a copy of tritonserver and the model store); the Python
     backend's shared memory (`/dev/shm/pytrtion<pid>-*`, 4 MB per model) and Triton's copies
-    of the proxy models (`/tmp/folderXXXXXX`) also outlive a killed server. A supervisor
-    restarts a crashed server with back-off, so each crash would leave all of that behind.
+    of the proxy models (`/tmp/folderXXXXXX`, whose config names the workspace) also outlive
+    a killed server. A supervisor restarts a crashed server with back-off, so each crash would
+    leave all of that behind.
 
     `<path>.lock` is flock-ed for the life of the process (the kernel drops it when the
-    process dies, however it dies), so a server never cleans up after one that still runs.
-    `<path>.json` records the owner's pid and its /tmp model copies."""
+    process dies, however it dies), so a server never cleans up after one that still runs;
+    `<path>.json` records the owner's pid (the shared memory's names carry it)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self.record = path.with_name(path.name + ".json")
+        self.path = path.absolute()
+        self.record = self.path.with_name(self.path.name + ".json")
         self._lock_file = None
 
     def claim(self) -> list[str]:
@@ -264,43 +265,49 @@ class Workspace:
         self._lock_file = lock
         removed = []
         try:
-            prev = json.loads(self.record.read_text())
-        except (OSError, ValueError):
-            prev = {}
-        pid = prev.get("pid")
-        if isinstance(pid, int) and pid != os.getpid():
+            pid = json.loads(self.record.read_text()).get("pid")
+        except (OSError, ValueError, AttributeError):
+            pid = None
+        if isinstance(pid, int) and pid != os.getpid() and not _alive(pid):
             for seg in SHM_DIR.glob(f"pytrtion{pid}-*"):  # PyTriton's prefix (sic)
                 with contextlib.suppress(OSError):
                     seg.unlink()
                     removed.append(str(seg))
-        for d in prev.get("tmp_dirs", []):
-            if TRITON_TMP.fullmatch(d + "/") and Path(d).is_dir():
-                shutil.rmtree(d, ignore_errors=True)
-                removed.append(d)
+        for d in self.triton_copies():
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(str(d))
         if self.path.exists():
             shutil.rmtree(self.path, ignore_errors=True)
             removed.append(str(self.path))
-        self._write(tmp_dirs=[])
+        tmp = self.record.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"pid": os.getpid()}))
+        tmp.replace(self.record)
         return removed
 
-    def note_children(self, pid: int) -> None:
-        """Record the /tmp model copies the running tritonserver's backend stubs use."""
-        dirs = set()
-        for child in _children(pid):
+    def triton_copies(self) -> list[Path]:
+        """Triton's /tmp copies of the models of a server with this workspace."""
+        needle = f'string_value: "{self.path.resolve()}"'.encode()
+        found = []
+        for d in TRITON_TMP.glob("folder??????"):
             with contextlib.suppress(OSError):
-                cmd = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-                dirs.update(TRITON_TMP.findall(cmd))
-        self._write(tmp_dirs=sorted(dirs))
+                if needle in (d / "config.pbtxt").read_bytes():
+                    found.append(d)
+        return sorted(found)
 
     def release(self) -> None:
         """After a clean stop (PyTriton removed the workspace and Triton its copies)."""
         with contextlib.suppress(OSError):
             self.record.unlink()
 
-    def _write(self, **extra: object) -> None:
-        tmp = self.record.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"pid": os.getpid(), **extra}))
-        tmp.replace(self.record)
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return "(Z)" not in _state(pid)
 
 
 def default_workspace(grpc_port: int) -> Path:
@@ -386,7 +393,6 @@ def main(argv: list[str] | None = None) -> int:
         triton.bind(TARGET_MODEL, make_infer(holder, TARGET_MODEL), image_in, outputs,
                     config=config)
         triton.run()
-        workspace.note_children(os.getpid())
         watcher.start()
         log.info("ready: grpc %d http %d, model %s", args.grpc_port, args.http_port,
                  holder.current)
@@ -405,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             triton.stop()
         finally:
             left = reap_children()
-            if code == 0:  # else Triton's /tmp copies may be left: the next server cleans
+            if code == 0:  # else shared memory may be left: the next server cleans it
                 workspace.release()
             log.info("stopped (reaped %d leftover processes)", left)
     return code

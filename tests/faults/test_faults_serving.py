@@ -28,6 +28,7 @@ from runtime import db
 from runtime.blobstore import open_blobstore
 from runtime.embedding_client import EmbeddingClient
 from runtime.serving import set_serving_version, vector_bytes
+from services.embedding.server import Workspace
 from tests.serving.serving_support import PHOTOS, TRITON_PY, augmented_images, descendants
 from tests.support.processes import ROOT, free_port, wait_for, wait_grpc
 from tools import infra
@@ -185,9 +186,10 @@ def test_a_killed_shard_answers_partial_then_restarts_and_serves_in_full(stack):
 
 
 def _leftovers(stack: Stack, pid: int) -> tuple[list[Path], list[Path]]:
+    """Triton's /tmp model copies of this workspace, and the server's shared memory."""
     record = json.loads((stack.workspace.parent / "triton-ws.json").read_text())
     assert record["pid"] == pid
-    return [Path(t) for t in record["tmp_dirs"]], sorted(SHM.glob(f"pytrtion{pid}-*"))
+    return Workspace(stack.workspace).triton_copies(), sorted(SHM.glob(f"pytrtion{pid}-*"))
 
 
 def test_a_killed_triton_server_is_restarted_clean_and_serves(stack):
@@ -204,10 +206,13 @@ def test_a_killed_triton_server_is_restarted_clean_and_serves(stack):
     assert not [p for p in group if infra.pid_alive(p)]  # the keeper ended the old group
     assert not [t for t in tmp_dirs if t.exists()]
     assert not [seg for seg in shm if seg.exists()]
-    new = stack.pid("triton")
-    assert _leftovers(stack, new)[0]  # the new server's own, recorded in turn
+    copies, shm = _leftovers(stack, stack.pid("triton"))
+    assert copies and shm  # the new server's own
     assert "removed what a killed server left" in stack.log("triton")
     wait_for(lambda: _full(stack), 60, "a full search answer", interval=0.5)
+    with pytest.raises(SystemExit, match="another server uses"):  # never a live one's
+        Workspace(stack.workspace).claim()
+    assert (stack.workspace / "model-store").is_dir()
 
 
 def test_a_killed_tritonserver_makes_the_server_exit_and_be_restarted(stack):
@@ -216,6 +221,8 @@ def test_a_killed_tritonserver_makes_the_server_exit_and_be_restarted(stack):
     binary = [p for p in descendants(server)
               if b"tritonserver/bin/tritonserver" in Path(f"/proc/{p}/cmdline").read_bytes()]
     assert len(binary) == 1
+    copies = Workspace(stack.workspace).triton_copies()
+    assert copies  # Triton cannot remove them when it is killed
     os.kill(binary[0], signal.SIGKILL)
     # PyTriton stops itself; the server process used to idle on with nothing serving.
     got = wait_for(lambda: stack.restarted("triton", restarts + 1, server), 60,
@@ -223,4 +230,5 @@ def test_a_killed_tritonserver_makes_the_server_exit_and_be_restarted(stack):
     assert got["last_exit"] == 1
     assert "tritonserver is gone" in stack.log("triton")
     wait_for(stack.embeds, 180, "embedding answering again", interval=0.5)
+    assert not [c for c in copies if c.exists()]
     wait_for(lambda: _full(stack), 60, "a full search answer", interval=0.5)
