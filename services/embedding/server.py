@@ -208,13 +208,17 @@ def reap_children(timeout_s: float = 5.0) -> int:
                 os.kill(p, sig)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            alive = [p for p in pids if Path(f"/proc/{p}").exists()
-                     and "(Z)" not in _state(p)]
+            alive = [p for p in pids if _alive(p)]
             if not alive:
                 return len(pids)
             time.sleep(0.1)
         pids = alive
     return len(pids)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, or a pid /proc does not show, is not)."""
+    return "(Z)" not in _state(pid)
 
 
 def _state(pid: int) -> str:
@@ -298,16 +302,6 @@ class Workspace:
         """After a clean stop (PyTriton removed the workspace and Triton its copies)."""
         with contextlib.suppress(OSError):
             self.record.unlink()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return "(Z)" not in _state(pid)
 
 
 def default_workspace(grpc_port: int) -> Path:
