@@ -14,14 +14,22 @@ Why this shape:
   root can keep embedding queries in the space the shards still serve (blue/green), selected
   per request with the Triton request parameter `model_version`.
 - Shutdown goes through PyTriton and then reaps any tritonserver/backend children left behind.
+- Crashes heal under a supervisor (tools/keeper.py, or the pod's restart policy): when the
+  tritonserver child dies the process exits 1 instead of idling with nothing serving, and a
+  server that starts cleans what a SIGKILLed predecessor on the same port left behind (its
+  PyTriton workspace, the Python backend's shared memory, Triton's model copies in /tmp),
+  see `Workspace`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
+import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import sysconfig
@@ -200,13 +208,17 @@ def reap_children(timeout_s: float = 5.0) -> int:
                 os.kill(p, sig)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            alive = [p for p in pids if Path(f"/proc/{p}").exists()
-                     and "(Z)" not in _state(p)]
+            alive = [p for p in pids if _alive(p)]
             if not alive:
                 return len(pids)
             time.sleep(0.1)
         pids = alive
     return len(pids)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, or a pid /proc does not show, is not)."""
+    return "(Z)" not in _state(pid)
 
 
 def _state(pid: int) -> str:
@@ -215,6 +227,87 @@ def _state(pid: int) -> str:
         return "(" + stat.rsplit(")", 1)[1].split()[0] + ")"
     except OSError:
         return "(Z)"
+
+
+SHM_DIR = Path("/dev/shm")
+# Triton writes the files of a model loaded with its config and files inline (PyTriton's
+# proxy models) to mkdtemp("/tmp/folderXXXXXX") (a fixed /tmp, not TMPDIR); the Python
+# backend stubs run them from there. Their config names the PyTriton workspace.
+TRITON_TMP = Path("/tmp")
+
+
+class Workspace:
+    """This server's PyTriton workspace at a fixed path per gRPC port, and cleaning what a
+    SIGKILLed server left there and outside it, so a server that starts after a crash does.
+
+    Why: PyTriton's default workspace is a random directory under ~/.cache/pytriton that only
+    a clean stop removes (~22 MB: a copy of tritonserver and the model store); the Python
+    backend's shared memory (`/dev/shm/pytrtion<pid>-*`, 4 MB per model) and Triton's copies
+    of the proxy models (`/tmp/folderXXXXXX`, whose config names the workspace) also outlive
+    a killed server. A supervisor restarts a crashed server with back-off, so each crash would
+    leave all of that behind.
+
+    `<path>.lock` is flock-ed for the life of the process (the kernel drops it when the
+    process dies, however it dies), so a server never cleans up after one that still runs;
+    `<path>.json` records the owner's pid (the shared memory's names carry it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.absolute()
+        self.record = self.path.with_name(self.path.name + ".json")
+        self._lock_file = None
+
+    def claim(self) -> list[str]:
+        """Take the workspace; remove what a previous owner left. Returns what was removed.
+        SystemExit(1) while another live server holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(self.path.with_name(self.path.name + ".lock"), "a")  # noqa: SIM115 - held
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise SystemExit(f"embedding-server: another server uses {self.path}") from None
+        self._lock_file = lock
+        removed = []
+        try:
+            pid = json.loads(self.record.read_text()).get("pid")
+        except (OSError, ValueError, AttributeError):
+            pid = None
+        if isinstance(pid, int) and pid != os.getpid() and not _alive(pid):
+            for seg in SHM_DIR.glob(f"pytrtion{pid}-*"):  # PyTriton's prefix (sic)
+                with contextlib.suppress(OSError):
+                    seg.unlink()
+                    removed.append(str(seg))
+        for d in self.triton_copies():
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(str(d))
+        if self.path.exists():
+            shutil.rmtree(self.path, ignore_errors=True)
+            removed.append(str(self.path))
+        tmp = self.record.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"pid": os.getpid()}))
+        tmp.replace(self.record)
+        return removed
+
+    def triton_copies(self) -> list[Path]:
+        """Triton's /tmp copies of the models of a server with this workspace."""
+        needle = f'string_value: "{self.path.resolve()}"'.encode()
+        found = []
+        for d in TRITON_TMP.glob("folder??????"):
+            with contextlib.suppress(OSError):
+                if needle in (d / "config.pbtxt").read_bytes():
+                    found.append(d)
+        return sorted(found)
+
+    def release(self) -> None:
+        """After a clean stop (PyTriton removed the workspace and Triton its copies)."""
+        with contextlib.suppress(OSError):
+            self.record.unlink()
+
+
+def default_workspace(grpc_port: int) -> Path:
+    home = Path(os.environ.get("PYTRITON_HOME") or Path(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pytriton")
+    return home / f"magiclens-{grpc_port}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,10 +325,15 @@ def main(argv: list[str] | None = None) -> int:
                     default=int(os.environ.get("TRITON_METRICS_PORT", ports.TRITON.metrics)))
     ap.add_argument("--host", default=os.environ.get("MAGICLENS_TRITON_HOST", "127.0.0.1"),
                     help="interface to bind (0.0.0.0 in a pod)")
+    ap.add_argument("--workspace", type=Path, default=None,
+                    help="PyTriton workspace (default ~/.cache/pytriton/magiclens-GRPC_PORT); "
+                         "what a killed server left there is removed at start")
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--queue-delay-us", type=int, default=2000)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+    # force: an import (JAX) has configured the root logger already, which made this a no-op
+    # and dropped every INFO line ("ready", "serving model version").
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
                         format='{"ts":"%(asctime)s","service":"embedding-server",'
                                '"level":"%(levelname)s","msg":"%(message)s"}')
     # The bundled Python backend must load the libpython of *this* interpreter.
@@ -273,9 +371,15 @@ def main(argv: list[str] | None = None) -> int:
                Tensor(name="model_version", dtype=np.bytes_, shape=(1,))]
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    triton = Triton(config=TritonConfig(grpc_port=args.grpc_port, http_port=args.http_port,
+    workspace = Workspace(args.workspace or default_workspace(args.grpc_port))
+    removed = workspace.claim()
+    if removed:
+        log.warning("removed what a killed server left: %s", ", ".join(removed))
+    triton = Triton(workspace=workspace.path,
+                    config=TritonConfig(grpc_port=args.grpc_port, http_port=args.http_port,
                                         metrics_port=args.metrics_port, grpc_address=args.host,
                                         http_address=args.host, exit_timeout_secs=5))
+    code = 0
     try:
         triton.bind(QUERY_MODEL, make_infer(holder, QUERY_MODEL), [
             *image_in, Tensor(name="instruction", dtype=np.bytes_, shape=(1,), optional=True)],
@@ -286,7 +390,13 @@ def main(argv: list[str] | None = None) -> int:
         watcher.start()
         log.info("ready: grpc %d http %d, model %s", args.grpc_port, args.http_port,
                  holder.current)
-        stop.wait()
+        # PyTriton notices a dead tritonserver (or backend stub) and stops itself, but this
+        # process would idle on, serving nothing, with its supervisor seeing it "running".
+        while not stop.wait(1.0):
+            if not triton.is_alive():
+                log.error("tritonserver is gone; exiting so that the supervisor restarts us")
+                code = 1
+                break
     except KeyboardInterrupt:
         pass
     finally:
@@ -295,8 +405,10 @@ def main(argv: list[str] | None = None) -> int:
             triton.stop()
         finally:
             left = reap_children()
+            if code == 0:  # else shared memory may be left: the next server cleans it
+                workspace.release()
             log.info("stopped (reaped %d leftover processes)", left)
-    return 0
+    return code
 
 
 if __name__ == "__main__":

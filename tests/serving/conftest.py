@@ -27,7 +27,8 @@ def triton(checkpoints, tmp_path_factory) -> TritonProc:
     proc = start("services.embedding.server", "--current-file", str(current),
                  "--checkpoint", str(checkpoints["serving-a"]), "--model-version", "serving-a",
                  "--grpc-port", str(grpc_port), "--http-port", str(http_port),
-                 "--metrics-port", str(metrics_port), env=env, log=log, python=TRITON_PY)
+                 "--metrics-port", str(metrics_port), "--workspace", str(d / "workspace"),
+                 env=env, log=log, python=TRITON_PY)
     url = f"127.0.0.1:{grpc_port}"
     client = EmbeddingClient(url)
     try:
