@@ -190,6 +190,31 @@ def duplicate_mask(target_ids: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- setup helpers
 
+def pca_pooled_projection(params: Any, image_features: np.ndarray, config: Any) -> dict:
+    """`params` with the edit head's frozen pooled projection set to the top principal
+    directions (uncentred, so inner products are what is kept) of the unit pooled features.
+
+    Why: a random 1280 -> 512 projection blurs the backbone's cosines (on the demo corpus,
+    ranking by it alone loses 1.6 points of R@10 against the raw features, 9 on flags of a
+    region); the directions the data actually spans keep ~99% of their energy."""
+    if config.head != "edit":  # the transformer head has no frozen projection
+        return params
+    colour_dim = config.colour_bins ** 3 if config.colour_bins else 0
+    pooled = np.asarray(image_features[:, :image_features.shape[1] - colour_dim], np.float64)
+    unit = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+    kernel = np.asarray(params["edit_head"]["pooled_proj"]["kernel"])
+    if kernel.shape[0] <= kernel.shape[1]:  # not a reduction: the random one is an isometry
+        return params
+    # ascending eigenvalues; with fewer images than dimensions the trailing directions are
+    # an orthonormal basis of what the images do not span, which costs nothing
+    _, vecs = np.linalg.eigh(unit.T @ unit / len(unit))
+    top = vecs[:, ::-1][:, :kernel.shape[1]]
+    top = top * np.sign(top.sum(axis=0, keepdims=True) + 1e-12)  # a deterministic sign
+    flat = _flat(params)
+    flat[("edit_head", "pooled_proj", "kernel")] = jnp.asarray(top, kernel.dtype)
+    return flax.traverse_util.unflatten_dict(flat)
+
+
 def compute_dtype() -> Any:
     """bf16 on accelerators, f32 on CPU."""
     return jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32
@@ -354,6 +379,11 @@ def train(cfg: TrainConfig, triples: TripleSource, workdir: str | Path, *,
         shapes = feature_param_shapes(model, fi.shape[1], ft.shape[1], MagicLens.encode_features)
         if captions and cfg.align_steps > 0 and latest is None:
             params, align_losses = _align(model, cfg, params, pre, captions, workdir, mesh)
+        if cfg.pooled_projection == "pca":
+            params = pca_pooled_projection(params, fi, model.config)
+        elif cfg.pooled_projection != "random":
+            raise ValueError(f"pooled_projection must be random or pca, not "
+                             f"{cfg.pooled_projection!r}")
         trainable = init_trainable(subset(params, shapes), cfg)
         embed, n_batch = _frozen_triplet, 7
         consts = (jax.device_put(jnp.asarray(ef), repl),)

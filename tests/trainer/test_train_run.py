@@ -147,3 +147,33 @@ def test_relation_balanced_sampling_evens_out_relations_and_is_reproducible(tmp_
     np.testing.assert_array_equal(batch_indices(3, 7, 100, 16, probs),
                                   batch_indices(3, 7, 100, 16, probs))
     assert len(set(batch_indices(3, 7, 100, 16, probs))) == 16  # no repeats within a batch
+
+
+def test_pca_pooled_projection_keeps_cosines_that_a_random_one_blurs():
+    """On features that span few directions (as real pooled features do), the PCA kernel
+    keeps every pairwise cosine; the random orthonormal one it replaces does not."""
+    import jax
+
+    from trainer.models.magiclens import build_model, init_params
+    from trainer.train import pca_pooled_projection
+
+    cfg = MagicLensConfig("compact", 16, 4, head="edit")
+    model, pre = build_model("compact", backbone=(StandInBackbone(64), StandInPreprocessor()),
+                             config=cfg)
+    params = init_params(model, jax.random.PRNGKey(0), pre.image_size)
+    dim = params["edit_head"]["pooled_proj"]["kernel"].shape[0]
+    rng = np.random.default_rng(0)
+    feats = (rng.standard_normal((200, 12)) @ rng.standard_normal((12, dim))).astype(np.float32)
+    unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+
+    def cos_error(p):
+        k = np.asarray(p["edit_head"]["pooled_proj"]["kernel"])
+        g = unit @ k
+        g /= np.linalg.norm(g, axis=1, keepdims=True)
+        return np.abs(g @ g.T - unit @ unit.T).max()
+
+    pca = pca_pooled_projection(params, feats, cfg)
+    assert cos_error(pca) < 1e-4 < 0.05 < cos_error(params)
+    few = pca_pooled_projection(params, feats[:5], cfg)  # fewer images than dimensions
+    k = np.asarray(few["edit_head"]["pooled_proj"]["kernel"])
+    np.testing.assert_allclose(k.T @ k, np.eye(k.shape[1]), atol=1e-5)

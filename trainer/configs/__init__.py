@@ -28,6 +28,11 @@ class TrainConfig:
     # Relation-balanced sampling: a triple is drawn with probability ∝ (its relation's
     # triple count)^-balance; 0 = uniform epochs, 1 = every relation equally often.
     relation_balance: float = 0.0
+    # Edit head, frozen mode (full mode and the transformer head keep the random init): the
+    # frozen projection of the pooled features. "random" (orthonormal) or "pca": the top
+    # principal directions of the training images' unit pooled features, which keep their
+    # cosines (search-by-image) far better at 512 dims.
+    pooled_projection: str = "random"
     learn_temperature: bool = False
     seed: int = 0
     checkpoint_every: int = 100
