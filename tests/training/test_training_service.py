@@ -133,6 +133,10 @@ def test_runs_train_one_at_a_time_and_publish_models(svc):
 
     params, meta = load_params(models[a.model_version].checkpoint_uri.removeprefix("file://"))
     assert meta["steps"] == 10 and "multimodal_encoder" in params
+    # The published metrics are the checkpoint's own held-out evaluation, not made up or
+    # lost between the trainer and Postgres.
+    for key in ("magiclens/R@1", "image_only/R@1", "text_only/R@1", "image_text_sum/R@1"):
+        assert models[a.model_version].metrics[key] == pytest.approx(meta["metrics"][key])
 
     seen = svc.events.wait_for(lambda ev: {e.model_version for e in ev} >= {a.model_version,
                                                                            b.model_version})
