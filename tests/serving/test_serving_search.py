@@ -28,7 +28,7 @@ from runtime.serving import set_serving_version
 from runtime.topics import EMBEDDINGS_READY
 from services.search.index import IndexParams, ShardIndex
 from tests.gateway.gwutil import CHROMIUM, chromium, running_gateway
-from tests.serving.serving_support import CACHE, augmented_images, photo, png
+from tests.serving.serving_support import CACHE, PHOTOS, augmented_images, photo, png
 from tests.support.processes import ROOT, free_port, kill, start, stop, wait_grpc
 from tools.cli.main import main
 
@@ -217,11 +217,14 @@ def test_search_by_pool_image_and_bytes(cluster):
     assert len(same_photo & set(got)) >= 5
     assert r.hits[0].image_url.startswith("https://serving-test.example/")
     assert r.hits[0].context.page_title == "Test photos"
-    # raw bytes of a pool image: excluded too, by content hash? (hash differs per run tag:
-    # the pool hash is salted), so it is found as its own nearest neighbour instead
+    # Raw bytes of a photo whose augmentations are in the pool: its nearest neighbours are
+    # those augmentations (real neighbour structure through Triton, not just five hits).
     r2 = _search(cluster, query={"image_bytes": png(photo("coffee"))},
                  instruction="find the same cup", k=5)
+    coffee = PHOTOS.index("coffee")
+    coffee_ids = set(cluster.image_ids[coffee * N_PER_PHOTO:(coffee + 1) * N_PER_PHOTO])
     assert len(r2.hits) == 5
+    assert len(coffee_ids & {h.image_id for h in r2.hits}) >= 3, [h.image_id for h in r2.hits]
 
 
 def test_web_ui_renders_a_real_result_grid(cluster):
