@@ -39,7 +39,7 @@ import psycopg
 from magiclens.v1 import events_pb2, mining_pb2, mining_pb2_grpc
 from PIL import Image
 
-from runtime import db
+from runtime import db, rpc
 from runtime.bus import Consumer, Event, ensure_topics
 from runtime.topics import IMAGES_MINED
 from tools import infra
@@ -108,8 +108,7 @@ class Miner:
              "--", sys.executable, "-m", "services.mining"],
             cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, start_new_session=True)
-        self.stub = mining_pb2_grpc.MiningServiceStub(
-            grpc.insecure_channel(f"127.0.0.1:{self.port}"))
+        self.stub = mining_pb2_grpc.MiningServiceStub(rpc.channel(f"127.0.0.1:{self.port}"))
 
     def details(self) -> dict:
         try:

@@ -42,6 +42,9 @@ class BaseServiceSettings(BaseSettings):
     blob_uri: str = ""  # default: file://<data_dir>/blobs
     log_level: str = "INFO"
     grpc_port: int = Field(default=0, ge=0, le=65535)
+    # The interface the gRPC and metrics ports bind: loopback unless configured (a pod sets
+    # 0.0.0.0; deploy/gen_base.py does).
+    grpc_host: str = "127.0.0.1"
     metrics_port: int = Field(default=0, ge=0, le=65535)
     reconcile_interval_s: float = Field(default=30.0, gt=0)
     shutdown_grace_s: float = Field(default=10.0, ge=0)

@@ -67,7 +67,7 @@ class Service:
     def add_grpc(self, registrations: Sequence[Registration], max_workers: int = 16) -> GrpcServer:
         metrics = self.settings.metrics_port or None
         self.grpc = GrpcServer(registrations, port=self.settings.grpc_port,
-                               host="0.0.0.0" if self.settings.grpc_port else "127.0.0.1",
+                               host=self.settings.grpc_host,
                                max_workers=max_workers, metrics_port=metrics)
         return self.grpc
 

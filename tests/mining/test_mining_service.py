@@ -8,11 +8,11 @@ import subprocess
 import time
 from pathlib import Path
 
-import grpc
 import psycopg
 from kafka import KafkaConsumer, KafkaProducer
 from magiclens.v1 import events_pb2, mining_pb2, mining_pb2_grpc
 
+from runtime import rpc
 from runtime.bus import ensure_topics, make_producer, publish
 from services.mining.config import MiningSettings
 from services.mining.handlers import pages_topic
@@ -98,7 +98,7 @@ def test_page_event_on_kafka_becomes_pairs_in_postgres_and_events_on_kafka(
         raw.close()
         wait_for(lambda: _all_mined(db_url, urls[:1]), 60, "the JSON page event to be mined")
         # gRPC: submit the second page (through the outbox), then ask for status.
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        with rpc.channel(f"127.0.0.1:{port}") as ch:
             stub = mining_pb2_grpc.MiningServiceStub(ch)
             resp = stub.SubmitPages(mining_pb2.SubmitPagesRequest(
                 urls=[urls[1], urls[0], "ftp://nope/"]), timeout=10)

@@ -9,14 +9,13 @@ import sys
 import threading
 from pathlib import Path
 
-import grpc
 import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from magiclens.v1 import events_pb2
 
-from runtime import db
+from runtime import auth, db, rpc
 from runtime.blobstore import FileBlobStore, open_blobstore
 from runtime.bus import BadEvent, decode
 from runtime.config import BaseServiceSettings, load_settings
@@ -142,7 +141,7 @@ def test_events_decode_protobuf_and_json_and_reject_garbage():
 def test_grpc_bootstrap_serves_health_and_reflection_and_stops_gracefully():
     server = GrpcServer([], port=0)
     port = server.start()
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with rpc.channel(f"127.0.0.1:{port}", role=auth.READ) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         resp = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
         assert resp.status == health_pb2.HealthCheckResponse.SERVING
