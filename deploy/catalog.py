@@ -26,6 +26,9 @@ KAFKA_BOOTSTRAP = f"{KAFKA_CLUSTER}-kafka-bootstrap:9092"
 PG_CLUSTER = "magiclens-pg"  # CloudNativePG Cluster CR; its app Secret is `<name>-app`
 PG_SECRET = f"{PG_CLUSTER}-app"
 S3_SECRET = "magiclens-s3"
+# The gRPC API tokens (runtime/auth.py): key `read` and key `admin`, each a comma-separated
+# list (several during a rotation); clients inside the cluster send the first read token.
+API_TOKENS_SECRET = "magiclens-api-tokens"
 CONFIG_MAP = "magiclens-config"
 MONITORING_NAMESPACE = "monitoring"  # where Prometheus runs (scrapes metrics ports)
 

@@ -50,6 +50,15 @@ def _env(w: c.Workload) -> list[dict[str, Any]]:
             "name": c.PG_SECRET, "key": "uri"}}})
     if w.grpc_port:
         env.append({"name": "MAGICLENS_GRPC_PORT", "value": str(w.grpc_port)})
+        # Services bind loopback unless told otherwise; a pod serves its Service.
+        env.append({"name": "MAGICLENS_GRPC_HOST", "value": "0.0.0.0"})
+        env.extend(_token_env(f"MAGICLENS_{role.upper()}_TOKENS", role)
+                   for role in ("read", "admin"))
+    if _calls_our_grpc(w):
+        # A client of our gRPC APIs (the search root of its shards, the gateway of the
+        # root): least privilege, the read token. Kubernetes expands $(VAR) only for
+        # variables defined earlier in the list, so this is a Secret reference of its own.
+        env.append(_token_env("MAGICLENS_TOKEN", "read"))
     if w.metrics_port and w.grpc_port:  # Triton serves its own metrics on 8002
         env.append({"name": "MAGICLENS_METRICS_PORT", "value": str(w.metrics_port)})
     if w.kind == "StatefulSet":
@@ -58,6 +67,15 @@ def _env(w: c.Workload) -> list[dict[str, Any]]:
             "fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}}})
     env.extend({"name": k, "value": v} for k, v in sorted(w.env.items()))
     return env
+
+
+def _token_env(name: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": c.API_TOKENS_SECRET,
+                                                         "key": key}}}
+
+
+def _calls_our_grpc(w: c.Workload) -> bool:
+    return any(c.BY_NAME[target].grpc_port == port for target, port in w.calls)
 
 
 def _probes(w: c.Workload) -> dict[str, Any]:

@@ -165,6 +165,15 @@ def ensure_local_token_file(path: Path | None = None) -> Path:
     return path
 
 
+def local_tokens() -> dict[str, list[str]]:
+    """{role: tokens} of the local token file (created when missing, unless
+    MAGICLENS_TOKEN_FILE names it)."""
+    path = local_token_file()
+    if not os.environ.get("MAGICLENS_TOKEN_FILE"):
+        ensure_local_token_file(path)
+    return _read_file(path)
+
+
 def _env_list(name: str) -> list[str] | None:
     value = os.environ.get(name)
     if value is None:
@@ -177,10 +186,7 @@ def server_tokens() -> Tokens:
     read, admin = _env_list("MAGICLENS_READ_TOKENS"), _env_list("MAGICLENS_ADMIN_TOKENS")
     if read is not None or admin is not None:
         return Tokens.of(read or [], admin or [])
-    if os.environ.get("MAGICLENS_TOKEN_FILE"):
-        got = _read_file(local_token_file())
-        return Tokens.of(got[READ], got[ADMIN])
-    got = _read_file(ensure_local_token_file())
+    got = local_tokens()
     return Tokens.of(got[READ], got[ADMIN])
 
 
@@ -188,14 +194,12 @@ def client_token(role: str = ADMIN) -> str | None:
     """The token a client sends: MAGICLENS_TOKEN, else the token file's first `role` token
     (created locally when missing); None when neither can be had (the call is then refused
     with UNAUTHENTICATED, which says what is wrong)."""
-    token = os.environ.get("MAGICLENS_TOKEN", "").strip()
+    # The first of a comma-separated list: a Secret's key may hold several during a rotation.
+    token = os.environ.get("MAGICLENS_TOKEN", "").split(",")[0].strip()
     if token:
         return token
     try:
-        path = local_token_file()
-        if not os.environ.get("MAGICLENS_TOKEN_FILE"):
-            ensure_local_token_file(path)
-        tokens = _read_file(path)
+        tokens = local_tokens()
     except (ConfigError, OSError):
         return None
     for r in (role, ADMIN) if role == READ else (role,):

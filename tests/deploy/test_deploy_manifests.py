@@ -7,6 +7,7 @@ structural checks of the operator CRs (deploy/policy.py says why).
 
 from __future__ import annotations
 
+import base64
 import copy
 import os
 import re
@@ -366,10 +367,39 @@ def test_secrets_file_replaces_the_placeholders(tmp_path):
     real = tmp_path / "s3.env"
     real.write_text("AWS_ENDPOINT_URL=http://minio.storage:9000\nAWS_ACCESS_KEY_ID=k\n"
                     "AWS_SECRET_ACCESS_KEY=s\nAWS_REGION=eu-west-1\n")
-    docs = policy.load_docs(tool.render("dev", real))
+    tokens = tmp_path / "api-tokens.env"
+    tokens.write_text(f"read={'r' * 32}\nadmin={'a' * 32},{'b' * 32}\n")
+    docs = policy.load_docs(tool.render("dev", real, tokens=tokens))
     assert policy.placeholder_secrets(docs) == []
     assert policy.policy_problems(docs) == []  # the renamed Secret is still referenced
     assert not list((ROOT / "deploy").rglob("s3.env.*")), "real secrets leaked into the tree"
+    secret = next(d for d in docs if d["kind"] == "Secret"
+                  and d["metadata"]["name"].startswith(catalog.API_TOKENS_SECRET))
+    assert base64.b64decode(secret["data"]["admin"]).decode() == f"{'a' * 32},{'b' * 32}"
+
+
+def test_grpc_servers_get_tokens_and_listen_on_the_pod_and_clients_get_a_read_token(rendered):
+    """Every gRPC server reads both token lists from the Secret and binds all interfaces
+    (loopback is the default); a workload that calls one of our gRPC APIs sends the read
+    token."""
+    docs = rendered["prod"]
+    secret = next(d["metadata"]["name"] for d in docs if d["kind"] == "Secret"
+                  and d["metadata"]["name"].startswith(catalog.API_TOKENS_SECRET))
+    for w in catalog.WORKLOADS:
+        ctr = _container(docs, w.kind, w.name, w.container_name)
+        env = {e["name"]: e for e in ctr.get("env", [])}
+        refs = {name: e["valueFrom"]["secretKeyRef"] for name, e in env.items()
+                if "secretKeyRef" in e.get("valueFrom", {})}
+        if w.grpc_port:
+            assert env["MAGICLENS_GRPC_HOST"]["value"] == "0.0.0.0", w.name
+            assert refs["MAGICLENS_READ_TOKENS"] == {"name": secret, "key": "read"}, w.name
+            assert refs["MAGICLENS_ADMIN_TOKENS"] == {"name": secret, "key": "admin"}, w.name
+        else:
+            assert "MAGICLENS_ADMIN_TOKENS" not in env, w.name
+        if w.name in ("gateway", "search-root"):
+            assert refs["MAGICLENS_TOKEN"] == {"name": secret, "key": "read"}, w.name
+        else:
+            assert "MAGICLENS_TOKEN" not in env, w.name
 
 
 def _tool(args, tmp_path, **env):
