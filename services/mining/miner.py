@@ -98,6 +98,7 @@ class Miner:
                              max_aspect=settings.mining_max_aspect,
                              max_svg_bytes=settings.mining_max_svg_bytes,
                              svg_render_px=settings.mining_svg_render_px,
+                             max_svg_render_pixels=settings.mining_max_svg_render_pixels,
                              max_data_uri_bytes=settings.mining_max_data_uri_bytes)
         # Pillow's own guard: warn above the limit (turned into an error), refuse above 2x.
         Image.MAX_IMAGE_PIXELS = settings.mining_max_image_pixels
