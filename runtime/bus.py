@@ -31,7 +31,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
-from runtime import db
+from runtime import db, kafka_limits  # noqa: F401 - installs the decompressed-batch cap
 from runtime.errors import UnavailableError
 from runtime.limits import MAX_EVENT_BYTES, MAX_JSON_DEPTH
 from runtime.topics import ALL_TOPICS, BY_NAME, Topic
