@@ -132,14 +132,20 @@ class Miner:
 
     # ------------------------------------------------------------------ handler
     def handle(self, conn: psycopg.Connection, event: Event) -> None:
-        """Consumer handler; idempotent by page status, safe to run in several workers."""
+        """Consumer handler; idempotent by page status, safe to run in several workers.
+
+        From the event only the URL is used: anyone able to write the topic could send one
+        (an external producer sends JSON on purpose). A page's source and split are what
+        Postgres holds (SubmitPages, an admin call, records them; a page first seen here is
+        source "web", split "train"), and its HTML is fetched or read from the WARC archive,
+        never taken from the event."""
         msg = event.message
         try:
             url = normalise(msg.url)
         except BadUrl as exc:
             # Dead-lettered with the reason (visible, never retried); later events go on.
             raise InvalidEvent(f"page URL refused: {exc}") from None
-        self.register(url, msg.source, msg.split)
+        self.register(url, "web", "train")
         row = store.lock_page(conn, url_hash(url), skip_locked=True)
         if row is None:
             return  # another worker holds it right now
@@ -149,8 +155,7 @@ class Miner:
                         and row["attempts"] < self.settings.mining_max_attempts)
         if row["status"] not in ("discovered", "fetching") and not retry_failed:
             return
-        html = msg.html.encode("utf-8", errors="replace") if msg.html else None
-        outcome = self.mine(conn, url, html)
+        outcome = self.mine(conn, url, None)
         t0 = time.perf_counter()
         self.store(conn, row, outcome)
         self._add_time("db", time.perf_counter() - t0)

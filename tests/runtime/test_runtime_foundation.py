@@ -130,8 +130,14 @@ def test_blobstore_is_content_addressed_and_confined(tmp_path):
 def test_events_decode_protobuf_and_json_and_reject_garbage():
     msg = events_pb2.PageDiscovered(url="http://x/", source="web")
     assert decode(PAGES_DISCOVERED, msg.SerializeToString(), {}) == msg
-    assert decode(PAGES_DISCOVERED, b'{"url": "http://x/", "source": "web", "extra": 1}',
-                  {}) == msg
+    # JSON (what external producers send): the URL only; unknown keys are ignored, the
+    # message's other fields are refused (they come through SubmitPages, an admin call).
+    assert decode(PAGES_DISCOVERED, b'{"url": "http://x/", "priority": 1}',
+                  {}) == events_pb2.PageDiscovered(url="http://x/")
+    for field in ('"source": "web"', '"html": "<p>"', '"split": "heldout"',
+                  '"discoveredAt": "2024-01-01T00:00:00Z"'):
+        with pytest.raises(BadEvent, match="only through an authenticated gRPC call"):
+            decode(PAGES_DISCOVERED, b'{"url": "http://x/", ' + field.encode() + b"}", {})
     with pytest.raises(BadEvent):
         decode(PAGES_DISCOVERED, b"[1, 2]", {"content-type": "application/json"})
     with pytest.raises(BadEvent):

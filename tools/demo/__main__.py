@@ -169,7 +169,7 @@ def step_ingest(url: str) -> None:
     else:
         run([sys.executable, "-m", "tools.ingest", "--sitemap", SITE + "sitemap.xml",
              "--allow-private", "--heldout-file", str(CORPUS / "heldout_pages.txt")],
-            "publish the corpus pages to Kafka")
+            "submit the corpus pages to the mining service")
 
     def status() -> str:
         c = counts(url)
