@@ -139,11 +139,11 @@ def _decode(topic: Topic, value: bytes, headers: dict[str, str]) -> Message:
         if not _json_depth_ok(obj, MAX_JSON_DEPTH):
             raise BadEvent(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
         allowed = set(topic.json_fields)
-        for f in msg.DESCRIPTOR.fields:
+        for f in msg.DESCRIPTOR.fields if allowed else ():
             if f.name not in allowed and (f.name in obj or f.json_name in obj):
                 raise BadEvent(f"JSON on {topic.name} may set only "
-                               f"{', '.join(topic.json_fields) or 'nothing'}; '{f.name}' comes "
-                               "only through an authenticated gRPC call")
+                               f"{', '.join(topic.json_fields)}; '{f.name}' comes only "
+                               "through an authenticated gRPC call")
         try:
             json_format.ParseDict(obj, msg, ignore_unknown_fields=True)
         except json_format.ParseError as exc:

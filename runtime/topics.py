@@ -24,7 +24,7 @@ class Topic:
     partitions: int = 6
     accepts_json: bool = False
     # The message fields a JSON record may set (an external producer's); the message's
-    # other fields in JSON make it a bad event. Unknown keys are ignored.
+    # other fields in JSON make it a bad event (empty: any field). Unknown keys are ignored.
     json_fields: tuple[str, ...] = ()
 
     @property
