@@ -52,6 +52,9 @@ class BaseServiceSettings(BaseSettings):
     # any redelivery of the same event, i.e. the topics' retention; 7 days by default).
     outbox_retention_s: float = Field(default=7 * 86400.0, gt=0)
     processed_events_retention_s: float = Field(default=7 * 86400.0, gt=0)
+    # The topics this process's outbox relay publishes (comma-separated; empty: all). In the
+    # cluster, what the workload's Kafka user may write (deploy/catalog.py).
+    outbox_topics: str = ""
 
     @field_validator("database_url")
     @classmethod

@@ -61,7 +61,8 @@ class Service:
         self.relay = OutboxRelay(
             self.settings.database_url, self.settings.kafka_bootstrap_servers,
             outbox_retention_s=self.settings.outbox_retention_s,
-            processed_retention_s=self.settings.processed_events_retention_s)
+            processed_retention_s=self.settings.processed_events_retention_s,
+            topics=self.settings.outbox_topics.split(","))
         return self.relay
 
     def add_grpc(self, registrations: Sequence[Registration], max_workers: int = 16) -> GrpcServer:
