@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 from deploy import catalog, gen_base, policy, tool  # noqa: E402
-from runtime.topics import ALL_TOPICS  # noqa: E402
+from runtime.topics import ALL_TOPICS, MODELS_PUBLISHED  # noqa: E402
 
 ENVS = ("dev", "prod")
 
@@ -340,7 +340,7 @@ def test_custom_resource_check_catches_broken_crs(rendered):
     so["spec"]["triggers"][0]["metadata"]["topic"] = "magiclens.nope.v1"
     so["spec"]["scaleTargetRef"]["name"] = "nope"
     _find(docs, "Cluster", catalog.PG_CLUSTER)["spec"]["storage"]["size"] = "lots"
-    docs.append({"apiVersion": "keda.sh/v1alpha1", "kind": "TriggerAuthentication",
+    docs.append({"apiVersion": "keda.sh/v1alpha1", "kind": "ClusterTriggerAuthentication",
                  "metadata": {"name": "x"}, "spec": {}})
     problems = "\n".join(policy.custom_resource_problems(docs))
     for needle in ("spec.partitions must be", "names no Kafka", "magiclens.nope.v1 has no",
@@ -461,3 +461,38 @@ def test_external_postgres_component(tmp_path):
     assert egress[0]["to"][0]["ipBlock"]["cidr"] == "0.0.0.0/0"
     assert policy.policy_problems(docs) == [] and policy.custom_resource_problems(docs) == []
     assert f"{secret['metadata']['name']}/uri" in policy.placeholder_secrets(docs)
+
+
+def test_each_service_is_a_kafka_user_that_may_use_only_its_topics(rendered):
+    """Strimzi SCRAM users with simple ACLs (issue 15): a pod may write exactly the topics
+    its relay publishes and read exactly the ones it consumes, so e.g. a ModelPublished
+    (which moves what the embedding worker serves) can come only from training or the
+    outbox relay; each Kafka client sends its own user's password from its Secret."""
+    docs = rendered["prod"]
+    kafka = _find(docs, "Kafka", catalog.KAFKA_CLUSTER)
+    assert [li["authentication"]["type"] for li in kafka["spec"]["kafka"]["listeners"]] == \
+        ["scram-sha-512"]
+    assert kafka["spec"]["kafka"]["authorization"]["type"] == "simple"
+    users = {d["metadata"]["name"]: d for d in docs if d["kind"] == "KafkaUser"}
+    assert set(users) == {catalog.kafka_user(w) for w in catalog.KAFKA_ACCESS}
+    writers: dict[str, set[str]] = {}
+    for workload, access in catalog.KAFKA_ACCESS.items():
+        acls = users[catalog.kafka_user(workload)]["spec"]["authorization"]["acls"]
+        topic_ops = {a["resource"]["name"]: set(a["operations"]) for a in acls
+                     if a["resource"]["type"] == "topic"}
+        assert {t for t, ops in topic_ops.items() if "Write" in ops} == set(access.writes)
+        assert {t for t, ops in topic_ops.items() if "Read" in ops} == set(access.reads)
+        assert not any(ops & {"Create", "Delete", "Alter", "All"} for ops in topic_ops.values())
+        for t in access.writes:
+            writers.setdefault(t, set()).add(workload)
+    assert writers[MODELS_PUBLISHED.name] == {"training", "outbox-relay"}
+    for w in catalog.WORKLOADS:
+        if catalog.KAFKA not in w.uses:
+            continue
+        container = w.sidecar.name if w.sidecar is not None else w.container_name
+        env = {e["name"]: e for e in _container(docs, w.kind, w.name, container)["env"]}
+        assert env["KAFKA_SASL_USERNAME"]["value"] == catalog.kafka_user(w.name), w.name
+        assert env["KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == \
+            {"name": catalog.kafka_user(w.name), "key": "password"}, w.name
+        writes = ",".join(catalog.KAFKA_ACCESS[w.name].writes)
+        assert env.get("MAGICLENS_OUTBOX_TOPICS", {}).get("value", "") == writes, w.name
