@@ -57,7 +57,7 @@ from magiclens.v1 import (
 )
 from PIL import Image
 
-from runtime import db
+from runtime import auth, db, rpc
 from runtime.blobstore import open_blobstore
 from runtime.bus import Consumer, Event, ensure_topics
 from runtime.embedding_client import EmbeddingClient
@@ -175,8 +175,7 @@ class Miner(Kept):
         super().__init__(name, [sys.executable, "-m", "services.mining"],
                          dict(env, MAGICLENS_GRPC_PORT=str(self.port),
                               MAGICLENS_MINING_WORKER_ID=name), run_dir)
-        self.stub = mining_pb2_grpc.MiningServiceStub(
-            grpc.insecure_channel(f"127.0.0.1:{self.port}"))
+        self.stub = mining_pb2_grpc.MiningServiceStub(rpc.channel(f"127.0.0.1:{self.port}"))
 
 
 class Search:
@@ -227,7 +226,7 @@ class Search:
             env, MAGICLENS_GRPC_PORT=str(root_port), MAGICLENS_TRITON_URL=self.triton_url,
             MAGICLENS_SHARDS=",".join(f"127.0.0.1:{p}" for p in shard_ports)), run_dir)
         self.stub = search_pb2_grpc.SearchServiceStub(
-            grpc.insecure_channel(f"127.0.0.1:{root_port}"))
+            rpc.channel(f"127.0.0.1:{root_port}", role=auth.READ))
         self.codes: Counter[str] = Counter()
         self.stopping = threading.Event()
         self.rng = random.Random(7)

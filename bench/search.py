@@ -22,10 +22,10 @@ import gc
 import time
 from pathlib import Path
 
-import grpc
 import numpy as np
 from magiclens.v1 import search_pb2, search_pb2_grpc
 
+from runtime import rpc
 from runtime.grpc_server import GrpcServer
 from services.search.index import IndexParams, ShardIndex
 from services.search.shard import ShardServicer
@@ -131,7 +131,7 @@ def _shards_via_grpc(n, db, qs, exact, params, k) -> None:
                            ShardServicer(_FakeShard(idx, s)), "magiclens.v1.ShardService")])
         srv.start()
         servers.append(srv)
-        stubs.append(search_pb2_grpc.ShardServiceStub(grpc.insecure_channel(f"127.0.0.1:{srv.port}")))
+        stubs.append(search_pb2_grpc.ShardServiceStub(rpc.channel(f"127.0.0.1:{srv.port}")))
 
     def grpc_search(q):
         req = search_pb2.SearchShardRequest(query=q.tolist(), k=k)

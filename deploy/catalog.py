@@ -13,6 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from runtime import ports
+from runtime.topics import (
+    ALL_TOPICS,
+    EMBEDDINGS_READY,
+    IMAGES_MINED,
+    MODELS_PUBLISHED,
+    PAGES_DISCOVERED,
+    PAIRS_MINED,
+    TRIPLES_CREATED,
+)
 
 REGISTRY = "ghcr.io/magiclens"
 SERVICE_IMAGE = f"{REGISTRY}/magiclens-service"  # Dockerfile target `service` (env/main.lock)
@@ -26,6 +35,9 @@ KAFKA_BOOTSTRAP = f"{KAFKA_CLUSTER}-kafka-bootstrap:9092"
 PG_CLUSTER = "magiclens-pg"  # CloudNativePG Cluster CR; its app Secret is `<name>-app`
 PG_SECRET = f"{PG_CLUSTER}-app"
 S3_SECRET = "magiclens-s3"
+# The gRPC API tokens (runtime/auth.py): key `read` and key `admin`, each a comma-separated
+# list (several during a rotation); clients inside the cluster send the first read token.
+API_TOKENS_SECRET = "magiclens-api-tokens"
 CONFIG_MAP = "magiclens-config"
 MONITORING_NAMESPACE = "monitoring"  # where Prometheus runs (scrapes metrics ports)
 
@@ -136,6 +148,47 @@ WORKLOADS: tuple[Workload, ...] = (
 )
 
 BY_NAME = {w.name: w for w in WORKLOADS}
+
+
+@dataclass(frozen=True)
+class KafkaAccess:
+    """What one workload's Kafka user may do (Strimzi KafkaUser, SCRAM-SHA-512, simple ACLs):
+    write the topics its outbox relay publishes (MAGICLENS_OUTBOX_TOPICS says the same to
+    the relay), read the topics it consumes, in consumer groups starting with `group`."""
+
+    writes: tuple[str, ...] = ()
+    reads: tuple[str, ...] = ()
+    group: str = ""  # a prefix of its consumer group ids ("": it consumes nothing)
+
+
+def _names(*topics) -> tuple[str, ...]:
+    return tuple(t.name for t in topics)
+
+
+# Each service may produce and consume only its own topics. A forged ModelPublished (the
+# event the embedding worker acts on) can then come only from training or the outbox relay.
+KAFKA_ACCESS: dict[str, KafkaAccess] = {
+    "mining": KafkaAccess(_names(PAGES_DISCOVERED, IMAGES_MINED, PAIRS_MINED),
+                          _names(PAGES_DISCOVERED), "magiclens-mining"),
+    "triplegen": KafkaAccess(_names(PAIRS_MINED, TRIPLES_CREATED),
+                             _names(IMAGES_MINED, PAIRS_MINED), "magiclens-triplegen"),
+    "training": KafkaAccess(_names(MODELS_PUBLISHED), _names(TRIPLES_CREATED),
+                            "magiclens-training"),
+    "embedding": KafkaAccess(_names(EMBEDDINGS_READY), _names(IMAGES_MINED, MODELS_PUBLISHED),
+                             "magiclens-embedding-worker"),
+    "search-shard": KafkaAccess((), _names(EMBEDDINGS_READY, MODELS_PUBLISHED),
+                                "magiclens-search-shard-"),
+    # The extra relay publishes any service's outbox rows.
+    "outbox-relay": KafkaAccess(_names(*ALL_TOPICS)),
+    # Not a workload: the user for producers outside the suite (kcat, a crawler), which may
+    # only announce page URLs (the JSON path; docs/topics.md).
+    "ingest": KafkaAccess(_names(PAGES_DISCOVERED)),
+}
+
+
+def kafka_user(workload: str) -> str:
+    """The KafkaUser (and the Secret Strimzi makes for it, key `password`) of a workload."""
+    return f"magiclens-{workload}"
 
 
 def callers_of(name: str) -> list[tuple[str, int]]:

@@ -50,14 +50,44 @@ def _env(w: c.Workload) -> list[dict[str, Any]]:
             "name": c.PG_SECRET, "key": "uri"}}})
     if w.grpc_port:
         env.append({"name": "MAGICLENS_GRPC_PORT", "value": str(w.grpc_port)})
+        # Services bind loopback unless told otherwise; a pod serves its Service.
+        env.append({"name": "MAGICLENS_GRPC_HOST", "value": "0.0.0.0"})
+        env.extend(_token_env(f"MAGICLENS_{role.upper()}_TOKENS", role)
+                   for role in ("read", "admin"))
+    if _calls_our_grpc(w):
+        # A client of our gRPC APIs (the search root of its shards, the gateway of the
+        # root): least privilege, the read token. Kubernetes expands $(VAR) only for
+        # variables defined earlier in the list, so this is a Secret reference of its own.
+        env.append(_token_env("MAGICLENS_TOKEN", "read"))
     if w.metrics_port and w.grpc_port:  # Triton serves its own metrics on 8002
         env.append({"name": "MAGICLENS_METRICS_PORT", "value": str(w.metrics_port)})
+    access = c.KAFKA_ACCESS.get(w.name)
+    if c.KAFKA in w.uses and access is not None:
+        # Its own Kafka user (SCRAM; Strimzi writes the password into a Secret of the same
+        # name), whose ACLs allow only its topics; its relay publishes only those.
+        user = c.kafka_user(w.name)
+        env += [{"name": "KAFKA_SECURITY_PROTOCOL", "value": "SASL_PLAINTEXT"},
+                {"name": "KAFKA_SASL_MECHANISM", "value": "SCRAM-SHA-512"},
+                {"name": "KAFKA_SASL_USERNAME", "value": user},
+                {"name": "KAFKA_SASL_PASSWORD", "valueFrom": {"secretKeyRef": {
+                    "name": user, "key": "password"}}}]
+        if access.writes:
+            env.append({"name": "MAGICLENS_OUTBOX_TOPICS", "value": ",".join(access.writes)})
     if w.kind == "StatefulSet":
         # The pod ordinal as a label (Kubernetes >= 1.28): search-shard-3 -> shard 3.
         env.append({"name": "MAGICLENS_SHARD", "valueFrom": {"fieldRef": {
             "fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}}})
     env.extend({"name": k, "value": v} for k, v in sorted(w.env.items()))
     return env
+
+
+def _token_env(name: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": c.API_TOKENS_SECRET,
+                                                         "key": key}}}
+
+
+def _calls_our_grpc(w: c.Workload) -> bool:
+    return any(c.BY_NAME[target].grpc_port == port for target, port in w.calls)
 
 
 def _probes(w: c.Workload) -> dict[str, Any]:
@@ -114,9 +144,9 @@ def pod_template(w: c.Workload) -> dict[str, Any]:
         "name": w.container_name, "image": image, "imagePullPolicy": "IfNotPresent",
         "command": ["python", "-m", w.module, *w.args],
         "ports": _ports(w),
-        # The Triton server has no database client (the worker beside it reads Postgres).
-        "env": [e for e in _env(w) if not (w.image == c.TRITON_IMAGE
-                                           and e["name"] == "DATABASE_URL")],
+        # The Triton server has no database or Kafka client (the worker beside it has).
+        "env": [e for e in _env(w) if not (w.image == c.TRITON_IMAGE and (
+            e["name"] == "DATABASE_URL" or e["name"] in KAFKA_CLIENT_ENV))],
         "envFrom": _env_from(w),
         "resources": _resources(w.requests, w.limits),
         **_probes(w),
@@ -290,7 +320,9 @@ def scaled_object(w: c.Workload) -> dict[str, Any]:
                 "triggers": [{"type": "kafka", "metadata": {
                     "bootstrapServers": c.KAFKA_BOOTSTRAP, "consumerGroup": group,
                     "topic": topic, "lagThreshold": "50", "activationLagThreshold": "1",
-                    "offsetResetPolicy": "earliest", "allowIdleConsumers": "false"}}]}}
+                    "offsetResetPolicy": "earliest", "allowIdleConsumers": "false",
+                    "sasl": "scram_sha512", "username": c.kafka_user(w.name), "tls": "disable"},
+                    "authenticationRef": {"name": w.name}}]}}
 
 
 def search_root_hpa() -> dict[str, Any]:
@@ -313,6 +345,44 @@ def kafka_topics() -> list[dict[str, Any]]:
             for t in ALL_TOPICS]
 
 
+KAFKA_CLIENT_ENV = ("KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME",
+                    "KAFKA_SASL_PASSWORD", "MAGICLENS_OUTBOX_TOPICS")
+
+
+def kafka_users() -> list[dict[str, Any]]:
+    """One Strimzi KafkaUser per workload that talks to Kafka: SCRAM-SHA-512, and simple
+    ACLs that allow exactly deploy/catalog.py's KAFKA_ACCESS (no Create: the topic
+    operator owns the topics)."""
+    docs = []
+    for name, access in c.KAFKA_ACCESS.items():
+        ops: dict[str, list[str]] = {}
+        for topic in access.writes:
+            ops.setdefault(topic, []).extend(["Write", "Describe"])
+        for topic in access.reads:
+            ops.setdefault(topic, []).extend(["Read", "Describe"])
+        acls = [{"resource": {"type": "topic", "name": topic, "patternType": "literal"},
+                 "operations": sorted(set(o))} for topic, o in ops.items()]
+        if access.group:
+            acls.append({"resource": {"type": "group", "name": access.group,
+                                      "patternType": "prefix"},
+                         "operations": ["Describe", "Read"]})
+        docs.append({"apiVersion": "kafka.strimzi.io/v1beta2", "kind": "KafkaUser",
+                     "metadata": {"name": c.kafka_user(name),
+                                  "labels": {"strimzi.io/cluster": c.KAFKA_CLUSTER}},
+                     "spec": {"authentication": {"type": "scram-sha-512"},
+                              "authorization": {"type": "simple", "acls": acls}}})
+    return docs
+
+
+def trigger_authentication(w: c.Workload) -> dict[str, Any]:
+    """KEDA reads consumer lag as the workload's own Kafka user."""
+    user = c.kafka_user(w.name)
+    return {"apiVersion": "keda.sh/v1alpha1", "kind": "TriggerAuthentication",
+            "metadata": {"name": w.name},
+            "spec": {"secretTargetRef": [{"parameter": "password", "name": user,
+                                          "key": "password"}]}}
+
+
 def _dump(docs: list[dict[str, Any]]) -> str:
     return HEADER + "---\n".join(yaml.safe_dump(d, sort_keys=False, width=100) for d in docs)
 
@@ -326,12 +396,13 @@ def files() -> dict[str, str]:
             docs.append(svc)
         docs += [pdb(w), network_policy(w)]
         if w.keda:
-            docs.append(scaled_object(w))
+            docs += [trigger_authentication(w), scaled_object(w)]
         if w.name == "search-root":
             docs.append(search_root_hpa())
         out[f"{w.name}.yaml"] = _dump(docs)
     out["network-shared.yaml"] = _dump(shared_network_policies())
     out["kafka-topics.yaml"] = _dump(kafka_topics())
+    out["kafka-users.yaml"] = _dump(kafka_users())
     names = sorted(out)
     out["kustomization.yaml"] = HEADER + yaml.safe_dump(
         {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",

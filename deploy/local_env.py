@@ -10,6 +10,9 @@ misnamed locally, and the service falls back to its default, as it would in the 
   in the manifests                          locally
   Secret magiclens-pg-app, key uri          the local PostgreSQL URL
   Secret magiclens-s3 (envFrom: AWS_*)      not set: no object store locally
+  Secret magiclens-api-tokens, read/admin   the local token file's (runtime/auth.py)
+  KafkaUser Secret <user>, key password     unused: the local broker has no users
+  KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT    PLAINTEXT (Tansu on one machine)
   s3://bucket/prefix                        file://<data>/s3/bucket/prefix (one store for all)
   magiclens-kafka-kafka-bootstrap:9092      the local Tansu bootstrap
   <service>[.<ns>[.svc.cluster.local]]:P    127.0.0.1:<local port of that workload's port P>
@@ -43,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy import catalog, gen_base, policy, tool
+from runtime import auth
 from runtime.config import project_root
 from runtime.ports import local_database_url, local_kafka_bootstrap
 
@@ -95,6 +99,12 @@ class Localizer:
                  ) -> None:
         self.data_dir, self.kafka_bootstrap = data_dir, kafka_bootstrap
         self.secrets = {(catalog.PG_SECRET, "uri"): database_url}
+        # The API tokens: this checkout's local token file (what the CLI and tests send).
+        local_tokens = auth.local_tokens()
+        self.secrets.update({(catalog.API_TOKENS_SECRET, role): ",".join(local_tokens[role])
+                             for role in auth.ROLES})
+        self.secrets.update({(catalog.kafka_user(w), "password"): "unused-locally"
+                             for w in catalog.KAFKA_ACCESS})
         self.no_local_store = {catalog.S3_SECRET}  # envFrom: these Secrets are not set
         self._ports = ports
         self.namespace = next((d["metadata"].get("namespace", "") for d in docs
@@ -168,6 +178,8 @@ class Localizer:
         """One env value (key = variable name) or argument (key = the preceding flag)."""
         if value == "0.0.0.0":
             return "127.0.0.1"
+        if key == "KAFKA_SECURITY_PROTOCOL" and value.startswith("SASL_"):
+            return "PLAINTEXT"
         if value == "/data" or value.startswith("/data/"):
             return str(self.pod_dir(pod.name)) + value[len("/data"):]
         if value.startswith("s3://"):

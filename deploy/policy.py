@@ -139,8 +139,10 @@ def custom_resource_problems(docs: list[Doc]) -> list[str]:
     topics = set()
     workloads = {(d["kind"], d["metadata"]["name"]) for d in docs
                  if d.get("kind") in WORKLOAD_KINDS}
-    known = {("kafka.strimzi.io/v1beta2", k) for k in ("Kafka", "KafkaNodePool", "KafkaTopic")}
-    known |= {("postgresql.cnpg.io/v1", "Cluster"), ("keda.sh/v1alpha1", "ScaledObject")}
+    known = {("kafka.strimzi.io/v1beta2", k)
+             for k in ("Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser")}
+    known |= {("postgresql.cnpg.io/v1", "Cluster"), ("keda.sh/v1alpha1", "ScaledObject"),
+              ("keda.sh/v1alpha1", "TriggerAuthentication")}
     for d in docs:
         if not is_custom(d):
             continue
@@ -181,6 +183,23 @@ def custom_resource_problems(docs: list[Doc]) -> list[str]:
                 if not _pos_int(spec.get(key)):
                     p.append(f"{name}: spec.{key} must be a positive integer")
             topics.add(spec.get("topicName") or d["metadata"]["name"])
+        elif kind == "KafkaUser":
+            cluster = d["metadata"].get("labels", {}).get("strimzi.io/cluster")
+            if cluster not in kafkas:
+                p.append(f"{name}: strimzi.io/cluster={cluster} names no Kafka in the output")
+            if _get(d, "spec.authentication.type") not in ("scram-sha-512", "tls"):
+                p.append(f"{name}: spec.authentication.type must be scram-sha-512 or tls")
+            if _get(d, "spec.authorization.type") != "simple":
+                p.append(f"{name}: spec.authorization.type must be simple (ACLs)")
+            for acl in _get(d, "spec.authorization.acls") or []:
+                res = acl.get("resource") or {}
+                if res.get("type") not in ("topic", "group") or not res.get("name"):
+                    p.append(f"{name}: an ACL needs a topic or group resource with a name")
+                if res.get("name") == "*" or (res.get("patternType") == "prefix"
+                                              and res.get("type") == "topic"):
+                    p.append(f"{name}: topic ACLs name each topic (no wildcard or prefix)")
+                if not acl.get("operations"):
+                    p.append(f"{name}: an ACL lists no operations")
         elif kind == "Cluster":
             if not _pos_int(spec.get("instances")):
                 p.append(f"{name}: spec.instances must be a positive integer")
@@ -364,6 +383,8 @@ def policy_problems(docs: list[Doc], dockerfile: str | None = None) -> list[str]
         if any(d.get("apiVersion") == api and d.get("kind") == kind
                and d["metadata"]["name"] == owner for d in docs):
             secrets.add(secret)
+    # Strimzi's User Operator writes each KafkaUser's password into a Secret of its name.
+    secrets |= {d["metadata"]["name"] for d in _by_kind(docs, "KafkaUser")}
     pdbs = _by_kind(docs, "PodDisruptionBudget")
     nps = _by_kind(docs, "NetworkPolicy")
     for w in (d for d in docs if d.get("kind") in WORKLOAD_KINDS):

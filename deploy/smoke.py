@@ -24,6 +24,7 @@ from magiclens.v1 import common_pb2, search_pb2, search_pb2_grpc
 from PIL import Image
 
 from deploy import catalog
+from runtime import auth, rpc
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def search(address: str, instruction: str, k: int, timeout: float) -> tuple[str 
     """One Search call; returns (problem or None, number of hits)."""
     req = search_pb2.SearchRequest(query=common_pb2.ImageInput(image_bytes=_query_png()),
                                    instruction=instruction, k=k)
-    with grpc.insecure_channel(address) as ch:
+    with rpc.channel(address, role=auth.READ) as ch:
         try:
             resp = search_pb2_grpc.SearchServiceStub(ch).Search(req, timeout=timeout)
         except grpc.RpcError as exc:

@@ -79,13 +79,16 @@ def _overlay(env: str) -> Path:
     return OVERLAYS / env
 
 
-def render(env: str, secrets: Path | None = None, db_secret: Path | None = None) -> str:
-    """`kubectl kustomize` of the overlay. With `secrets` (S3) or `db_secret` (an external
-    database's `uri`, for the external-postgres component) those Secrets' values replaced."""
+def render(env: str, secrets: Path | None = None, db_secret: Path | None = None,
+           tokens: Path | None = None) -> str:
+    """`kubectl kustomize` of the overlay. With `secrets` (S3), `db_secret` (an external
+    database's `uri`, for the external-postgres component) or `tokens` (the gRPC API
+    tokens, `read=...` and `admin=...`) those Secrets' values replaced."""
     kubectl = kubectl_path()
     overlay = _overlay(env)
     replace = {name: path for name, path in (("magiclens-s3", secrets),
-                                             ("magiclens-pg-app", db_secret)) if path}
+                                             ("magiclens-pg-app", db_secret),
+                                             (catalog.API_TOKENS_SECRET, tokens)) if path}
     if not replace:
         return _run([kubectl, "kustomize", str(overlay)]).stdout
     with tempfile.TemporaryDirectory(prefix="magiclens-render-") as tmp:
@@ -226,10 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--secrets", type=Path, help="env file with the real S3 credentials")
     ap.add_argument("--db-secret", type=Path,
                     help="env file `uri=postgresql://...` (external-postgres component)")
+    ap.add_argument("--tokens", type=Path,
+                    help="env file `read=TOKEN` / `admin=TOKEN` (gRPC API tokens)")
     ap.add_argument("--timeout", type=int, default=900, help="seconds to wait for readiness")
     args = ap.parse_args(argv)
     try:
-        text = render(args.env, args.secrets, args.db_secret)
+        text = render(args.env, args.secrets, args.db_secret, args.tokens)
         if args.command == "render":
             if args.out:
                 args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -249,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
             placeholders = policy.placeholder_secrets(docs)
             if placeholders:
                 raise ToolError(f"Secret values are still {policy.PLACEHOLDER} placeholders "
-                                f"({', '.join(placeholders)}); pass --secrets FILE "
-                                "(and --db-secret FILE for an external database)")
+                                f"({', '.join(placeholders)}); pass --secrets FILE and "
+                                "--tokens FILE (and --db-secret FILE for an external "
+                                "database)")
         kubectl = kubectl_path()
         check_context(kubectl, args.context)
         ns = namespace_of(docs)

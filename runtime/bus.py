@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -28,11 +29,16 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from kafka.errors import (
+    CommitFailedError,
+    KafkaError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+)
 from kafka.structs import OffsetAndMetadata
 
-from runtime import db
-from runtime.errors import UnavailableError
+from runtime import db, kafka_limits  # noqa: F401 - installs the decompressed-batch cap
+from runtime.errors import ConfigError, UnavailableError
 from runtime.limits import MAX_EVENT_BYTES, MAX_JSON_DEPTH
 from runtime.topics import ALL_TOPICS, BY_NAME, Topic
 
@@ -138,6 +144,12 @@ def _decode(topic: Topic, value: bytes, headers: dict[str, str]) -> Message:
             raise BadEvent("JSON event must be an object")
         if not _json_depth_ok(obj, MAX_JSON_DEPTH):
             raise BadEvent(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        allowed = set(topic.json_fields)
+        for f in msg.DESCRIPTOR.fields if allowed else ():
+            if f.name not in allowed and (f.name in obj or f.json_name in obj):
+                raise BadEvent(f"JSON on {topic.name} may set only "
+                               f"{', '.join(topic.json_fields)}; '{f.name}' comes only "
+                               "through an authenticated gRPC call")
         try:
             json_format.ParseDict(obj, msg, ignore_unknown_fields=True)
         except json_format.ParseError as exc:
@@ -184,6 +196,31 @@ def _pg_text(value: str) -> str:
 
 # ---------------------------------------------------------------- admin / producer
 
+SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
+
+
+def kafka_security() -> dict[str, str]:
+    """Client settings for an authenticated broker, from the environment (empty: plaintext,
+    as Tansu on one machine). In the cluster each workload is its own Strimzi KafkaUser:
+    KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT, KAFKA_SASL_MECHANISM=SCRAM-SHA-512,
+    KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD (from the user's Secret); its ACLs let it
+    write and read only its own topics (deploy/README.md)."""
+    protocol = os.environ.get("KAFKA_SECURITY_PROTOCOL", "").strip().upper()
+    if protocol in ("", "PLAINTEXT"):
+        return {}
+    if protocol not in SASL_PROTOCOLS:
+        raise ConfigError(f"KAFKA_SECURITY_PROTOCOL: {protocol!r} is not PLAINTEXT, "
+                          f"{' or '.join(SASL_PROTOCOLS)}")
+    user = os.environ.get("KAFKA_SASL_USERNAME", "")
+    password = os.environ.get("KAFKA_SASL_PASSWORD", "")
+    if not user or not password:
+        raise ConfigError("KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are required with "
+                          f"KAFKA_SECURITY_PROTOCOL={protocol}")
+    return {"security_protocol": protocol,
+            "sasl_mechanism": os.environ.get("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),
+            "sasl_plain_username": user, "sasl_plain_password": password}
+
+
 def _brokers_error(bootstrap: str, exc: Exception) -> UnavailableError:
     return UnavailableError(f"Kafka broker at {bootstrap} is unreachable ({type(exc).__name__})")
 
@@ -192,7 +229,7 @@ def ensure_topics(bootstrap: str, topics: Iterable[Topic] | None = None) -> None
     """Create the topic table's topics when missing (idempotent)."""
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000,
-                                 client_id="magiclens-admin")
+                                 client_id="magiclens-admin", **kafka_security())
     except (KafkaError, OSError) as exc:
         raise _brokers_error(bootstrap, exc) from None
     try:
@@ -200,7 +237,9 @@ def ensure_topics(bootstrap: str, topics: Iterable[Topic] | None = None) -> None
         missing = [NewTopic(t.name, t.partitions, 1) for t in (topics or ALL_TOPICS)
                    if t.name not in existing]
         for topic in missing:
-            with contextlib.suppress(TopicAlreadyExistsError):
+            # Under ACLs (the cluster) the topic operator creates topics and a workload sees
+            # only its own: creating the others is refused, which is fine.
+            with contextlib.suppress(TopicAlreadyExistsError, TopicAuthorizationFailedError):
                 admin.create_topics([topic])
     finally:
         admin.close()
@@ -216,7 +255,8 @@ def make_producer(bootstrap: str, client_id: str = "magiclens",
                              enable_idempotence=True, linger_ms=5, retries=5,
                              max_request_size=MAX_EVENT_BYTES, compression_type="gzip",
                              request_timeout_ms=ms, max_block_ms=ms,
-                             delivery_timeout_ms=ms + 5, reconnect_backoff_max_ms=1000)
+                             delivery_timeout_ms=ms + 5, reconnect_backoff_max_ms=1000,
+                             **kafka_security())
     except (KafkaError, OSError) as exc:
         raise _brokers_error(bootstrap, exc) from None
 
@@ -337,7 +377,7 @@ class Consumer:
         try:
             kafka = KafkaConsumer(
                 bootstrap_servers=self.bootstrap,
-                group_id=self.group_id, client_id=f"{self.name}-consumer",
+                group_id=self.group_id, client_id=f"{self.name}-consumer", **kafka_security(),
                 enable_auto_commit=False, auto_offset_reset="earliest",
                 session_timeout_ms=self.options.session_timeout_ms,
                 heartbeat_interval_ms=self.options.heartbeat_interval_ms,

@@ -42,6 +42,9 @@ class BaseServiceSettings(BaseSettings):
     blob_uri: str = ""  # default: file://<data_dir>/blobs
     log_level: str = "INFO"
     grpc_port: int = Field(default=0, ge=0, le=65535)
+    # The interface the gRPC and metrics ports bind: loopback unless configured (a pod sets
+    # 0.0.0.0; deploy/gen_base.py does).
+    grpc_host: str = "127.0.0.1"
     metrics_port: int = Field(default=0, ge=0, le=65535)
     reconcile_interval_s: float = Field(default=30.0, gt=0)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
@@ -49,6 +52,9 @@ class BaseServiceSettings(BaseSettings):
     # any redelivery of the same event, i.e. the topics' retention; 7 days by default).
     outbox_retention_s: float = Field(default=7 * 86400.0, gt=0)
     processed_events_retention_s: float = Field(default=7 * 86400.0, gt=0)
+    # The topics this process's outbox relay publishes (comma-separated; empty: all). In the
+    # cluster, what the workload's Kafka user may write (deploy/catalog.py).
+    outbox_topics: str = ""
 
     @field_validator("database_url")
     @classmethod

@@ -2,7 +2,9 @@
 
 Each service registers its servicers; the bootstrap adds the standard health service (so
 Kubernetes gRPC probes work), server reflection (grpcurl / `buf curl`), a Prometheus
-interceptor (requests by method and code, latency) and graceful stop with a grace period.
+interceptor (requests by method and code, latency), the bearer-token check of every call
+(runtime/auth.py; TLS, mutual with a CA, when MAGICLENS_TLS_* are set) and graceful stop with
+a grace period.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram, start_http_server
 
+from runtime import auth
 from runtime.limits import MAX_GRPC_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
@@ -62,11 +65,17 @@ class GrpcServer:
     """A grpc.Server with the suite's standard services; `start()` returns the bound port."""
 
     def __init__(self, registrations: Sequence[Registration], port: int = 0,
-                 host: str = "127.0.0.1", max_workers: int = 16, metrics_port: int | None = None
-                 ) -> None:
+                 host: str = "127.0.0.1", max_workers: int = 16, metrics_port: int | None = None,
+                 tokens: auth.Tokens | None = None,
+                 credentials: grpc.ServerCredentials | None = None) -> None:
+        """`tokens` default to auth.server_tokens() (the environment, else the local token
+        file); `credentials` to auth.server_credentials() (None: plaintext)."""
+        tokens = tokens if tokens is not None else auth.server_tokens()
+        credentials = credentials if credentials is not None else auth.server_credentials()
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
-            interceptors=[MetricsInterceptor()],
+            # Metrics outermost, so refused calls are counted under their status code.
+            interceptors=[MetricsInterceptor(), auth.AuthInterceptor(tokens)],
             options=[("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
                      ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES)])
         self.health = health.HealthServicer()
@@ -78,7 +87,9 @@ class GrpcServer:
             names.append(full_name)
             self.service_names.append(full_name)
         reflection.enable_server_reflection(names, self.server)
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        self.tls = credentials is not None
+        self.port = (self.server.add_secure_port(f"{host}:{port}", credentials) if self.tls
+                     else self.server.add_insecure_port(f"{host}:{port}"))
         if self.port == 0:
             raise OSError(f"could not bind gRPC port {host}:{port} (in use?)")
         self.metrics_port = metrics_port
@@ -90,7 +101,8 @@ class GrpcServer:
             start_http_server(self.metrics_port, addr=self.host)
         self.server.start()
         self.set_serving(True)
-        log.info("gRPC server listening", extra={"port": self.port,
+        log.info("gRPC server listening", extra={"host": self.host, "port": self.port,
+                                                 "tls": self.tls,
                                                  "services": ",".join(self.service_names)})
         return self.port
 

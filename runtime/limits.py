@@ -32,6 +32,9 @@ MAX_K = 100
 # Wire sizes.
 MAX_GRPC_MESSAGE_BYTES = 32 * MiB  # every gRPC server and client channel, both directions
 MAX_EVENT_BYTES = 10 * MiB  # a Kafka record (producer request size, consumer fetch sizes)
+# What one compressed Kafka batch may inflate to in a consumer (runtime/kafka_limits.py):
+# kafka-python itself bounds only the compressed bytes of a fetch.
+MAX_DECOMPRESSED_BATCH_BYTES = 32 * MiB
 MAX_URL_CHARS = 2048  # a page or image URL, and a query's image_url
 # ... and its UTF-8 size: a URL meets unique btree indexes, whose rows must stay under ~2.7 kB
 # (2,019 characters of 3-byte text once wedged mining: issue 14).
@@ -51,6 +54,8 @@ _DOC = (
     ("MAX_K", MAX_K, "results per search query"),
     ("MAX_GRPC_MESSAGE_BYTES", MAX_GRPC_MESSAGE_BYTES, "a gRPC message, either direction"),
     ("MAX_EVENT_BYTES", MAX_EVENT_BYTES, "a Kafka record"),
+    ("MAX_DECOMPRESSED_BATCH_BYTES", MAX_DECOMPRESSED_BATCH_BYTES, "a compressed Kafka batch, "
+     "inflated in a consumer (over it: skipped, counted, logged)"),
     ("MAX_URL_CHARS", MAX_URL_CHARS, "a page or image URL"),
     ("MAX_URL_BYTES", MAX_URL_BYTES, "a page or image URL in UTF-8 (it meets btree indexes)"),
     ("MAX_JSON_DEPTH", MAX_JSON_DEPTH, "nesting of a JSON Kafka event"),

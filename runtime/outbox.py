@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 
 import psycopg
 from google.protobuf.message import Message
@@ -76,7 +77,10 @@ class OutboxRelay:
                  idle_poll_s: float = 0.2, *, max_attempts: int = 5,
                  send_timeout_s: float = 10.0, outbox_retention_s: float = 7 * 86400.0,
                  processed_retention_s: float = 7 * 86400.0,
-                 prune_interval_s: float = 600.0) -> None:
+                 prune_interval_s: float = 600.0, topics: Sequence[str] = ()) -> None:
+        """`topics`: publish only rows of these topics (a service's own, what its Kafka user
+        may write; other rows wait for their own service's relay); empty: every row."""
+        self.topics = [t for t in topics if t]
         self.database_url = database_url
         self.bootstrap = bootstrap
         self.batch_size = batch_size
@@ -123,8 +127,10 @@ class OutboxRelay:
         with conn.transaction():
             rows = conn.execute(
                 "SELECT id, event_id, topic, msg_key, msg_type, payload FROM outbox "
-                "WHERE published_at IS NULL AND failed_at IS NULL ORDER BY id LIMIT %s "
-                "FOR UPDATE SKIP LOCKED", (self.batch_size,)).fetchall()
+                "WHERE published_at IS NULL AND failed_at IS NULL "
+                "AND (cardinality(%s::text[]) = 0 OR topic = ANY(%s::text[])) ORDER BY id "
+                "LIMIT %s FOR UPDATE SKIP LOCKED",
+                (self.topics, self.topics, self.batch_size)).fetchall()
             if not rows:
                 return 0
             futures = []

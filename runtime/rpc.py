@@ -12,6 +12,7 @@ from typing import TypeVar
 
 import grpc
 
+from runtime import auth
 from runtime.errors import ServiceError
 from runtime.limits import MAX_GRPC_MESSAGE_BYTES
 
@@ -27,8 +28,11 @@ class RpcFailure(ServiceError):
         self.code, self.service, self.addr = code, service, addr
 
 
-def channel(addr: str) -> grpc.Channel:
-    return grpc.insecure_channel(addr, options=[
+def channel(addr: str, role: str = auth.ADMIN, token: str | None = None) -> grpc.Channel:
+    """A channel to one of the suite's services that sends this process's bearer token
+    (runtime/auth.py: MAGICLENS_TOKEN, else the local token file's `role` token), over TLS
+    when MAGICLENS_TLS_CA is set."""
+    return auth.secure_channel(addr, role=role, token=token, options=[
         ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
         ("grpc.enable_retries", 0),
@@ -50,6 +54,11 @@ def _message(service: str, addr: str, code: grpc.StatusCode | None, details: str
         return f"{service} service rejected the request: {details}"
     if code == grpc.StatusCode.NOT_FOUND:
         return f"{service} service: {details or 'not found'}"
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return (f"{service} service at {addr} refused the call: {details} (set MAGICLENS_TOKEN "
+                "to a token the service accepts)")
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return f"{service} service refused: {details}"
     if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS):
         return f"{service} service refused: {details}"
     if code == grpc.StatusCode.UNIMPLEMENTED:

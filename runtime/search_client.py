@@ -10,6 +10,7 @@ from typing import Any
 
 from magiclens.v1 import search_pb2, search_pb2_grpc
 
+from runtime.auth import READ
 from runtime.limits import MAX_IMAGE_ID
 from runtime.rpc import RpcFailure, call, channel
 
@@ -19,7 +20,7 @@ STATUS_RPC_TIMEOUT_S = 3.0
 
 def search(addr: str, request: search_pb2.SearchRequest,
            timeout: float) -> search_pb2.SearchResponse:
-    with channel(addr) as ch:
+    with channel(addr, role=READ) as ch:
         return call(SERVICE, addr, search_pb2_grpc.SearchServiceStub(ch).Search, request,
                     timeout)
 
@@ -27,7 +28,7 @@ def search(addr: str, request: search_pb2.SearchRequest,
 def index_status(addr: str, timeout: float = STATUS_RPC_TIMEOUT_S) -> dict[str, Any]:
     """The search root's view, or {"error": one line} when it cannot be asked."""
     try:
-        with channel(addr) as ch:
+        with channel(addr, role=READ) as ch:
             st = call(SERVICE, addr, search_pb2_grpc.SearchServiceStub(ch).GetIndexStatus,
                       search_pb2.GetIndexStatusRequest(), timeout)
     except RpcFailure as exc:

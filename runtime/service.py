@@ -61,13 +61,14 @@ class Service:
         self.relay = OutboxRelay(
             self.settings.database_url, self.settings.kafka_bootstrap_servers,
             outbox_retention_s=self.settings.outbox_retention_s,
-            processed_retention_s=self.settings.processed_events_retention_s)
+            processed_retention_s=self.settings.processed_events_retention_s,
+            topics=self.settings.outbox_topics.split(","))
         return self.relay
 
     def add_grpc(self, registrations: Sequence[Registration], max_workers: int = 16) -> GrpcServer:
         metrics = self.settings.metrics_port or None
         self.grpc = GrpcServer(registrations, port=self.settings.grpc_port,
-                               host="0.0.0.0" if self.settings.grpc_port else "127.0.0.1",
+                               host=self.settings.grpc_host,
                                max_workers=max_workers, metrics_port=metrics)
         return self.grpc
 

@@ -23,6 +23,9 @@ class Topic:
     consumers: tuple[str, ...]
     partitions: int = 6
     accepts_json: bool = False
+    # The message fields a JSON record may set (an external producer's); the message's
+    # other fields in JSON make it a bad event (empty: any field). Unknown keys are ignored.
+    json_fields: tuple[str, ...] = ()
 
     @property
     def message_type(self) -> str:
@@ -31,8 +34,8 @@ class Topic:
 
 PAGES_DISCOVERED = Topic(
     "magiclens.pages.discovered.v1", "url", events_pb2.PageDiscovered,
-    ("ingest CLI", "mining gRPC SubmitPages", "external producers (JSON)"), ("mining",),
-    accepts_json=True)
+    ("mining gRPC SubmitPages", "external producers (JSON, URL only)"), ("mining",),
+    accepts_json=True, json_fields=("url",))
 IMAGES_MINED = Topic(
     "magiclens.images.mined.v1", "image_id", events_pb2.ImageMined,
     ("mining",), ("triplegen (annotation)", "embedding worker"))

@@ -15,22 +15,6 @@ _CLAIM = ("SELECT i.image_id, i.blob_uri, p.discovered_at FROM live_images i "
           "LEFT JOIN pages p ON p.page_id = i.first_page_id ")
 
 
-def follow_promotion(conn: psycopg.Connection, model_version: str, config_name: str,
-                     checkpoint_uri: str) -> None:
-    """Make `model_version` the promoted one in the registry of versions.
-
-    Training's promote() has normally done this already; when the row is not promoted yet
-    (an event from elsewhere), follow the event rather than fail on the one-promoted-version
-    constraint and dead-letter the promotion."""
-    conn.execute("UPDATE model_versions SET status = 'published', updated_at = now() "
-                 "WHERE status = 'promoted' AND model_version <> %s", (model_version,))
-    conn.execute(
-        "INSERT INTO model_versions (model_version, config_name, checkpoint_uri, status) "
-        "VALUES (%s, %s, %s, 'promoted') ON CONFLICT (model_version) DO UPDATE "
-        "SET status = 'promoted', updated_at = now()",
-        (model_version, config_name, checkpoint_uri))
-
-
 def claim(conn: psycopg.Connection, image_id: int) -> dict | None:
     """The live image (id, blob_uri, its page's discovered_at), row-locked; waits for a
     worker that holds it."""

@@ -4,9 +4,12 @@
 
 - ImageMined -> embed the image with the Triton `target` model, store the vector tagged with
   the version Triton used, emit EmbeddingReady (outbox, same transaction).
-- ModelPublished(promoted) -> record the version in `serving_models` and point the Triton
-  server at it (atomic write of its current-model file); the reconciler then re-embeds every
-  live image lacking an embedding of that version, and the shards rebuild blue/green.
+- ModelPublished(promoted) -> point the Triton server (atomic write of its current-model
+  file) at the version Postgres serves: `serving_models`, which training's promotion writes
+  in the transaction that emits the event. The event is only a nudge; its checkpoint URI is
+  never used (anyone able to write the topic could name any checkpoint: issue 15). The
+  reconciler then re-embeds every live image lacking an embedding of that version, and the
+  shards rebuild blue/green.
   Vectors of earlier versions are kept: the shards serve them until the new version covers
   the pool.
 - Reconciler: images without an embedding for the serving version (and the current-model
@@ -48,7 +51,7 @@ from runtime.embedding_client import (
 from runtime.errors import UnavailableError
 from runtime.logs import setup_logging
 from runtime.service import Service
-from runtime.serving import serving_version, set_serving_version
+from runtime.serving import serving_version
 from runtime.topics import EMBEDDINGS_READY, IMAGES_MINED, MODELS_PUBLISHED, Topic, renamed
 from services.embedding import store
 from services.embedding.config import WorkerSettings
@@ -115,12 +118,17 @@ class Worker:
     def on_model_published(self, conn, msg: events_pb2.ModelPublished) -> None:
         if not msg.promoted:
             return
-        store.follow_promotion(conn, msg.model_version, msg.config_name or "compact",
-                               msg.checkpoint_uri)
-        set_serving_version(conn, msg.model_version, msg.checkpoint_uri)
-        write_current(self.s.current_file, msg.model_version,
-                      checkpoint_path(msg.checkpoint_uri, self.s.current_file, self.blobs))
-        log.info("promoted model version", extra={"version": msg.model_version})
+        serving = serving_version(conn)
+        if serving is None or serving[0] != msg.model_version:
+            log.warning("a promotion event for a version Postgres does not serve: following "
+                        "Postgres", extra={"event_version": msg.model_version[:200],
+                                           "serving": serving[0] if serving else None})
+        if serving is None:
+            return
+        version, uri = serving
+        write_current(self.s.current_file, version,
+                      checkpoint_path(uri, self.s.current_file, self.blobs))
+        log.info("promoted model version", extra={"version": version})
 
     # ------------------------------------------------------------------ embedding
 

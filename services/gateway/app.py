@@ -13,13 +13,18 @@ Routes
   GET  /api/health                     is search up (for the UI's banner)
   GET  /api/status                     pipeline counts, models, index status
 Every error is JSON {"error": one line}; search down -> 503.
+
+Connections: a socket idle for MAGICLENS_GATEWAY_SOCKET_TIMEOUT_S is closed, and beyond
+MAGICLENS_GATEWAY_MAX_CONNECTIONS open connections a new one gets 503 and is closed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -299,9 +304,45 @@ class Handler(BaseHTTPRequestHandler):
         self._json(200, self.gateway.status())
 
 
+_BUSY_BODY = b'{"error": "too many connections; retry"}\n'
+BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(_BUSY_BODY)) + _BUSY_BODY
+
+
+class BoundedServer(ThreadingHTTPServer):
+    """One thread per connection, at most `max_connections` of them."""
+
+    daemon_threads = True
+
+    def __init__(self, address, handler, max_connections: int) -> None:
+        self.slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address) -> None:
+        if not self.slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.sendall(BUSY)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
 def make_server(settings: GatewaySettings) -> ThreadingHTTPServer:
     """A ready-to-serve HTTP server bound to the configured address (port 0: any free port)."""
-    handler = type("BoundHandler", (Handler,), {"gateway": Gateway(settings)})
-    server = ThreadingHTTPServer((settings.gateway_host, settings.gateway_port), handler)
-    server.daemon_threads = True
-    return server
+    handler = type("BoundHandler", (Handler,), {
+        "gateway": Gateway(settings),
+        # StreamRequestHandler applies it to the socket: a read that waits longer ends the
+        # connection (http.server logs "Request timed out").
+        "timeout": settings.gateway_socket_timeout_s})
+    return BoundedServer((settings.gateway_host, settings.gateway_port), handler,
+                         settings.gateway_max_connections)

@@ -21,6 +21,11 @@ class GatewaySettings(BaseServiceSettings):
     gateway_examples_file: Path | None = None  # default: <data_dir>/demo/examples.json
     gateway_search_timeout_s: float = Field(default=20.0, gt=0, le=300)
     gateway_status_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    # A client that sends nothing for this long is dropped (a slow or idle connection must
+    # not hold a thread forever), and at most this many connections are served at once
+    # (one thread each); the next is answered 503 and closed.
+    gateway_socket_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    gateway_max_connections: int = Field(default=64, ge=1, le=10_000)
 
     @field_validator("search_addr")
     @classmethod

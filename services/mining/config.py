@@ -47,6 +47,8 @@ class MiningSettings(BaseServiceSettings):
     mining_max_aspect: float = Field(default=4.0, ge=1.0)
     mining_max_svg_bytes: int = Field(default=1024 * 1024, ge=1024)
     mining_svg_render_px: int = Field(default=512, ge=64, le=4096)
+    mining_max_svg_render_pixels: int = Field(default=4 * 1024 * 1024, ge=4096,
+                                              le=64 * 1024 * 1024)
 
     # Dedupe and pairs.
     # Near-duplicate thresholds (runtime/near_duplicates.py; the search root's default too).

@@ -2,7 +2,10 @@
 
 Rules (each rejection names the rule):
 - format allow-list by magic bytes: JPEG, PNG, WebP, GIF (first frame), BMP; SVG is
-  rasterised with resvg (size-capped, no DOCTYPE/entities, no external references);
+  rasterised with resvg (size-capped, no DOCTYPE/entities, no external references), and
+  only after its canvas is read from the root element: an aspect ratio beyond max_aspect or
+  a render beyond max_svg_render_pixels is refused before any pixel is allocated (a 1×1000
+  viewBox rendered 512 px wide is 512×512,000 pixels: 2.2 GB of RSS in one image);
 - decompression bombs: the pixel count from the header is checked against a limit *before*
   decoding, and Pillow's own bomb warning/error is turned into a rejection;
 - `verify()` then a fresh open + `load()` catches truncated and corrupt files;
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 import resvg_py
+from lxml import etree
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from runtime.limits import MAX_IMAGE_PIXELS
@@ -50,6 +54,7 @@ class Policy:
     max_aspect: float = 4.0
     max_svg_bytes: int = 1024 * 1024
     svg_render_px: int = 512
+    max_svg_render_pixels: int = 4 * 1024 * 1024
     max_data_uri_bytes: int = 256 * 1024
 
 
@@ -119,6 +124,83 @@ def sniff(data: bytes) -> str:
     return "unknown"
 
 
+# CSS absolute units in px (usvg's table); em/ex at the default 16 px font.
+_UNITS = {"": 1.0, "px": 1.0, "pt": 4 / 3, "pc": 16.0, "mm": 96 / 25.4, "cm": 96 / 2.54,
+          "in": 96.0, "em": 16.0, "ex": 8.0}
+_LENGTH = re.compile(r"\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*([a-z%]*)\s*$")
+SVG_DEFAULT_SIZE = 100.0  # what usvg takes for a missing or relative width/height
+
+
+def _length(value: str | None) -> float | None:
+    """An absolute length in px; None when missing or relative (percent)."""
+    if value is None:
+        return None
+    m = _LENGTH.match(value)
+    if m is None:
+        raise Rejection("SVG with an unreadable width/height")
+    number, unit = float(m.group(1)), m.group(2).lower()
+    if unit == "%":
+        return None
+    if unit not in _UNITS:
+        raise Rejection("SVG with an unreadable width/height")
+    return number * _UNITS[unit]
+
+
+def _root_element(text: str):
+    """The document's root element, parsed by a real XML parser (a commented-out decoy
+    `<svg>` before the real one is skipped), without entities, DTDs or the network."""
+    parser = etree.XMLPullParser(events=("start",), resolve_entities=False, no_network=True,
+                                 load_dtd=False, huge_tree=False)
+    try:
+        for i in range(0, len(text), 8192):
+            parser.feed(text[i:i + 8192])
+            for _, element in parser.read_events():
+                if element.tag.rsplit("}", 1)[-1] != "svg":
+                    raise Rejection("SVG whose root element is not <svg>")
+                return element
+    except etree.XMLSyntaxError:
+        raise Rejection("SVG that is not well-formed XML") from None
+    raise Rejection("SVG without a root element")
+
+
+def svg_canvas(text: str) -> tuple[float, float]:
+    """The root element's size in px as resvg sizes its canvas: width/height when absolute,
+    else the viewBox's (a missing side follows the viewBox's aspect), else 100."""
+    root = _root_element(text)
+    attrs = {str(k).rsplit("}", 1)[-1].lower(): v for k, v in root.attrib.items()}
+    w, h = _length(attrs.get("width")), _length(attrs.get("height"))
+    box = None
+    if "viewbox" in attrs:
+        parts = re.split(r"[\s,]+", attrs["viewbox"].strip())
+        try:
+            vb = [float(p) for p in parts]
+        except ValueError:
+            vb = []
+        if len(vb) == 4 and vb[2] > 0 and vb[3] > 0:
+            box = (vb[2], vb[3])
+    if w is None and h is None:
+        return box or (SVG_DEFAULT_SIZE, SVG_DEFAULT_SIZE)
+    if w is None:
+        w = h * box[0] / box[1] if box else SVG_DEFAULT_SIZE
+    if h is None:
+        h = w * box[1] / box[0] if box else SVG_DEFAULT_SIZE
+    if w <= 0 or h <= 0:
+        raise Rejection("SVG with a non-positive width/height")
+    return w, h
+
+
+def _check_svg_canvas(text: str, policy: Policy) -> None:
+    """Refuse, before rendering, a canvas whose render would be extreme or too large."""
+    w, h = svg_canvas(text)
+    aspect = max(w, h) / min(w, h)
+    if aspect > policy.max_aspect:
+        raise Rejection(f"SVG aspect ratio {aspect:.1f} > {policy.max_aspect} (not rendered)")
+    pixels = policy.svg_render_px * policy.svg_render_px * h / w
+    if pixels > policy.max_svg_render_pixels:
+        raise Rejection(f"SVG render of {pixels:,.0f} px exceeds "
+                        f"{policy.max_svg_render_pixels:,} (not rendered)")
+
+
 def _rasterise_svg(data: bytes, policy: Policy) -> bytes:
     if len(data) > policy.max_svg_bytes:
         raise Rejection(f"SVG larger than {policy.max_svg_bytes} bytes")
@@ -131,6 +213,7 @@ def _rasterise_svg(data: bytes, policy: Policy) -> bytes:
             raise Rejection("SVG with external reference refused")
     if re.search(r"url\(\s*['\"]?(?!#)", text, flags=re.I) or "@import" in low:
         raise Rejection("SVG with external reference refused")
+    _check_svg_canvas(text, policy)
     try:
         png = resvg_py.svg_to_bytes(svg_string=text, width=policy.svg_render_px,
                                     skip_system_fonts=True)

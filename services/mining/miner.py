@@ -98,6 +98,7 @@ class Miner:
                              max_aspect=settings.mining_max_aspect,
                              max_svg_bytes=settings.mining_max_svg_bytes,
                              svg_render_px=settings.mining_svg_render_px,
+                             max_svg_render_pixels=settings.mining_max_svg_render_pixels,
                              max_data_uri_bytes=settings.mining_max_data_uri_bytes)
         # Pillow's own guard: warn above the limit (turned into an error), refuse above 2x.
         Image.MAX_IMAGE_PIXELS = settings.mining_max_image_pixels
@@ -131,14 +132,20 @@ class Miner:
 
     # ------------------------------------------------------------------ handler
     def handle(self, conn: psycopg.Connection, event: Event) -> None:
-        """Consumer handler; idempotent by page status, safe to run in several workers."""
+        """Consumer handler; idempotent by page status, safe to run in several workers.
+
+        From the event only the URL is used: anyone able to write the topic could send one
+        (an external producer sends JSON on purpose). A page's source and split are what
+        Postgres holds (SubmitPages, an admin call, records them; a page first seen here is
+        source "web", split "train"), and its HTML is fetched or read from the WARC archive,
+        never taken from the event."""
         msg = event.message
         try:
             url = normalise(msg.url)
         except BadUrl as exc:
             # Dead-lettered with the reason (visible, never retried); later events go on.
             raise InvalidEvent(f"page URL refused: {exc}") from None
-        self.register(url, msg.source, msg.split)
+        self.register(url, "web", "train")
         row = store.lock_page(conn, url_hash(url), skip_locked=True)
         if row is None:
             return  # another worker holds it right now
@@ -148,8 +155,7 @@ class Miner:
                         and row["attempts"] < self.settings.mining_max_attempts)
         if row["status"] not in ("discovered", "fetching") and not retry_failed:
             return
-        html = msg.html.encode("utf-8", errors="replace") if msg.html else None
-        outcome = self.mine(conn, url, html)
+        outcome = self.mine(conn, url, None)
         t0 = time.perf_counter()
         self.store(conn, row, outcome)
         self._add_time("db", time.perf_counter() - t0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 
 import grpc
@@ -50,20 +51,26 @@ class MiningServicer(mining_pb2_grpc.MiningServiceServicer):
                     max_image_bytes=self.settings.mining_max_image_bytes)
             rejected += skipped
             items += [(p.url, p.html, request.source or "warc") for p in pages]
+        heldout = set()
+        for raw in request.heldout_urls[:MAX_URLS_PER_CALL]:
+            with contextlib.suppress(BadUrl):
+                heldout.add(normalise(raw))
         accepted = 0
         with db.transaction(self.settings.database_url) as conn:
-            for raw, html, src in items[:MAX_URLS_PER_CALL]:
+            for raw, _html, src in items[:MAX_URLS_PER_CALL]:
                 try:
                     url = normalise(raw)
                 except BadUrl as exc:
                     rejected.append(f"{raw[:200]}: {exc}")
                     continue
-                status = store.submit_page(conn, url, url_hash(url), domain(url), src[:100])
+                # Source and split live on the page row; the event names only the page (its
+                # consumer trusts nothing else in it), and a WARC's HTML is in the archive.
+                status = store.submit_page(conn, url, url_hash(url), domain(url), src[:100],
+                                           "heldout" if url in heldout else "train")
                 if status in ("mined", "skipped"):
                     rejected.append(f"{url}: already {status}")
                     continue
-                outbox.enqueue(conn, self.topic, url,
-                               events_pb2.PageDiscovered(url=url, html=html, source=src))
+                outbox.enqueue(conn, self.topic, url, events_pb2.PageDiscovered(url=url))
                 accepted += 1
         return mining_pb2.SubmitPagesResponse(accepted=accepted, rejected=rejected[:1000])
 

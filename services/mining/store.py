@@ -20,12 +20,12 @@ def register_page(conn: psycopg.Connection, url: str, url_hash: str, domain: str
 
 
 def submit_page(conn: psycopg.Connection, url: str, url_hash: str, domain: str,
-                source: str) -> str:
+                source: str, split: str = "train") -> str:
     """Insert a submitted page unless it exists; its status either way."""
     return conn.execute(
-        "INSERT INTO pages (url, url_hash, domain, source) VALUES (%s, %s, %s, %s) "
+        "INSERT INTO pages (url, url_hash, domain, source, split) VALUES (%s, %s, %s, %s, %s) "
         "ON CONFLICT (url_hash) DO UPDATE SET updated_at = pages.updated_at "
-        "RETURNING status", (url, url_hash, domain, source)).fetchone()["status"]
+        "RETURNING status", (url, url_hash, domain, source, split)).fetchone()["status"]
 
 
 def lock_page(conn: psycopg.Connection, url_hash: str, *,

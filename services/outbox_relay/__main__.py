@@ -25,7 +25,8 @@ def main() -> int:
     relay = OutboxRelay(settings.database_url, settings.kafka_bootstrap_servers,
                         batch_size=settings.outbox_batch,
                         outbox_retention_s=settings.outbox_retention_s,
-                        processed_retention_s=settings.processed_events_retention_s)
+                        processed_retention_s=settings.processed_events_retention_s,
+                        topics=settings.outbox_topics.split(","))
     signal.signal(signal.SIGTERM, lambda *_: relay.stop())
     signal.signal(signal.SIGINT, lambda *_: relay.stop())
     log.info("outbox relay started")

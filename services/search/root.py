@@ -30,7 +30,7 @@ import grpc
 import httpx
 from magiclens.v1 import search_pb2, search_pb2_grpc
 
-from runtime import db
+from runtime import auth, db, rpc
 from runtime.blobstore import open_blobstore
 from runtime.bus import Throttle
 from runtime.config import load_settings, run_main
@@ -107,7 +107,7 @@ class Root(search_pb2_grpc.SearchServiceServicer):
     def __init__(self, settings: RootSettings) -> None:
         self.s = settings
         self.addresses = [a.strip() for a in settings.shards.split(",") if a.strip()]
-        self.stubs = [search_pb2_grpc.ShardServiceStub(grpc.insecure_channel(a))
+        self.stubs = [search_pb2_grpc.ShardServiceStub(rpc.channel(a, role=auth.READ))
                       for a in self.addresses]
         self.pool = futures.ThreadPoolExecutor(max_workers=4 * max(1, len(self.stubs)))
         self.embedder = EmbeddingClient(settings.triton_url, settings.embed_timeout_s)

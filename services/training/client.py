@@ -5,17 +5,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import grpc
 from magiclens.v1 import training_pb2, training_pb2_grpc
 
-from runtime import ports
+from runtime import ports, rpc
 
 DEFAULT_TARGET = ports.TRAINING_ADDR
 FINAL = ("succeeded", "failed")
 
 
 def stub(target: str = DEFAULT_TARGET) -> training_pb2_grpc.TrainingServiceStub:
-    return training_pb2_grpc.TrainingServiceStub(grpc.insecure_channel(target))
+    return training_pb2_grpc.TrainingServiceStub(rpc.channel(target))
 
 
 def _stub(target: str | training_pb2_grpc.TrainingServiceStub):

@@ -7,6 +7,7 @@ structural checks of the operator CRs (deploy/policy.py says why).
 
 from __future__ import annotations
 
+import base64
 import copy
 import os
 import re
@@ -19,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 from deploy import catalog, gen_base, policy, tool  # noqa: E402
-from runtime.topics import ALL_TOPICS  # noqa: E402
+from runtime.topics import ALL_TOPICS, MODELS_PUBLISHED  # noqa: E402
 
 ENVS = ("dev", "prod")
 
@@ -339,7 +340,7 @@ def test_custom_resource_check_catches_broken_crs(rendered):
     so["spec"]["triggers"][0]["metadata"]["topic"] = "magiclens.nope.v1"
     so["spec"]["scaleTargetRef"]["name"] = "nope"
     _find(docs, "Cluster", catalog.PG_CLUSTER)["spec"]["storage"]["size"] = "lots"
-    docs.append({"apiVersion": "keda.sh/v1alpha1", "kind": "TriggerAuthentication",
+    docs.append({"apiVersion": "keda.sh/v1alpha1", "kind": "ClusterTriggerAuthentication",
                  "metadata": {"name": "x"}, "spec": {}})
     problems = "\n".join(policy.custom_resource_problems(docs))
     for needle in ("spec.partitions must be", "names no Kafka", "magiclens.nope.v1 has no",
@@ -366,10 +367,39 @@ def test_secrets_file_replaces_the_placeholders(tmp_path):
     real = tmp_path / "s3.env"
     real.write_text("AWS_ENDPOINT_URL=http://minio.storage:9000\nAWS_ACCESS_KEY_ID=k\n"
                     "AWS_SECRET_ACCESS_KEY=s\nAWS_REGION=eu-west-1\n")
-    docs = policy.load_docs(tool.render("dev", real))
+    tokens = tmp_path / "api-tokens.env"
+    tokens.write_text(f"read={'r' * 32}\nadmin={'a' * 32},{'b' * 32}\n")
+    docs = policy.load_docs(tool.render("dev", real, tokens=tokens))
     assert policy.placeholder_secrets(docs) == []
     assert policy.policy_problems(docs) == []  # the renamed Secret is still referenced
     assert not list((ROOT / "deploy").rglob("s3.env.*")), "real secrets leaked into the tree"
+    secret = next(d for d in docs if d["kind"] == "Secret"
+                  and d["metadata"]["name"].startswith(catalog.API_TOKENS_SECRET))
+    assert base64.b64decode(secret["data"]["admin"]).decode() == f"{'a' * 32},{'b' * 32}"
+
+
+def test_grpc_servers_get_tokens_and_listen_on_the_pod_and_clients_get_a_read_token(rendered):
+    """Every gRPC server reads both token lists from the Secret and binds all interfaces
+    (loopback is the default); a workload that calls one of our gRPC APIs sends the read
+    token."""
+    docs = rendered["prod"]
+    secret = next(d["metadata"]["name"] for d in docs if d["kind"] == "Secret"
+                  and d["metadata"]["name"].startswith(catalog.API_TOKENS_SECRET))
+    for w in catalog.WORKLOADS:
+        ctr = _container(docs, w.kind, w.name, w.container_name)
+        env = {e["name"]: e for e in ctr.get("env", [])}
+        refs = {name: e["valueFrom"]["secretKeyRef"] for name, e in env.items()
+                if "secretKeyRef" in e.get("valueFrom", {})}
+        if w.grpc_port:
+            assert env["MAGICLENS_GRPC_HOST"]["value"] == "0.0.0.0", w.name
+            assert refs["MAGICLENS_READ_TOKENS"] == {"name": secret, "key": "read"}, w.name
+            assert refs["MAGICLENS_ADMIN_TOKENS"] == {"name": secret, "key": "admin"}, w.name
+        else:
+            assert "MAGICLENS_ADMIN_TOKENS" not in env, w.name
+        if w.name in ("gateway", "search-root"):
+            assert refs["MAGICLENS_TOKEN"] == {"name": secret, "key": "read"}, w.name
+        else:
+            assert "MAGICLENS_TOKEN" not in env, w.name
 
 
 def _tool(args, tmp_path, **env):
@@ -431,3 +461,38 @@ def test_external_postgres_component(tmp_path):
     assert egress[0]["to"][0]["ipBlock"]["cidr"] == "0.0.0.0/0"
     assert policy.policy_problems(docs) == [] and policy.custom_resource_problems(docs) == []
     assert f"{secret['metadata']['name']}/uri" in policy.placeholder_secrets(docs)
+
+
+def test_each_service_is_a_kafka_user_that_may_use_only_its_topics(rendered):
+    """Strimzi SCRAM users with simple ACLs (issue 15): a pod may write exactly the topics
+    its relay publishes and read exactly the ones it consumes, so e.g. a ModelPublished
+    (which moves what the embedding worker serves) can come only from training or the
+    outbox relay; each Kafka client sends its own user's password from its Secret."""
+    docs = rendered["prod"]
+    kafka = _find(docs, "Kafka", catalog.KAFKA_CLUSTER)
+    assert [li["authentication"]["type"] for li in kafka["spec"]["kafka"]["listeners"]] == \
+        ["scram-sha-512"]
+    assert kafka["spec"]["kafka"]["authorization"]["type"] == "simple"
+    users = {d["metadata"]["name"]: d for d in docs if d["kind"] == "KafkaUser"}
+    assert set(users) == {catalog.kafka_user(w) for w in catalog.KAFKA_ACCESS}
+    writers: dict[str, set[str]] = {}
+    for workload, access in catalog.KAFKA_ACCESS.items():
+        acls = users[catalog.kafka_user(workload)]["spec"]["authorization"]["acls"]
+        topic_ops = {a["resource"]["name"]: set(a["operations"]) for a in acls
+                     if a["resource"]["type"] == "topic"}
+        assert {t for t, ops in topic_ops.items() if "Write" in ops} == set(access.writes)
+        assert {t for t, ops in topic_ops.items() if "Read" in ops} == set(access.reads)
+        assert not any(ops & {"Create", "Delete", "Alter", "All"} for ops in topic_ops.values())
+        for t in access.writes:
+            writers.setdefault(t, set()).add(workload)
+    assert writers[MODELS_PUBLISHED.name] == {"training", "outbox-relay"}
+    for w in catalog.WORKLOADS:
+        if catalog.KAFKA not in w.uses:
+            continue
+        container = w.sidecar.name if w.sidecar is not None else w.container_name
+        env = {e["name"]: e for e in _container(docs, w.kind, w.name, container)["env"]}
+        assert env["KAFKA_SASL_USERNAME"]["value"] == catalog.kafka_user(w.name), w.name
+        assert env["KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == \
+            {"name": catalog.kafka_user(w.name), "key": "password"}, w.name
+        writes = ",".join(catalog.KAFKA_ACCESS[w.name].writes)
+        assert env.get("MAGICLENS_OUTBOX_TOPICS", {}).get("value", "") == writes, w.name

@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import io
 import struct
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -21,6 +24,7 @@ from services.mining.imaging import (
 from tests.mining.mining_support import noise_image
 
 POLICY = Policy(max_pixels=4_000_000)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _encoded(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -164,3 +168,52 @@ def test_own_pixel_limit_applies_before_pillow_would_decode(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10**12)  # Pillow would happily decode
     with pytest.raises(Rejection, match="decompression bomb: 30000x30000 exceeds"):
         decode_image(_png_with_header(30000, 30000), POLICY)
+
+
+NARROW = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 1 1000">'
+          '<rect width="1" height="1000" fill="red"/></svg>')
+
+
+@pytest.mark.parametrize("svg,why", [
+    (NARROW, "aspect ratio 1000.0"),  # 512 x 512,000 px if rendered
+    ('<svg xmlns="http://www.w3.org/2000/svg" width="5000" height="1">'
+     '<rect width="1" height="1"/></svg>', "aspect ratio 5000.0"),
+    ('<svg xmlns="http://www.w3.org/2000/svg" width="2" viewBox="0 0 1 900"/>', "aspect ratio"),
+    # A decoy root in a comment does not hide the real one.
+    ('<?xml version="1.0"?><!-- <svg width="100" height="100"> -->' + NARROW,
+     "aspect ratio 1000.0"),
+    ('<svg xmlns="http://www.w3.org/2000/svg" width="calc(1px)" height="9"/>', "unreadable"),
+    ('<?xml version="1.0"?><html><svg width="1" height="1"/></html>',
+     "root element is not <svg>"),
+])
+def test_svg_canvas_is_checked_before_rendering(svg, why):
+    with pytest.raises(Rejection, match=why):
+        decode_image(svg.encode(), POLICY)
+
+
+def test_svg_render_pixel_cap():
+    tall = SVG.replace('height="80" viewBox="0 0 100 80"', 'height="300" viewBox="0 0 100 300"')
+    assert decode_image(tall.encode(), POLICY).height == 1536  # 512 x 1536 is within both caps
+    with pytest.raises(Rejection, match="exceeds 500,000"):
+        decode_image(tall.encode(), Policy(max_pixels=4_000_000, max_svg_render_pixels=500_000))
+
+
+def test_narrow_svg_keeps_the_process_small():
+    """The 1x1000 viewBox once took a miner from 132 MB to 2.18 GB of RSS. In a child
+    process, decoding it and then a normal SVG stays under 300 MB of peak RSS (VmHWM: it
+    starts afresh at exec, whereas ru_maxrss keeps the peak of the forked test process)."""
+    code = (
+        "import re\n"
+        "from services.mining.imaging import Policy, Rejection, decode_image\n"
+        f"narrow, ok = {NARROW.encode()!r}, {SVG.encode()!r}\n"
+        "try:\n    decode_image(narrow, Policy())\n    print('accepted')\n"
+        "except Rejection as e:\n    print('rejected:', e)\n"
+        "print('rendered', decode_image(ok, Policy()).width)\n"
+        "status = open('/proc/self/status').read()\n"
+        "print('maxrss_kb', re.search(r'VmHWM:\\s+(\\d+) kB', status).group(1))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT, check=True).stdout
+    assert "rejected: SVG aspect ratio 1000.0" in out and "rendered 512" in out, out
+    maxrss_mb = int(out.split("maxrss_kb")[1]) / 1024
+    print(f"child peak RSS {maxrss_mb:.1f} MB")
+    assert maxrss_mb < 300, out

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import uuid
 
 import psycopg
 from magiclens.v1 import events_pb2
@@ -13,6 +14,8 @@ from PIL import Image
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
+from runtime import db
+from runtime.bus import Event
 from tests.mining.mining_support import mine, noise_image, page_report
 from tools.ingest.__main__ import collect
 
@@ -196,3 +199,25 @@ def test_warc_is_mined_without_network(make_miner, settings_for, unique, infra_s
     rep = page_report(infra_servers.database_url, base + "page.html")
     assert rep["status"] == "mined" and [i[3] for i in rep["images"]] == ["one", "two"]
     assert "cannot resolve" in rep["rejections"][base + "img/absent.png"]
+
+
+def test_a_page_event_is_trusted_for_its_url_only(make_miner, web, unique, infra_servers):
+    """Anyone who can write the page topic could forge HTML, a source and the held-out
+    split; the miner takes the URL, fetches the page itself and files it as web/train."""
+    imgs = [web.add(f"/{unique}/real{i}.png", noise_image(f"{unique}real{i}", 200, 160),
+                    ctype="image/png") for i in range(2)]
+    url = _images_page(web, unique, "trust", [f'<img src="{u}" alt="real {i}">'
+                                             for i, u in enumerate(imgs)])
+    fake = web.add(f"/{unique}/fake.png", noise_image(f"{unique}fake", 200, 160),
+                   ctype="image/png")
+    miner = make_miner(web)
+    forged = events_pb2.PageDiscovered(url=url, html=f'<img src="{fake}" alt="forged">',
+                                       source="corpus:demo", split="heldout")
+    with db.connect(miner.settings.database_url) as conn, conn.transaction():
+        miner.handle(conn, Event("test", url, str(uuid.uuid4()), forged))
+    rep = page_report(infra_servers.database_url, url)
+    assert rep["status"] == "mined", rep
+    assert sorted(i[3] for i in rep["images"]) == ["real 0", "real 1"]
+    with psycopg.connect(infra_servers.database_url) as conn:
+        assert conn.execute("SELECT source, split FROM pages WHERE url = %s",
+                            (url,)).fetchone() == ("web", "train")

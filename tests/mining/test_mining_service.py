@@ -8,11 +8,11 @@ import subprocess
 import time
 from pathlib import Path
 
-import grpc
 import psycopg
 from kafka import KafkaConsumer, KafkaProducer
 from magiclens.v1 import events_pb2, mining_pb2, mining_pb2_grpc
 
+from runtime import rpc
 from runtime.bus import ensure_topics, make_producer, publish
 from services.mining.config import MiningSettings
 from services.mining.handlers import pages_topic
@@ -98,10 +98,11 @@ def test_page_event_on_kafka_becomes_pairs_in_postgres_and_events_on_kafka(
         raw.close()
         wait_for(lambda: _all_mined(db_url, urls[:1]), 60, "the JSON page event to be mined")
         # gRPC: submit the second page (through the outbox), then ask for status.
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        with rpc.channel(f"127.0.0.1:{port}") as ch:
             stub = mining_pb2_grpc.MiningServiceStub(ch)
             resp = stub.SubmitPages(mining_pb2.SubmitPagesRequest(
-                urls=[urls[1], urls[0], "ftp://nope/"]), timeout=10)
+                urls=[urls[1], urls[0], "ftp://nope/"], source="corpus:t",
+                heldout_urls=[urls[1]]), timeout=10)
             assert resp.accepted == 1
             assert any("already mined" in r for r in resp.rejected)
             assert any("scheme 'ftp'" in r for r in resp.rejected)
@@ -110,6 +111,10 @@ def test_page_event_on_kafka_becomes_pairs_in_postgres_and_events_on_kafka(
             assert (st.status, st.images, st.pairs, st.rejected_images) == ("mined", 3, 6, 0)
             overall = stub.GetMiningStatus(mining_pb2.GetMiningStatusRequest(), timeout=10)
             assert overall.pages_by_status["mined"] >= 2 and overall.pairs >= 12
+        with psycopg.connect(db_url) as conn:  # source and split: from the gRPC call only
+            filed = dict(conn.execute("SELECT url, (source, split) FROM pages "
+                                      "WHERE url = ANY(%s)", (urls,)).fetchall())
+        assert filed == {urls[0]: ("web", "train"), urls[1]: ("corpus:t", "heldout")}
         facts = _integrity(db_url, urls, 3)
         assert facts == {"images": 6, "links": 6, "pairs": 12, "image_events": 6,
                          "pair_events": 2}

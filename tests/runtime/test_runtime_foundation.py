@@ -9,14 +9,13 @@ import sys
 import threading
 from pathlib import Path
 
-import grpc
 import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from magiclens.v1 import events_pb2
 
-from runtime import db
+from runtime import auth, db, rpc
 from runtime.blobstore import FileBlobStore, open_blobstore
 from runtime.bus import BadEvent, decode
 from runtime.config import BaseServiceSettings, load_settings
@@ -131,8 +130,14 @@ def test_blobstore_is_content_addressed_and_confined(tmp_path):
 def test_events_decode_protobuf_and_json_and_reject_garbage():
     msg = events_pb2.PageDiscovered(url="http://x/", source="web")
     assert decode(PAGES_DISCOVERED, msg.SerializeToString(), {}) == msg
-    assert decode(PAGES_DISCOVERED, b'{"url": "http://x/", "source": "web", "extra": 1}',
-                  {}) == msg
+    # JSON (what external producers send): the URL only; unknown keys are ignored, the
+    # message's other fields are refused (they come through SubmitPages, an admin call).
+    assert decode(PAGES_DISCOVERED, b'{"url": "http://x/", "priority": 1}',
+                  {}) == events_pb2.PageDiscovered(url="http://x/")
+    for field in ('"source": "web"', '"html": "<p>"', '"split": "heldout"',
+                  '"discoveredAt": "2024-01-01T00:00:00Z"'):
+        with pytest.raises(BadEvent, match="only through an authenticated gRPC call"):
+            decode(PAGES_DISCOVERED, b'{"url": "http://x/", ' + field.encode() + b"}", {})
     with pytest.raises(BadEvent):
         decode(PAGES_DISCOVERED, b"[1, 2]", {"content-type": "application/json"})
     with pytest.raises(BadEvent):
@@ -142,7 +147,7 @@ def test_events_decode_protobuf_and_json_and_reject_garbage():
 def test_grpc_bootstrap_serves_health_and_reflection_and_stops_gracefully():
     server = GrpcServer([], port=0)
     port = server.start()
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with rpc.channel(f"127.0.0.1:{port}", role=auth.READ) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         resp = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
         assert resp.status == health_pb2.HealthCheckResponse.SERVING

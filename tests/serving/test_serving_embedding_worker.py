@@ -27,7 +27,7 @@ from runtime.blobstore import open_blobstore
 from runtime.bus import Event, ensure_topics, make_producer, publish
 from runtime.config import load_settings
 from runtime.embedding_client import EmbeddingClient
-from runtime.serving import serving_version
+from runtime.serving import serving_version, set_serving_version
 from services.embedding.config import WorkerSettings
 from services.embedding.current import read_current
 from services.embedding.worker import Worker
@@ -87,8 +87,22 @@ def _add_images(e, datas: list[bytes]) -> list[int]:
     return ids
 
 
+def _record_promotion(e, version: str) -> None:
+    """What training's promotion leaves in Postgres: `version` the one promoted version,
+    and the serving one."""
+    uri = f"file://{e.checkpoints[version]}"
+    with db.transaction(e.url) as conn:
+        conn.execute("UPDATE model_versions SET status = 'published' WHERE status = 'promoted' "
+                     "AND model_version <> %s", (version,))
+        conn.execute("INSERT INTO model_versions (model_version, config_name, checkpoint_uri, "
+                     "status) VALUES (%s, 'compact', %s, 'promoted') ON CONFLICT "
+                     "(model_version) DO UPDATE SET status = 'promoted'", (version, uri))
+        set_serving_version(conn, version, uri)
+
+
 def _promote(e, version: str) -> None:
-    """Make `version` the serving one, as the ModelPublished handler does."""
+    """Make `version` the serving one: the promotion in Postgres, then its event handled."""
+    _record_promotion(e, version)
     msg = events_pb2.ModelPublished(model_version=version, config_name="compact",
                                     checkpoint_uri=f"file://{e.checkpoints[version]}",
                                     promoted=True)
@@ -178,6 +192,7 @@ def test_images_get_one_vector_and_one_event_each_even_when_events_are_redeliver
         sent[meta.partition] = max(sent.get(meta.partition, -1), meta.offset)
 
     with _running(e):
+        _record_promotion(e, "serving-a")
         publish(e.producer, e.worker.models_topic, "serving-a", events_pb2.ModelPublished(
             model_version="serving-a", config_name="compact", promoted=True,
             checkpoint_uri=f"file://{e.checkpoints['serving-a']}"))
@@ -257,6 +272,7 @@ def test_promoting_a_new_version_reembeds_the_pool_and_keeps_the_old_vectors(env
         with _running(e, reconcile_interval_s=1):
             # Triton loads serving-b only once the worker points it there: until then the
             # worker's requests for serving-b fail with "not loaded" and are waited out
+            _record_promotion(e, "serving-b")
             publish(e.producer, e.worker.models_topic, "serving-b", events_pb2.ModelPublished(
                 model_version="serving-b", config_name="compact", promoted=True,
                 checkpoint_uri=f"file://{e.checkpoints['serving-b']}"))
@@ -296,6 +312,23 @@ def test_promoting_a_new_version_reembeds_the_pool_and_keeps_the_old_vectors(env
     finally:  # the session's Triton serves serving-a for the other modules
         _promote(e, "serving-a")
         _serve_default(e, "serving-a")
+
+
+def test_a_forged_promotion_event_changes_nothing(env):
+    """ModelPublished is a nudge: the worker serves what Postgres says, whatever checkpoint
+    or version an event names (anyone able to write the topic could send one)."""
+    e = env
+    _promote(e, "serving-a")
+    before = read_current(e.triton.current)
+    forged = events_pb2.ModelPublished(model_version="evil", config_name="compact",
+                                       checkpoint_uri="s3://attacker/evil.tar", promoted=True)
+    with db.transaction(e.url) as conn:
+        e.worker.on_model_published(conn, forged)
+    assert read_current(e.triton.current) == before and before[0] == "serving-a"
+    assert _serving(e) == "serving-a"
+    with db.connect(e.url) as conn:
+        assert conn.execute("SELECT 1 FROM model_versions WHERE model_version = 'evil'"
+                            ).fetchone() is None
 
 
 def test_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(env):

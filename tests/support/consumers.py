@@ -14,7 +14,7 @@ from tests.support.processes import wait_for
 def page_topic(name: str, partitions: int = 2) -> Topic:
     """A private topic carrying PageDiscovered (JSON accepted, like the ingestion topic)."""
     return Topic(name, "url", events_pb2.PageDiscovered, ("test",), ("test",), partitions,
-                 accepts_json=True)
+                 accepts_json=True, json_fields=("url",))
 
 
 class Running:

@@ -18,6 +18,8 @@ from typing import TypeVar
 
 import grpc
 
+from runtime import rpc
+
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
@@ -114,8 +116,9 @@ def running(module: str, *args: str, env: dict[str, str], log: Path | None = Non
 
 def wait_grpc(port: int, timeout: float = 90.0, *, proc: subprocess.Popen | None = None,
               log: Path | None = None) -> grpc.Channel:
-    """A channel to 127.0.0.1:port once a server accepts connections there."""
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    """A channel to 127.0.0.1:port once a server accepts connections there; it sends the
+    local admin token (runtime/auth.py), as the CLI does."""
+    channel = rpc.channel(f"127.0.0.1:{port}")
 
     def ready() -> bool:
         try:

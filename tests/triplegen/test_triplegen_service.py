@@ -22,7 +22,7 @@ import pytest
 from magiclens.v1 import events_pb2, triplegen_pb2, triplegen_pb2_grpc
 from PIL import Image, ImageOps
 
-from runtime import db
+from runtime import db, rpc
 from runtime.blobstore import FileBlobStore
 from runtime.bus import make_producer, publish
 from runtime.topics import PAIRS_MINED
@@ -196,7 +196,7 @@ def test_pairs_mined_to_triples_redelivery_crash_and_grpc(infra_servers, fresh_d
         assert not q(fresh_db, "SELECT 1 FROM pairs WHERE status IN ('mined', 'kept')")
 
         # gRPC: stats, one triple, regeneration of page A (same writer version: no new rows).
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        with rpc.channel(f"127.0.0.1:{port}") as ch:
             stub = triplegen_pb2_grpc.TripleGenServiceStub(ch)
             stats = stub.GetTripleStats(triplegen_pb2.GetTripleStatsRequest(), timeout=10)
             assert stats.triples == n_triples and 0 < stats.keep_rate < 1

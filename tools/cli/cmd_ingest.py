@@ -1,4 +1,5 @@
-"""`magiclens ingest`: announce pages (URL, sitemap, WARC) through tools.ingest."""
+"""`magiclens ingest`: submit pages (URL, sitemap, WARC) through tools.ingest (the mining
+service's SubmitPages call, with an admin token)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import json
 import sys
 from pathlib import Path
 
+from runtime.rpc import RpcFailure
 from services.mining.urls import BadUrl, normalise
 from tools.cli import backends
 from tools.cli.errors import CliError, NotBuiltError, UsageError
+from tools.cli.rpc import cli_error
 from tools.cli.settings import ClientSettings
 
 
@@ -69,6 +72,8 @@ def run(args: argparse.Namespace, settings: ClientSettings) -> int:
             code = ingest_main(argv)
     except SystemExit as exc:  # its argparse; our own checks make this unlikely
         raise UsageError(f"ingest refused the arguments (exit {exc.code})") from None
+    except RpcFailure as exc:
+        raise cli_error(exc) from None
     text = out.getvalue().strip()
     if code:
         raise CliError(text.splitlines()[-1] if text else f"ingest failed (exit {code})")

@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from magiclens.v1 import common_pb2, search_pb2, search_pb2_grpc
 from psycopg.rows import dict_row
 
-from runtime import db, ports
+from runtime import auth, db, ports, rpc
 from runtime.bus import ensure_topics
 from runtime.config import load_settings, project_root
 from services.training import client
@@ -127,7 +127,7 @@ def indexed(url: str, version: str) -> tuple[int, int]:
 
 def shard_vectors(version: str) -> int:
     try:
-        with grpc.insecure_channel(ports.SEARCH_ADDR) as ch:
+        with rpc.channel(ports.SEARCH_ADDR, role=auth.READ) as ch:
             st = search_pb2_grpc.SearchServiceStub(ch).GetIndexStatus(
                 search_pb2.GetIndexStatusRequest(), timeout=5)
             return int(st.num_vectors) if st.model_version == version else 0
@@ -169,7 +169,7 @@ def step_ingest(url: str) -> None:
     else:
         run([sys.executable, "-m", "tools.ingest", "--sitemap", SITE + "sitemap.xml",
              "--allow-private", "--heldout-file", str(CORPUS / "heldout_pages.txt")],
-            "publish the corpus pages to Kafka")
+            "submit the corpus pages to the mining service")
 
     def status() -> str:
         c = counts(url)
@@ -263,7 +263,7 @@ def step_examples(url: str, per_relation: int = 1, k: int = 5) -> list[dict]:
                     chosen.append((origin, q))
                     picked += 1
     examples = []
-    with grpc.insecure_channel(ports.SEARCH_ADDR) as ch:
+    with rpc.channel(ports.SEARCH_ADDR, role=auth.READ) as ch:
         stub = search_pb2_grpc.SearchServiceStub(ch)
         for origin, q in chosen:
             resp = stub.Search(search_pb2.SearchRequest(

@@ -1,10 +1,16 @@
-"""`python -m tools.ingest --url U | --sitemap URL | --warc FILE`: announce pages on Kafka.
+"""`python -m tools.ingest --url U | --sitemap URL | --warc FILE`: submit pages for mining.
 
-Each page becomes a PageDiscovered event on the page topic (key = URL); the mining service
-does the rest. Sitemaps are fetched through the miner's SSRF guard (`--allow-private` lets
-this CLI read a sitemap on a private/loopback address, e.g. the local demo corpus; the miner
-itself still needs MAGICLENS_MINING_ALLOW_HOSTS). A WARC is archived into the blob store and
-Postgres so the miner can mine it without network access.
+The pages go to the mining service's SubmitPages call (an admin call: MAGICLENS_TOKEN, or
+locally the token file's admin token), which records each page with its source and split
+and announces it on the page topic; the mining service does the rest. Through gRPC, not
+straight onto Kafka, because the topic carries URLs only: a page's source label, its
+held-out split and its HTML are trusted only from an authenticated caller. The service is
+MAGICLENS_MINING_ADDR (default: this host's mining port, MAGICLENS_GRPC_PORT or 50051).
+
+Sitemaps are fetched through the miner's SSRF guard (`--allow-private` lets this CLI read a
+sitemap on a private/loopback address, e.g. the local demo corpus; the miner itself still
+needs MAGICLENS_MINING_ALLOW_HOSTS). A WARC is archived into the blob store and Postgres so
+the miner can mine it without network access (its HTML is read from that archive).
 """
 
 from __future__ import annotations
@@ -13,19 +19,58 @@ import argparse
 import sys
 from pathlib import Path
 
-from magiclens.v1 import events_pb2
+from magiclens.v1 import events_pb2, mining_pb2, mining_pb2_grpc
+from pydantic import Field, field_validator
 
-from runtime import db
+from runtime import db, ports, rpc
 from runtime.blobstore import open_blobstore
-from runtime.bus import encode, ensure_topics, make_producer
-from runtime.config import load_settings, run_main
+from runtime.config import check_addr, load_settings, run_main
 from runtime.errors import ConfigError
 from services.mining import sitemap, warc
 from services.mining.config import MiningSettings
 from services.mining.fetch import Fetcher, FetchError
-from services.mining.handlers import pages_topic
 from services.mining.netguard import Blocked, Guard
+from services.mining.server import MAX_URLS_PER_CALL
 from services.mining.urls import BadUrl, normalise
+
+
+class IngestSettings(MiningSettings):
+    """The miner's settings (sitemap guard, WARC limits) plus where its gRPC API is."""
+
+    mining_addr: str = ""  # MAGICLENS_MINING_ADDR; default 127.0.0.1:<this host's mining port>
+    ingest_timeout_s: float = Field(default=120.0, gt=0, le=3600)
+
+    @field_validator("mining_addr")
+    @classmethod
+    def _addr(cls, v: str) -> str:
+        return check_addr(v) if v else v
+
+    @property
+    def mining_target(self) -> str:
+        return self.mining_addr or ports.local(self.grpc_port or ports.MINING.grpc)
+
+
+def submit(settings: IngestSettings, events: list[events_pb2.PageDiscovered]
+           ) -> tuple[int, list[str]]:
+    """SubmitPages, one call per source label and at most MAX_URLS_PER_CALL pages each;
+    (accepted, rejected lines)."""
+    by_source: dict[str, list[events_pb2.PageDiscovered]] = {}
+    for ev in events:
+        by_source.setdefault(ev.source, []).append(ev)
+    accepted, rejected = 0, []
+    addr = settings.mining_target
+    with rpc.channel(addr) as ch:
+        stub = mining_pb2_grpc.MiningServiceStub(ch)
+        for source, group in by_source.items():
+            for i in range(0, len(group), MAX_URLS_PER_CALL):
+                chunk = group[i:i + MAX_URLS_PER_CALL]
+                resp = rpc.call("mining", addr, stub.SubmitPages, mining_pb2.SubmitPagesRequest(
+                    urls=[e.url for e in chunk], source=source,
+                    heldout_urls=[e.url for e in chunk if e.split == "heldout"]),
+                    settings.ingest_timeout_s)
+                accepted += resp.accepted
+                rejected += list(resp.rejected)
+    return accepted, rejected
 
 
 def _fetcher(settings: MiningSettings, allow_private: bool) -> Fetcher:
@@ -98,23 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not (args.url or args.sitemap or args.warc):
         ap.error("give --url, --sitemap or --warc")
-    settings = load_settings(MiningSettings)
+    settings = load_settings(IngestSettings)
     events, problems = collect(args, settings)
     for p in problems[:20]:
         print(f"ingest: skipped {p}", file=sys.stderr)
-    topic = pages_topic(settings)
-    ensure_topics(settings.kafka_bootstrap_servers, [topic])
-    producer = make_producer(settings.kafka_bootstrap_servers, "magiclens-ingest")
-    futures = []
-    for ev in events:
-        value, headers = encode(ev)
-        futures.append(producer.send(topic.name, key=ev.url.encode(), value=value,
-                                     headers=headers))
-    producer.flush(timeout=60)
-    for f in futures:
-        f.get(timeout=30)
-    producer.close(timeout=5)
-    print(f"ingest: published {len(events)} page events to {topic.name}"
+    accepted, rejected = submit(settings, events)
+    for r in rejected[:20]:
+        print(f"ingest: not queued {r}", file=sys.stderr)
+    print(f"ingest: submitted {len(events)} pages to the mining service at "
+          f"{settings.mining_target}: {accepted} queued"
+          + (f", {len(rejected)} not queued" if rejected else "")
           + (f" ({len(problems)} skipped)" if problems else ""))
     return 0
 

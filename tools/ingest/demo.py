@@ -2,7 +2,7 @@
 
 Builds the corpus if it is missing, serves it on 127.0.0.1:8765 in the background (left
 running, pid in data/infra/corpus-serve.pid) unless something already serves it there, and
-publishes every sitemap page (held-out pages marked split=heldout) to the page topic.
+submits every sitemap page (held-out pages marked held out) to the mining service.
 """
 
 from __future__ import annotations

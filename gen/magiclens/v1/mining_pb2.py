@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19magiclens/v1/mining.proto\x12\x0cmagiclens.v1\"X\n\x12SubmitPagesRequest\x12\x0c\n\x04urls\x18\x01 \x03(\t\x12\x13\n\x0bsitemap_url\x18\x02 \x01(\t\x12\x0f\n\x07warc_gz\x18\x03 \x01(\x0c\x12\x0e\n\x06source\x18\x04 \x01(\t\"9\n\x13SubmitPagesResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x10\n\x08rejected\x18\x02 \x03(\t\"#\n\x14GetPageStatusRequest\x12\x0b\n\x03url\x18\x01 \x01(\t\"q\n\nPageStatus\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06images\x18\x04 \x01(\x05\x12\x17\n\x0frejected_images\x18\x05 \x01(\x05\x12\r\n\x05pairs\x18\x06 \x01(\x05\"\x18\n\x16GetMiningStatusRequest\"\xb5\x02\n\x0cMiningStatus\x12\x46\n\x0fpages_by_status\x18\x01 \x03(\x0b\x32-.magiclens.v1.MiningStatus.PagesByStatusEntry\x12H\n\x10images_by_status\x18\x02 \x03(\x0b\x32..magiclens.v1.MiningStatus.ImagesByStatusEntry\x12\r\n\x05pairs\x18\x03 \x01(\x03\x12\x17\n\x0frejected_images\x18\x04 \x01(\x03\x1a\x34\n\x12PagesByStatusEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x35\n\x13ImagesByStatusEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\x87\x02\n\rMiningService\x12R\n\x0bSubmitPages\x12 .magiclens.v1.SubmitPagesRequest\x1a!.magiclens.v1.SubmitPagesResponse\x12M\n\rGetPageStatus\x12\".magiclens.v1.GetPageStatusRequest\x1a\x18.magiclens.v1.PageStatus\x12S\n\x0fGetMiningStatus\x12$.magiclens.v1.GetMiningStatusRequest\x1a\x1a.magiclens.v1.MiningStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19magiclens/v1/mining.proto\x12\x0cmagiclens.v1\"n\n\x12SubmitPagesRequest\x12\x0c\n\x04urls\x18\x01 \x03(\t\x12\x13\n\x0bsitemap_url\x18\x02 \x01(\t\x12\x0f\n\x07warc_gz\x18\x03 \x01(\x0c\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x14\n\x0cheldout_urls\x18\x05 \x03(\t\"9\n\x13SubmitPagesResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x10\n\x08rejected\x18\x02 \x03(\t\"#\n\x14GetPageStatusRequest\x12\x0b\n\x03url\x18\x01 \x01(\t\"q\n\nPageStatus\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06images\x18\x04 \x01(\x05\x12\x17\n\x0frejected_images\x18\x05 \x01(\x05\x12\r\n\x05pairs\x18\x06 \x01(\x05\"\x18\n\x16GetMiningStatusRequest\"\xb5\x02\n\x0cMiningStatus\x12\x46\n\x0fpages_by_status\x18\x01 \x03(\x0b\x32-.magiclens.v1.MiningStatus.PagesByStatusEntry\x12H\n\x10images_by_status\x18\x02 \x03(\x0b\x32..magiclens.v1.MiningStatus.ImagesByStatusEntry\x12\r\n\x05pairs\x18\x03 \x01(\x03\x12\x17\n\x0frejected_images\x18\x04 \x01(\x03\x1a\x34\n\x12PagesByStatusEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x35\n\x13ImagesByStatusEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\x87\x02\n\rMiningService\x12R\n\x0bSubmitPages\x12 .magiclens.v1.SubmitPagesRequest\x1a!.magiclens.v1.SubmitPagesResponse\x12M\n\rGetPageStatus\x12\".magiclens.v1.GetPageStatusRequest\x1a\x18.magiclens.v1.PageStatus\x12S\n\x0fGetMiningStatus\x12$.magiclens.v1.GetMiningStatusRequest\x1a\x1a.magiclens.v1.MiningStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,21 +36,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MININGSTATUS_IMAGESBYSTATUSENTRY']._loaded_options = None
   _globals['_MININGSTATUS_IMAGESBYSTATUSENTRY']._serialized_options = b'8\001'
   _globals['_SUBMITPAGESREQUEST']._serialized_start=43
-  _globals['_SUBMITPAGESREQUEST']._serialized_end=131
-  _globals['_SUBMITPAGESRESPONSE']._serialized_start=133
-  _globals['_SUBMITPAGESRESPONSE']._serialized_end=190
-  _globals['_GETPAGESTATUSREQUEST']._serialized_start=192
-  _globals['_GETPAGESTATUSREQUEST']._serialized_end=227
-  _globals['_PAGESTATUS']._serialized_start=229
-  _globals['_PAGESTATUS']._serialized_end=342
-  _globals['_GETMININGSTATUSREQUEST']._serialized_start=344
-  _globals['_GETMININGSTATUSREQUEST']._serialized_end=368
-  _globals['_MININGSTATUS']._serialized_start=371
-  _globals['_MININGSTATUS']._serialized_end=680
-  _globals['_MININGSTATUS_PAGESBYSTATUSENTRY']._serialized_start=573
-  _globals['_MININGSTATUS_PAGESBYSTATUSENTRY']._serialized_end=625
-  _globals['_MININGSTATUS_IMAGESBYSTATUSENTRY']._serialized_start=627
-  _globals['_MININGSTATUS_IMAGESBYSTATUSENTRY']._serialized_end=680
-  _globals['_MININGSERVICE']._serialized_start=683
-  _globals['_MININGSERVICE']._serialized_end=946
+  _globals['_SUBMITPAGESREQUEST']._serialized_end=153
+  _globals['_SUBMITPAGESRESPONSE']._serialized_start=155
+  _globals['_SUBMITPAGESRESPONSE']._serialized_end=212
+  _globals['_GETPAGESTATUSREQUEST']._serialized_start=214
+  _globals['_GETPAGESTATUSREQUEST']._serialized_end=249
+  _globals['_PAGESTATUS']._serialized_start=251
+  _globals['_PAGESTATUS']._serialized_end=364
+  _globals['_GETMININGSTATUSREQUEST']._serialized_start=366
+  _globals['_GETMININGSTATUSREQUEST']._serialized_end=390
+  _globals['_MININGSTATUS']._serialized_start=393
+  _globals['_MININGSTATUS']._serialized_end=702
+  _globals['_MININGSTATUS_PAGESBYSTATUSENTRY']._serialized_start=595
+  _globals['_MININGSTATUS_PAGESBYSTATUSENTRY']._serialized_end=647
+  _globals['_MININGSTATUS_IMAGESBYSTATUSENTRY']._serialized_start=649
+  _globals['_MININGSTATUS_IMAGESBYSTATUSENTRY']._serialized_end=702
+  _globals['_MININGSERVICE']._serialized_start=705
+  _globals['_MININGSERVICE']._serialized_end=968
 # @@protoc_insertion_point(module_scope)

@@ -7,16 +7,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SubmitPagesRequest(_message.Message):
-    __slots__ = ("urls", "sitemap_url", "warc_gz", "source")
+    __slots__ = ("urls", "sitemap_url", "warc_gz", "source", "heldout_urls")
     URLS_FIELD_NUMBER: _ClassVar[int]
     SITEMAP_URL_FIELD_NUMBER: _ClassVar[int]
     WARC_GZ_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    HELDOUT_URLS_FIELD_NUMBER: _ClassVar[int]
     urls: _containers.RepeatedScalarFieldContainer[str]
     sitemap_url: str
     warc_gz: bytes
     source: str
-    def __init__(self, urls: _Optional[_Iterable[str]] = ..., sitemap_url: _Optional[str] = ..., warc_gz: _Optional[bytes] = ..., source: _Optional[str] = ...) -> None: ...
+    heldout_urls: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, urls: _Optional[_Iterable[str]] = ..., sitemap_url: _Optional[str] = ..., warc_gz: _Optional[bytes] = ..., source: _Optional[str] = ..., heldout_urls: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SubmitPagesResponse(_message.Message):
     __slots__ = ("accepted", "rejected")
