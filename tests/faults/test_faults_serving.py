@@ -24,7 +24,7 @@ import grpc
 import pytest
 from magiclens.v1 import common_pb2, search_pb2, search_pb2_grpc
 
-from runtime import db
+from runtime import auth, db, rpc
 from runtime.blobstore import open_blobstore
 from runtime.embedding_client import EmbeddingClient
 from runtime.serving import set_serving_version, vector_bytes
@@ -43,8 +43,8 @@ class Stack:
 
     def __init__(self, sup: Supervisor, d: Path, triton_url: str, root_port: int) -> None:
         self.sup, self.dir, self.triton_url = sup, d, triton_url
-        self.stub = search_pb2_grpc.SearchServiceStub(grpc.insecure_channel(
-            f"127.0.0.1:{root_port}"))
+        self.stub = search_pb2_grpc.SearchServiceStub(rpc.channel(
+            f"127.0.0.1:{root_port}", role=auth.READ))
         self.workspace = d / "triton-ws"
         self.image_ids: list[int] = []
         self.images: list[bytes] = []
