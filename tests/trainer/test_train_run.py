@@ -56,12 +56,13 @@ def test_training_learns_and_beats_sum_baseline(toy, tmp_path, image_residual, h
     assert meta["arch"]["image_residual"] is image_residual and meta["arch"]["head"] == head
 
 
-def test_resume_continues_the_same_run(toy, tmp_path):
+@pytest.mark.parametrize("head", ["transformer", "edit"])  # edit: with the PCA projection
+def test_resume_continues_the_same_run(toy, tmp_path, head):
     train_f, _, _ = toy
     cfg = get_config("compact", steps=16, batch_size=16, checkpoint_every=4, warmup_steps=3)
-    full = train(cfg, JsonlTriples(train_f), tmp_path / "a", **_standin())
-    first = train(cfg, JsonlTriples(train_f), tmp_path / "b", stop_at=10, **_standin())
-    rest = train(cfg, JsonlTriples(train_f), tmp_path / "b", **_standin())
+    full = train(cfg, JsonlTriples(train_f), tmp_path / "a", **_standin(head=head))
+    first = train(cfg, JsonlTriples(train_f), tmp_path / "b", stop_at=10, **_standin(head=head))
+    rest = train(cfg, JsonlTriples(train_f), tmp_path / "b", **_standin(head=head))
     assert len(first.losses) == 10 and len(rest.losses) == 6
     np.testing.assert_allclose(first.losses + rest.losses, full.losses, rtol=1e-5, atol=1e-6)
 
