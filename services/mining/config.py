@@ -49,6 +49,9 @@ class MiningSettings(BaseServiceSettings):
     mining_svg_render_px: int = Field(default=512, ge=64, le=4096)
     mining_max_svg_render_pixels: int = Field(default=4 * 1024 * 1024, ge=4096,
                                               le=64 * 1024 * 1024)
+    # The SVG render child's address-space cap and time limit (services/mining/svgrender.py).
+    mining_svg_memory_cap_bytes: int = Field(default=512 * 1024 * 1024, ge=64 * 1024 * 1024)
+    mining_svg_render_timeout_s: float = Field(default=20.0, gt=0, le=600)
 
     # Dedupe and pairs.
     # Near-duplicate thresholds (runtime/near_duplicates.py; the search root's default too).

@@ -5,7 +5,8 @@ Rules (each rejection names the rule):
   rasterised with resvg (size-capped, no DOCTYPE/entities, no external references), and
   only after its canvas is read from the root element: an aspect ratio beyond max_aspect or
   a render beyond max_svg_render_pixels is refused before any pixel is allocated (a 1×1000
-  viewBox rendered 512 px wide is 512×512,000 pixels: 2.2 GB of RSS in one image);
+  viewBox rendered 512 px wide is 512×512,000 pixels: 2.2 GB of RSS in one image); the
+  render itself runs in a child process under a memory cap and a time limit (svgrender);
 - decompression bombs: the pixel count from the header is checked against a limit *before*
   decoding, and Pillow's own bomb warning/error is turned into a rejection;
 - `verify()` then a fresh open + `load()` catches truncated and corrupt files;
@@ -27,12 +28,12 @@ import warnings
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-import resvg_py
 from lxml import etree
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from runtime.limits import MAX_IMAGE_PIXELS
 from runtime.near_duplicates import colour_signature, flatten, phash
+from services.mining import svgrender
 
 ALLOWED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp",
                    "GIF": "image/gif", "BMP": "image/bmp"}
@@ -55,6 +56,8 @@ class Policy:
     max_svg_bytes: int = 1024 * 1024
     svg_render_px: int = 512
     max_svg_render_pixels: int = 4 * 1024 * 1024
+    svg_memory_cap_bytes: int = svgrender.DEFAULT_MEMORY_CAP_BYTES  # the render child's
+    svg_render_timeout_s: float = svgrender.DEFAULT_TIMEOUT_S
     max_data_uri_bytes: int = 256 * 1024
 
 
@@ -214,14 +217,11 @@ def _rasterise_svg(data: bytes, policy: Policy) -> bytes:
     if re.search(r"url\(\s*['\"]?(?!#)", text, flags=re.I) or "@import" in low:
         raise Rejection("SVG with external reference refused")
     _check_svg_canvas(text, policy)
+    renderer = svgrender.renderer_for(policy.svg_memory_cap_bytes, policy.svg_render_timeout_s)
     try:
-        png = resvg_py.svg_to_bytes(svg_string=text, width=policy.svg_render_px,
-                                    skip_system_fonts=True)
-    except (ValueError, BaseException) as exc:  # resvg raises panics as BaseException
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            raise
-        raise Rejection(f"SVG render failed ({type(exc).__name__})") from None
-    return bytes(png)
+        return renderer.render(text, policy.svg_render_px)
+    except svgrender.RenderRefused as exc:
+        raise Rejection(str(exc)) from None
 
 
 def decode_image(data: bytes, policy: Policy, timings: dict[str, float] | None = None

@@ -99,6 +99,8 @@ class Miner:
                              max_svg_bytes=settings.mining_max_svg_bytes,
                              svg_render_px=settings.mining_svg_render_px,
                              max_svg_render_pixels=settings.mining_max_svg_render_pixels,
+                             svg_memory_cap_bytes=settings.mining_svg_memory_cap_bytes,
+                             svg_render_timeout_s=settings.mining_svg_render_timeout_s,
                              max_data_uri_bytes=settings.mining_max_data_uri_bytes)
         # Pillow's own guard: warn above the limit (turned into an error), refuse above 2x.
         Image.MAX_IMAGE_PIXELS = settings.mining_max_image_pixels

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
+import re
 import struct
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import pytest
 from PIL import Image
 
 from runtime.near_duplicates import hamming
+from services.mining import svgrender
 from services.mining.imaging import (
     Policy,
     Rejection,
@@ -217,3 +220,40 @@ def test_narrow_svg_keeps_the_process_small():
     maxrss_mb = int(out.split("maxrss_kb")[1]) / 1024
     print(f"child peak RSS {maxrss_mb:.1f} MB")
     assert maxrss_mb < 300, out
+
+
+def test_svg_render_runs_under_a_memory_cap():
+    """A render the canvas checks let through (here: the limits raised to allow a 16k x 16k
+    render, 1 GiB of pixels) is refused by the render child's 256 MiB cap, the test process
+    (the miner) never grows, and the next SVG renders in a fresh child."""
+    huge = Policy(max_pixels=4_000_000, svg_render_px=16_384,
+                  max_svg_render_pixels=300_000_000, svg_memory_cap_bytes=256 << 20)
+    renderer = svgrender.renderer_for(huge.svg_memory_cap_bytes, huge.svg_render_timeout_s)
+    restarts = renderer.restarts
+    rss_before = _rss_mb()
+    with pytest.raises(Rejection, match="exceeded the 256 MiB memory cap"):
+        decode_image(SVG.encode(), huge)
+    assert _rss_mb() - rss_before < 100
+    assert renderer.restarts == restarts + 1
+    small = dataclasses.replace(huge, svg_render_px=512)  # same renderer, a fresh child
+    assert decode_image(SVG.encode(), small).width == 512
+
+
+def test_svg_render_time_limit():
+    """A render that outlives its time limit is killed and refused."""
+    renderer = svgrender.SvgRenderer(timeout_s=0.5)
+    try:
+        blur = ('<svg xmlns="http://www.w3.org/2000/svg" width="100" height="100">'
+                '<filter id="f"><feGaussianBlur stdDeviation="40"/></filter>'
+                + '<rect width="100" height="100" fill="#3a6" filter="url(#f)"/>' * 3000
+                + '</svg>')
+        with pytest.raises(svgrender.RenderRefused, match=r"longer than 0\.5 s"):
+            renderer.render(blur, 4096)
+        assert renderer.render(SVG, 64)[:4] == b"\x89PNG"
+    finally:
+        renderer.close()
+
+
+def _rss_mb() -> float:
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
