@@ -49,6 +49,10 @@ class MiningSettings(BaseServiceSettings):
     mining_svg_render_px: int = Field(default=512, ge=64, le=4096)
     mining_max_svg_render_pixels: int = Field(default=4 * 1024 * 1024, ge=4096,
                                               le=64 * 1024 * 1024)
+    # Page submission (SubmitPages) per caller: a bucket of this many URLs, refilled at
+    # the rate below (runtime/ratelimit.py); a sitemap or WARC costs the pages it yields.
+    mining_submit_burst_urls: int = Field(default=20_000, ge=1)
+    mining_submit_urls_per_minute: float = Field(default=1200.0, gt=0)
     # The SVG render child's address-space cap and time limit (services/mining/svgrender.py).
     mining_svg_memory_cap_bytes: int = Field(default=512 * 1024 * 1024, ge=64 * 1024 * 1024)
     mining_svg_render_timeout_s: float = Field(default=20.0, gt=0, le=600)

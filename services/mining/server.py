@@ -9,6 +9,7 @@ import grpc
 from magiclens.v1 import events_pb2, mining_pb2, mining_pb2_grpc
 
 from runtime import db, outbox
+from runtime.ratelimit import CallerBuckets, RateLimited, caller_of
 from services.mining import sitemap, store, warc
 from services.mining.config import MiningSettings
 from services.mining.fetch import FetchError
@@ -25,11 +26,20 @@ class MiningServicer(mining_pb2_grpc.MiningServiceServicer):
         self.settings = settings
         self.miner = miner
         self.topic = pages_topic(settings)
+        self.submit_limits = CallerBuckets(settings.mining_submit_urls_per_minute / 60.0,
+                                           settings.mining_submit_burst_urls)
 
     def SubmitPages(self, request, context):  # noqa: N802 (gRPC method name)
         if len(request.urls) > MAX_URLS_PER_CALL:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"at most {MAX_URLS_PER_CALL} URLs per call")
+        caller = caller_of(context.invocation_metadata(), context.peer())
+        try:  # what the request names now; a sitemap's or WARC's pages are charged below
+            self.submit_limits.admit(caller, len(request.urls) + bool(request.sitemap_url)
+                                     + bool(request.warc_gz))
+        except RateLimited as exc:
+            context.set_trailing_metadata((("retry-after", str(int(exc.retry_after_s))),))
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         source = request.source or "web"
         items: list[tuple[str, str, str]] = [(u, "", source) for u in request.urls]
         rejected: list[str] = []
@@ -51,6 +61,7 @@ class MiningServicer(mining_pb2_grpc.MiningServiceServicer):
                     max_image_bytes=self.settings.mining_max_image_bytes)
             rejected += skipped
             items += [(p.url, p.html, request.source or "warc") for p in pages]
+        self.submit_limits.charge(caller, len(items) - len(request.urls))
         heldout = set()
         for raw in request.heldout_urls[:MAX_URLS_PER_CALL]:
             with contextlib.suppress(BadUrl):

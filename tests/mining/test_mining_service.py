@@ -8,7 +8,9 @@ import subprocess
 import time
 from pathlib import Path
 
+import grpc
 import psycopg
+import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from magiclens.v1 import events_pb2, mining_pb2, mining_pb2_grpc
 
@@ -206,3 +208,43 @@ def test_two_workers_in_one_group_split_the_work(infra_servers, web, unique, tmp
     assert {p[1] for p in pages.values()} == {1}  # nobody mined a page twice
     assert _integrity(db_url, urls, 2) == {"images": 24, "links": 24, "pairs": 24,
                                            "image_events": 24, "pair_events": 12}
+
+
+def test_page_submission_is_rate_limited_per_caller(infra_servers, web, unique, tmp_path):
+    """Two admin tokens, a bucket of 5 URLs each: the first caller's second request is
+    refused with RESOURCE_EXHAUSTED and a retry-after, the second caller is unaffected, and
+    refused URLs are not filed."""
+    tokens = [f"{who}-admin-token-{unique}" for who in ("alice", "bob")]
+    urls = [f"http://127.0.0.1:{web.port}/{unique}/r{i}.html" for i in range(9)]
+    port = free_port()
+    proc = _worker(infra_servers, web, f"test.mining.pages.{unique}", f"g-{unique}", tmp_path,
+                   "limits", grpc_port=port, MAGICLENS_ADMIN_TOKENS=",".join(tokens),
+                   MAGICLENS_MINING_SUBMIT_BURST_URLS="5",
+                   MAGICLENS_MINING_SUBMIT_URLS_PER_MINUTE="1")
+    try:
+        wait_for(lambda: _reachable(port, tokens[0]), 60, "the mining gRPC server")
+        with rpc.channel(f"127.0.0.1:{port}", token=tokens[0]) as ch:
+            alice = mining_pb2_grpc.MiningServiceStub(ch)
+            assert alice.SubmitPages(mining_pb2.SubmitPagesRequest(urls=urls[:4]),
+                                     timeout=10).accepted == 4
+            with pytest.raises(grpc.RpcError) as refused:
+                alice.SubmitPages(mining_pb2.SubmitPagesRequest(urls=urls[4:6]), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert dict(refused.value.trailing_metadata())["retry-after"] == "60"
+        with rpc.channel(f"127.0.0.1:{port}", token=tokens[1]) as ch:
+            bob = mining_pb2_grpc.MiningServiceStub(ch)
+            assert bob.SubmitPages(mining_pb2.SubmitPagesRequest(urls=urls[6:9]),
+                                   timeout=10).accepted == 3
+    finally:
+        stop(proc)
+    assert set(_pages(infra_servers.database_url, urls)) == set(urls[:4] + urls[6:9])
+
+
+def _reachable(port: int, token: str) -> bool:
+    with rpc.channel(f"127.0.0.1:{port}", token=token) as ch:
+        try:
+            mining_pb2_grpc.MiningServiceStub(ch).GetMiningStatus(
+                mining_pb2.GetMiningStatusRequest(), timeout=2)
+            return True
+        except grpc.RpcError:
+            return False
