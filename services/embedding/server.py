@@ -5,7 +5,8 @@ Runs in `.venv-triton` (PyTriton needs numpy<2):
 
 Why this shape:
 - Triton's dynamic batcher groups concurrent requests; the infer function receives them as a
-  list and runs one padded, jitted batch per model version (see model.BATCH_BUCKETS).
+  list and runs one batch per model version, cut into jitted bucket sizes (see
+  model.BATCH_BUCKETS); instructions' text features come from a per-version cache.
 - The served version comes from a small JSON file (`{"model_version", "checkpoint"}`) that the
   embedding worker (main env, which reads the registry in Postgres) writes atomically when a
   ModelPublished event promotes a version. The server polls it, loads the new params beside the
@@ -42,7 +43,7 @@ import numpy as np
 
 from runtime import ports
 from services.embedding.current import read_current, write_current
-from services.embedding.model import BadInput, LoadedModel, load_checkpoint
+from services.embedding.model import BATCH_BUCKETS, BadInput, LoadedModel, load_checkpoint
 
 log = logging.getLogger("embedding-server")
 
@@ -116,7 +117,17 @@ class Watcher(threading.Thread):
         model.warmup()
         self.holder.install(model)
         log.info("serving model version %s (loaded in %.1fs)", version, time.monotonic() - t0)
+        if model.ready != set(BATCH_BUCKETS):  # a new config: compile its batch sizes
+            threading.Thread(target=self._warm_rest, args=(model,), name="warm-batches",
+                             daemon=True).start()
         return True
+
+    @staticmethod
+    def _warm_rest(model: LoadedModel) -> None:
+        t0 = time.monotonic()
+        model.warm_rest()
+        log.info("compiled batch sizes %s in %.1fs", sorted(model.ready),
+                 time.monotonic() - t0)
 
     def run(self) -> None:
         while not self.stop.wait(self.interval_s):
@@ -143,7 +154,7 @@ def make_infer(holder: ModelHolder, kind: str):
         results: list[dict[str, np.ndarray] | None] = [None] * len(requests)
         for version, idx in groups.items():
             model = holder.get(version)  # one reference for the whole batch: swap-safe
-            pixels, tokens, sizes = [], [], []
+            pixels, texts, sizes = [], [], []
             for i in idx:
                 req = requests[i]
                 if "image" in req.data:
@@ -159,14 +170,15 @@ def make_infer(holder: ModelHolder, kind: str):
                 sizes.append(px.shape[0])
                 if kind == QUERY_MODEL:
                     if "instruction" in req.data:
-                        texts = [_row_bytes(r).decode("utf-8") for r in req["instruction"]]
+                        got = [_row_bytes(r).decode("utf-8") for r in req["instruction"]]
                     else:
-                        texts = [""] * px.shape[0]
-                    if len(texts) != px.shape[0]:
+                        got = [""] * px.shape[0]
+                    if len(got) != px.shape[0]:
                         raise BadInput("one instruction per image")
-                    tokens.append(model.tokens(texts))
+                    model.tokens(got)  # validates length before anything runs
+                    texts += got
             x = np.concatenate(pixels)
-            emb = (model.encode_query_pixels(x, np.concatenate(tokens)) if kind == QUERY_MODEL
+            emb = (model.encode_query_texts(x, texts) if kind == QUERY_MODEL
                    else model.encode_target_pixels(x))
             start = 0
             for i, n in zip(idx, sizes, strict=True):

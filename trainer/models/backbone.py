@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import flax.linen as nn
 import jax
@@ -145,6 +145,9 @@ class CompactBackbone(nn.Module):
 
     embed_dim: int = 512
     colour_bins: int = 0
+    # MiniLM masks padding in attention and pooling: trailing padding changes nothing, so
+    # serving may run the text tower at the instruction's own length.
+    variable_text_length: ClassVar[bool] = True
 
     def setup(self) -> None:
         self.image_tower = MobileNetV2()
