@@ -35,3 +35,9 @@ class RootSettings(BaseServiceSettings):
     duplicate_rounds: int = Field(default=3, ge=1, le=5)
     duplicate_phash_threshold: int = Field(default=PHASH_THRESHOLD, ge=0, le=32)
     duplicate_colour_threshold: int = Field(default=COLOUR_THRESHOLD, ge=0, le=255)
+    # Admission: at most `max_inflight` searches run at once (enough for Triton's dynamic
+    # batcher to group them); the rest wait up to `queue_wait_s` for a slot, then get
+    # RESOURCE_EXHAUSTED instead of piling up behind one another for seconds.
+    max_inflight: int = Field(default=8, ge=1, le=1024)
+    queue_wait_s: float = Field(default=0.5, ge=0, le=30)
+    db_pool_size: int = Field(default=8, ge=1, le=100)

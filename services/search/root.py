@@ -109,8 +109,13 @@ class Root(search_pb2_grpc.SearchServiceServicer):
         self.addresses = [a.strip() for a in settings.shards.split(",") if a.strip()]
         self.stubs = [search_pb2_grpc.ShardServiceStub(rpc.channel(a, role=auth.READ))
                       for a in self.addresses]
-        self.pool = futures.ThreadPoolExecutor(max_workers=4 * max(1, len(self.stubs)))
+        # Query embeddings run here while the request's thread does the rest.
+        self.pool = futures.ThreadPoolExecutor(max_workers=settings.max_inflight + 4,
+                                               thread_name_prefix="embed")
         self.embedder = EmbeddingClient(settings.triton_url, settings.embed_timeout_s)
+        self.db = db.Pool(settings.database_url, name="search-root",
+                          max_size=settings.db_pool_size)
+        self.slots = threading.BoundedSemaphore(settings.max_inflight)
         self.blobs = open_blobstore(settings.blob_root)
         self.allow = {h.strip().lower() for h in settings.url_allowlist.split(",") if h.strip()}
         self._versions: dict[int, str] = {}
@@ -118,16 +123,30 @@ class Root(search_pb2_grpc.SearchServiceServicer):
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- query image
-    def _query_image(self, q, include: bool, context) -> QueryImage:
-        """The query image's bytes and, unless its copies are to be kept, what identifies them
-        in the pool: its own pool id (by id or by exact bytes) and its fingerprint."""
+    def _query_bytes(self, q, context) -> tuple[bytes, dict | None]:
+        """The query image's bytes, and its pool row when the query names a pool image."""
         which = q.WhichOneof("source")
         if which == "image_id":
-            with db.connect(self.s.database_url) as conn:
+            with self.db.connection() as conn:
                 row = store.live_image(conn, q.image_id)
             if row is None:
                 context.abort(grpc.StatusCode.NOT_FOUND, f"image {q.image_id} is not in the pool")
-            data = self.blobs.get(row["blob_uri"])
+            return self.blobs.get(row["blob_uri"]), row
+        if which == "image_bytes":
+            data = q.image_bytes
+            if len(data) > MAX_IMAGE_BYTES:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "image_bytes too large")
+            return data, None
+        if which == "image_url":
+            return fetch_url(q.image_url, self.allow, self.s.url_fetch_timeout_s), None
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "query image is required")
+        raise AssertionError("unreachable")  # abort raises
+
+    def _query_image(self, q, data: bytes, row: dict | None, include: bool) -> QueryImage:
+        """What identifies the query image's copies in the pool (unless they are to be kept):
+        its own pool id (by id or by exact bytes) and its fingerprint. Bytes from outside
+        the pool are validated here (BadInput)."""
+        if row is not None:  # a pool image, by id
             if include:
                 return QueryImage(data)
             if row["phash"] is not None:  # as the miner stored it (an SVG's of its raster)
@@ -140,14 +159,6 @@ class Root(search_pb2_grpc.SearchServiceServicer):
                                 extra={"image_id": q.image_id, "error": type(exc).__name__})
                     return QueryImage(data, q.image_id, hashes={row["content_hash"]})
             return QueryImage(data, q.image_id, fp, {row["content_hash"], fp.content_hash})
-        if which == "image_bytes":
-            data = q.image_bytes
-            if len(data) > MAX_IMAGE_BYTES:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "image_bytes too large")
-        elif which == "image_url":
-            data = fetch_url(q.image_url, self.allow, self.s.url_fetch_timeout_s)
-        else:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "query image is required")
         rgb = decode_image(data)  # validates format, size and dimensions (BadInput)
         if include:
             return QueryImage(data)
@@ -157,7 +168,7 @@ class Root(search_pb2_grpc.SearchServiceServicer):
         except Exception as exc:  # decodable for the model, odd for pHash: exact copies only
             log.warning("query image not fingerprinted", extra={"error": type(exc).__name__})
             fp = None
-        with db.connect(self.s.database_url) as conn:
+        with self.db.connection() as conn:
             same = store.image_id_by_content_hash(conn, digest)
         return QueryImage(data, same, fp, {digest})
 
@@ -223,6 +234,23 @@ class Root(search_pb2_grpc.SearchServiceServicer):
                     best[h.image_id] = h.score
         return sorted(best.items(), key=lambda t: -t[1]), missing, more
 
+    def _embed(self, data: bytes, instruction: str, version: str, deadline: float):
+        return self.embedder.embed_queries([data], [instruction], model_version=version,
+                                           timeout_s=max(0.1, deadline - time.monotonic()))
+
+    def _embedding(self, future, deadline: float, context):
+        """The query embedding from its future, with the embedding errors as gRPC codes."""
+        try:
+            return future.result()
+        except ModelNotLoadedError as exc:  # e.g. Triton still loading a new version
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except EmbeddingError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except UnavailableError as exc:
+            if time.monotonic() >= deadline:
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "embedding timed out")
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+
     @_outage_as_unavailable
     def Search(self, request, context):  # noqa: N802
         t0 = time.monotonic()
@@ -234,9 +262,20 @@ class Root(search_pb2_grpc.SearchServiceServicer):
                           f"instruction longer than {MAX_INSTRUCTION_CHARS} characters")
         remaining = context.time_remaining()
         deadline = t0 + min(remaining if remaining is not None else 30.0, 30.0)
+        if not self.slots.acquire(timeout=max(0.0, min(self.s.queue_wait_s,
+                                                       deadline - time.monotonic()))):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"{self.s.max_inflight} searches are running and the queue wait "
+                          f"({self.s.queue_wait_s:g} s) ran out; retry with back-off")
+        try:
+            return self._search(request, context, k, deadline)
+        finally:
+            self.slots.release()
+
+    def _search(self, request, context, k: int, deadline: float):
         include = request.include_query_image
         try:
-            qi = self._query_image(request.query, include, context)
+            data, row = self._query_bytes(request.query, context)
         except BadInput as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         versions = self._shard_versions(min(deadline, time.monotonic() + self.s.shard_timeout_s))
@@ -246,21 +285,17 @@ class Root(search_pb2_grpc.SearchServiceServicer):
                 by_version.setdefault(versions[i], []).append(i)
         if not by_version:
             context.abort(grpc.StatusCode.UNAVAILABLE, "no search shard is serving")
+        # Triton embeds while this thread validates the image and finds its pool copies.
+        embeddings = {v: self.pool.submit(self._embed, data, request.instruction, v, deadline)
+                      for v in by_version}
+        try:
+            qi = self._query_image(request.query, data, row, include)
+        except BadInput as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         queries: list[tuple[list[float], list[int]]] = []
         served_versions = []
         for version, shard_ids in by_version.items():
-            try:
-                emb = self.embedder.embed_queries([qi.data], [request.instruction],
-                                                  model_version=version,
-                                                  timeout_s=max(0.1, deadline - time.monotonic()))
-            except ModelNotLoadedError as exc:  # e.g. Triton still loading a new version
-                context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-            except EmbeddingError as exc:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            except UnavailableError as exc:
-                if time.monotonic() >= deadline:
-                    context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "embedding timed out")
-                context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            emb = self._embedding(embeddings[version], deadline, context)
             served_versions.append(emb.model_version)
             queries.append((emb.vectors[0].tolist(), shard_ids))
         # The query image's copies are dropped after the merge (their fingerprints are in
@@ -270,6 +305,7 @@ class Root(search_pb2_grpc.SearchServiceServicer):
         fetch = k if include else min(SHARD_MAX_K, k + self.s.duplicate_margin)
         missing = {i for i in range(len(self.stubs)) if i not in versions}
         dropped: list[int] = []
+        rows: dict[int, dict] = {}
         for round_ in range(1 if include else self.s.duplicate_rounds):
             merged, failed, more = self._fan_out(queries, fetch, exclude + dropped,
                                                  request.filters, deadline)
@@ -278,11 +314,12 @@ class Root(search_pb2_grpc.SearchServiceServicer):
                 if time.monotonic() >= deadline:
                     context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no shard answered in time")
                 context.abort(grpc.StatusCode.UNAVAILABLE, "no search shard answered")
+            wanted = [i for i, _ in (merged[:k] if include else merged) if i not in rows]
+            with self.db.connection() as conn:  # fingerprints and hit context at once
+                rows.update(store.candidates(conn, wanted))
             if include:
                 top = merged[:k]
                 break
-            with db.connect(self.s.database_url) as conn:
-                rows = store.fingerprints(conn, [i for i, _ in merged])
             copies = {i for i, _ in merged if self._is_copy(qi, rows.get(i))}
             dropped += sorted(copies)
             top = [(i, sc) for i, sc in merged if i not in copies][:k]
@@ -292,13 +329,11 @@ class Root(search_pb2_grpc.SearchServiceServicer):
             fetch = min(SHARD_MAX_K, fetch * 4)
         if dropped:
             log.info("query image copies left out", extra={"image_ids": dropped[:20]})
-        with db.connect(self.s.database_url) as conn:
-            ctx = store.hit_context(conn, [i for i, _ in top])
         out = search_pb2.SearchResponse(model_version=served_versions[0],
                                         partial=bool(missing),
                                         missing_shards=sorted(missing))
         for i, score in top:
-            r = ctx.get(i)
+            r = rows.get(i)
             hit = out.hits.add(image_id=i, score=score)
             if r:
                 hit.image_url = r["source_url"]
@@ -323,7 +358,7 @@ class Root(search_pb2_grpc.SearchServiceServicer):
             n += st.num_vectors
             versions.append(st.model_version)
         version = max(set(versions), key=versions.count) if versions else ""
-        with db.connect(self.s.database_url) as conn:
+        with self.db.connection() as conn:
             p50 = store.freshness_p50(conn, version) if version else 0.0
         return search_pb2.IndexStatus(model_version=version, num_vectors=n,
                                       shards=len(self.stubs), shards_up=up, freshness_p50_s=p50)

@@ -59,13 +59,18 @@ def live_image(conn: psycopg.Connection, image_id: int) -> dict | None:
         "WHERE image_id = %s", (image_id,)).fetchone()
 
 
-def fingerprints(conn: psycopg.Connection, ids: list[int]) -> dict[int, dict]:
-    """Stored fingerprints of result candidates, to drop copies of the query image."""
+def candidates(conn: psycopg.Connection, ids: list[int]) -> dict[int, dict]:
+    """Result candidates in one round trip: their stored fingerprints (to drop copies of the
+    query image) and the context a hit carries (image URL, page, alt text, caption)."""
     if not ids:
         return {}
     rows = conn.execute(
-        "SELECT image_id, content_hash, phash, colour_sig FROM images "
-        "WHERE image_id = ANY(%s)", (ids,)).fetchall()
+        "SELECT i.image_id, i.content_hash, i.phash, i.colour_sig, i.source_url, "
+        "COALESCE(p.url, '') AS page_url, COALESCE(i.page_title, p.title, '') AS page_title, "
+        "COALESCE(i.alt_text, '') AS alt, COALESCE(i.caption, '') AS caption, "
+        "COALESCE(i.context_text, '') AS context_text "
+        "FROM images i LEFT JOIN pages p ON p.page_id = i.first_page_id "
+        "WHERE i.image_id = ANY(%s)", (ids,)).fetchall()
     return {r["image_id"]: r for r in rows}
 
 
@@ -94,16 +99,3 @@ def freshness_p50(conn: psycopg.Connection, version: str, window: int = 1000) ->
         " FROM index_freshness WHERE model_version = %s AND page_discovered_at IS NOT NULL"
         " ORDER BY searchable_at DESC LIMIT %s) t", (version, window)).fetchone()
     return float(row["p50"] or 0.0)
-
-
-def hit_context(conn: psycopg.Connection, ids: list[int]) -> dict[int, dict]:
-    """Image URL and page context for result ids."""
-    if not ids:
-        return {}
-    rows = conn.execute(
-        "SELECT i.image_id, i.source_url, COALESCE(p.url, '') AS page_url, "
-        "COALESCE(i.page_title, p.title, '') AS page_title, COALESCE(i.alt_text, '') AS alt, "
-        "COALESCE(i.caption, '') AS caption, COALESCE(i.context_text, '') AS context_text "
-        "FROM images i LEFT JOIN pages p ON p.page_id = i.first_page_id "
-        "WHERE i.image_id = ANY(%s)", (ids,)).fetchall()
-    return {r["image_id"]: r for r in rows}

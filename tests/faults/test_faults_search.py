@@ -5,11 +5,14 @@ back, without a restart."""
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import pytest
 from magiclens.v1 import common_pb2, search_pb2, search_pb2_grpc
 
-from tests.support.processes import free_port, start, stop, wait_grpc
+from tests.mining.mining_support import WebServer, noise_image
+from tests.support.processes import free_port, start, stop, wait_for, wait_grpc
 
 
 def _search_image_id(stub, image_id: int) -> grpc.StatusCode:
@@ -43,3 +46,39 @@ def test_search_answers_unavailable_while_postgres_is_down(private_postgres, inf
     assert "Traceback" not in text
     assert text.count("database unavailable") == 1  # throttled: one warning, not 20
     assert code == 0
+
+
+def test_an_overloaded_root_refuses_at_once_instead_of_queueing(infra_servers, tmp_path):
+    """One search slot, 0.2 s of queueing: while a search holds the slot (its image URL
+    answers after 3 s), another is refused with RESOURCE_EXHAUSTED within the queue bound
+    rather than waiting behind it; once the slot is free, searches are admitted again."""
+    web = WebServer()
+    slow = web.add("/slow.png", noise_image("admission"), ctype="image/png", delay_s=3.0)
+    port = free_port()
+    log = tmp_path / "root.log"
+    root = start("services.search.root", log=log, env=infra_servers.env(
+        MAGICLENS_GRPC_PORT=str(port), MAGICLENS_METRICS_PORT="0",
+        MAGICLENS_SHARDS=f"127.0.0.1:{free_port()}", MAGICLENS_URL_ALLOWLIST="127.0.0.1",
+        MAGICLENS_TRITON_URL=f"127.0.0.1:{free_port()}", MAGICLENS_MAX_INFLIGHT="1",
+        MAGICLENS_QUEUE_WAIT_S="0.2"))
+    try:
+        stub = search_pb2_grpc.SearchServiceStub(wait_grpc(port, 60, proc=root, log=log))
+        holder = stub.Search.future(search_pb2.SearchRequest(
+            query=common_pb2.ImageInput(image_url=slow)), timeout=20)
+        wait_for(lambda: web.requests, 10, "the first search to fetch its image")
+        t0 = time.monotonic()
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Search(search_pb2.SearchRequest(
+                query=common_pb2.ImageInput(image_bytes=noise_image("b"))), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert time.monotonic() - t0 < 2.5  # the queue bound, not the 3 s holder
+        with pytest.raises(grpc.RpcError) as first:
+            holder.result()
+        assert first.value.code() == grpc.StatusCode.UNAVAILABLE  # no shard serves here
+        with pytest.raises(grpc.RpcError) as after:
+            stub.Search(search_pb2.SearchRequest(
+                query=common_pb2.ImageInput(image_bytes=noise_image("c"))), timeout=10)
+        assert after.value.code() == grpc.StatusCode.UNAVAILABLE  # admitted again
+    finally:
+        web.close()
+        assert stop(root) == 0
