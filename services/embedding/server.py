@@ -341,7 +341,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="PyTriton workspace (default ~/.cache/pytriton/magiclens-GRPC_PORT); "
                          "what a killed server left there is removed at start")
     ap.add_argument("--max-batch", type=int, default=16)
-    ap.add_argument("--queue-delay-us", type=int, default=2000)
+    # Requests that queue while a batch runs are batched whatever this is; waiting longer
+    # for company only delays a lone request (2 ms cost 2.5 ms per call on an echo model).
+    ap.add_argument("--queue-delay-us", type=int, default=100)
     args = ap.parse_args(argv)
     # force: an import (JAX) has configured the root logger already, which made this a no-op
     # and dropped every INFO line ("ready", "serving model version").
