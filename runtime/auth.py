@@ -44,8 +44,8 @@ from pathlib import Path
 
 import grpc
 
-from runtime.config import project_root
 from runtime.errors import ConfigError
+from runtime.paths import project_root
 
 READ = "read"
 ADMIN = "admin"

@@ -8,7 +8,6 @@ configuration at all.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,13 +18,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runtime import ports
 from runtime.errors import ConfigError, ServiceError
+from runtime.paths import project_root
+from runtime.ports import check_addr
+
+__all__ = ["BaseServiceSettings", "check_addr", "load_settings", "project_root", "run_main"]
 
 S = TypeVar("S", bound="BaseServiceSettings")
-
-
-def project_root() -> Path:
-    """The checkout (MAGICLENS_HOME when set): the default data directory lives under it."""
-    return Path(os.environ.get("MAGICLENS_HOME", Path(__file__).resolve().parents[1]))
 
 
 class BaseServiceSettings(BaseSettings):
@@ -83,14 +81,6 @@ class BaseServiceSettings(BaseSettings):
     @property
     def blob_root(self) -> str:
         return self.blob_uri or f"file://{self.data_dir / 'blobs'}"
-
-
-def check_addr(v: str) -> str:
-    """A `host:port` setting (a service another process calls), stripped."""
-    host, _, port = v.strip().rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"'{v}' is not host:port")
-    return v.strip()
 
 
 def _env_name(cls: type[BaseSettings], field: str) -> str:

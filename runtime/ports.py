@@ -101,5 +101,15 @@ def markdown_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+
+def check_addr(v: str) -> str:
+    """A `host:port` setting (a service another process calls), stripped."""
+    host, _, port = v.strip().rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"'{v}' is not host:port")
+    return v.strip()
+
+
 if __name__ == "__main__":
     sys.stdout.write(markdown_table())
+

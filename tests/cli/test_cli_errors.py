@@ -129,3 +129,21 @@ def test_installed_entry_point_one_line_and_json_flag(tmp_path):
                           capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path)
     assert proc.stdout == ""
     _expect_unreachable("search", f"127.0.0.1:{port}", proc.returncode, proc.stderr)
+
+
+def test_help_and_search_import_only_what_they_use():
+    """`magiclens --help` loads argparse's grammar and none of gRPC, protobuf, pydantic or
+    psycopg; `search` loads gRPC but neither pydantic nor psycopg (bench/cli.py times both)."""
+    probe = ("import sys\n"
+             "from tools.cli.main import build_parser\n"
+             "build_parser().format_help()\n"
+             "heavy = ('grpc', 'google.protobuf', 'pydantic', 'psycopg')\n"
+             "print(sorted({m.split('.')[0] for m in sys.modules if m.startswith(heavy)}))\n"
+             "import tools.cli.cmd_search\n"
+             "from tools.cli.settings import ClientSettings\n"
+             "ClientSettings()\n"
+             "print(sorted({m.split('.')[0] for m in sys.modules if m.startswith(heavy)}))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60, check=True).stdout.splitlines()
+    assert out[0] == "[]"
+    assert "grpc" in out[1] and "pydantic" not in out[1] and "psycopg" not in out[1]

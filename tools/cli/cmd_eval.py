@@ -15,14 +15,6 @@ from tools.cli.errors import CliError, NotBuiltError
 from tools.cli.settings import ClientSettings
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate a model on a triples file or benchmark directory",
-                       add_help=False, prefix_chars="\0")
-    p.add_argument("harness_args", nargs=argparse.REMAINDER,
-                   help="arguments for the evaluation harness (see `magiclens eval --help`)")
-    p.set_defaults(run=run)
-
-
 def run(args: argparse.Namespace, settings: ClientSettings) -> int:
     if not backends.is_built("eval"):
         raise NotBuiltError(f"{backends.describe('eval')} is not built yet "

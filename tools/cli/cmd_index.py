@@ -32,20 +32,6 @@ MAX_CAPTION_CHARS = 600
 UPLOAD_HOST = "upload.magiclens.invalid"
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("index", help="add a folder of images to the pool")
-    p.add_argument("--images", type=Path, required=True, help="folder of image files")
-    p.add_argument("--captions", type=Path,
-                   help="captions: JSON {file name: caption} or lines 'file name<TAB>caption'")
-    p.add_argument("--title", default="", help="title of the synthetic page (default: folder)")
-    p.add_argument("--source", default="upload", help="source label (default upload)")
-    p.add_argument("--recursive", action="store_true", help="include sub-folders")
-    p.add_argument("--pairs", action="store_true",
-                   help="also pair the folder's images for training (as one web page would)")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(run=run)
-
-
 def read_captions(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise UsageError(f"--captions {path}: no such file")

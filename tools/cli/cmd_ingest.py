@@ -8,7 +8,6 @@ import contextlib
 import io
 import json
 import sys
-from pathlib import Path
 
 from runtime.rpc import RpcFailure
 from services.mining.urls import BadUrl, normalise
@@ -16,20 +15,6 @@ from tools.cli import backends
 from tools.cli.errors import CliError, NotBuiltError, UsageError
 from tools.cli.rpc import cli_error
 from tools.cli.settings import ClientSettings
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ingest", help="queue web pages for mining (URL, sitemap or WARC)")
-    p.add_argument("--url", action="append", help="a page URL (repeatable)")
-    p.add_argument("--sitemap", help="a sitemap or sitemap index URL")
-    p.add_argument("--warc", type=Path, help="a WARC(.gz) file")
-    p.add_argument("--source", default="", help="source label (default web/sitemap/warc)")
-    p.add_argument("--allow-private", action="store_true",
-                   help="allow reading a sitemap from a private/loopback address")
-    p.add_argument("--heldout-file", type=Path, help="file of URLs to mark as held out")
-    p.add_argument("--max-pages", type=int, default=50_000)
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, settings: ClientSettings) -> int:

@@ -18,22 +18,6 @@ from tools.cli.rpc import cli_error
 from tools.cli.settings import ClientSettings
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("search", help="rank pool images by a query image and an instruction")
-    p.add_argument("--image", required=True, help="query image: a file, an http(s) URL or a "
-                   "pool image id")
-    p.add_argument("--instruction", "-q", default="", help="what to find, e.g. 'as a sketch'")
-    p.add_argument("-k", type=int, default=10,
-                   help=f"number of results, 1..{MAX_K} (default 10)")
-    p.add_argument("--source", default="", help="only images from this source label")
-    p.add_argument("--domain", default="", help="only images from pages on this domain")
-    p.add_argument("--include-query-image", action="store_true",
-                   help="keep the query image and its copies (same bytes, re-encodes, resizes) "
-                   "in the results; by default they are left out")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(run=run)
-
-
 def _human(data: dict[str, Any]) -> str:
     head = f"model {data['model_version'] or '?'}, {len(data['hits'])} results"
     if data["partial"]:

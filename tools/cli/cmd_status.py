@@ -11,12 +11,6 @@ from tools.cli.output import emit, table
 from tools.cli.settings import ClientSettings
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("status", help="pipeline counts, models and index size")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(run=run)
-
-
 def _counts(name: str, counts: dict[str, int] | None) -> str:
     if counts is None:
         return f"{name:<16}(table not created yet)"

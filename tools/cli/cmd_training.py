@@ -18,23 +18,6 @@ FINAL_RUN_STATES = {"succeeded", "failed"}
 POLL_S = 2.0
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="start a training run (training service)")
-    p.add_argument("--config", default="compact", choices=["compact", "base", "large"])
-    p.add_argument("--steps", type=int, default=0, help="0 = the config's default")
-    p.add_argument("--mode", default="frozen", choices=["frozen", "full"])
-    p.add_argument("--wait", action="store_true", help="follow the run until it ends")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(run=run_train)
-    p = sub.add_parser("models", help="list model versions and their metrics")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(run=run_models)
-    p = sub.add_parser("promote", help="make a model version the one search serves")
-    p.add_argument("model_version")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(run=run_promote)
-
-
 def _run_dict(r: training_pb2.TrainingRun) -> dict[str, Any]:
     return {"run_id": r.run_id, "status": r.status, "model_version": r.model_version,
             "step": r.step, "total_steps": r.total_steps, "last_loss": r.last_loss,

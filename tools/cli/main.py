@@ -8,23 +8,15 @@ MAGICLENS_DEBUG=1 to see the traceback of an unexpected error.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import traceback
 from typing import NoReturn
 
-from runtime.config import load_settings
 from runtime.errors import ConfigError, ServiceError
-from tools.cli import (
-    cmd_eval,
-    cmd_index,
-    cmd_ingest,
-    cmd_search,
-    cmd_status,
-    cmd_training,
-)
 from tools.cli.errors import EXIT_FAILED, EXIT_USAGE, CliError
-from tools.cli.settings import ClientSettings
+from tools.cli.parsers import add_commands
 
 PROG = "magiclens"
 
@@ -43,12 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    cmd_search.add_parser(sub)
-    cmd_ingest.add_parser(sub)
-    cmd_index.add_parser(sub)
-    cmd_status.add_parser(sub)
-    cmd_training.add_parsers(sub)
-    cmd_eval.add_parser(sub)
+    add_commands(sub)
     return ap
 
 
@@ -61,8 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the installed `magiclens` command; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        settings = load_settings(ClientSettings)
-        return args.run(args, settings) or 0
+        # Imported only now: `--help` and usage errors stay at argparse's speed.
+        from tools.cli.settings import ClientSettings
+
+        module, function = args.run.split(":")
+        run = getattr(importlib.import_module(module), function)
+        settings = ClientSettings()
+        return run(args, settings) or 0
     except CliError as exc:
         return _fail(str(exc), exc.code)
     except ConfigError as exc:
