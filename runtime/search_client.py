@@ -18,24 +18,52 @@ SERVICE = "search"
 STATUS_RPC_TIMEOUT_S = 3.0
 
 
+class SearchClient:
+    """One channel to the search root, reused by every call (a long-lived caller such as the
+    gateway; a channel per request paid a TCP and HTTP/2 handshake each time). Thread-safe,
+    as gRPC channels are; it reconnects by itself after the root restarts."""
+
+    def __init__(self, addr: str) -> None:
+        self.addr = addr
+        self._channel = channel(addr, role=READ)
+        self._stub = search_pb2_grpc.SearchServiceStub(self._channel)
+
+    def search(self, request: search_pb2.SearchRequest,
+               timeout: float) -> search_pb2.SearchResponse:
+        return call(SERVICE, self.addr, self._stub.Search, request, timeout)
+
+    def index_status(self, timeout: float = STATUS_RPC_TIMEOUT_S) -> dict[str, Any]:
+        """The search root's view, or {"error": one line} when it cannot be asked."""
+        try:
+            st = call(SERVICE, self.addr, self._stub.GetIndexStatus,
+                      search_pb2.GetIndexStatusRequest(), timeout)
+        except RpcFailure as exc:
+            return {"available": False, "error": str(exc)}
+        return {"available": True, "model_version": st.model_version,
+                "num_vectors": st.num_vectors, "shards": st.shards, "shards_up": st.shards_up,
+                "freshness_p50_s": st.freshness_p50_s}
+
+    def close(self) -> None:
+        self._channel.close()
+
+
 def search(addr: str, request: search_pb2.SearchRequest,
            timeout: float) -> search_pb2.SearchResponse:
-    with channel(addr, role=READ) as ch:
-        return call(SERVICE, addr, search_pb2_grpc.SearchServiceStub(ch).Search, request,
-                    timeout)
+    """One search on a channel of its own (the CLI: one call per process)."""
+    client = SearchClient(addr)
+    try:
+        return client.search(request, timeout)
+    finally:
+        client.close()
 
 
 def index_status(addr: str, timeout: float = STATUS_RPC_TIMEOUT_S) -> dict[str, Any]:
-    """The search root's view, or {"error": one line} when it cannot be asked."""
+    """The search root's view on a channel of its own, or {"error": one line}."""
+    client = SearchClient(addr)
     try:
-        with channel(addr, role=READ) as ch:
-            st = call(SERVICE, addr, search_pb2_grpc.SearchServiceStub(ch).GetIndexStatus,
-                      search_pb2.GetIndexStatusRequest(), timeout)
-    except RpcFailure as exc:
-        return {"available": False, "error": str(exc)}
-    return {"available": True, "model_version": st.model_version,
-            "num_vectors": st.num_vectors, "shards": st.shards, "shards_up": st.shards_up,
-            "freshness_p50_s": st.freshness_p50_s}
+        return client.index_status(timeout)
+    finally:
+        client.close()
 
 
 def hit_dict(h: search_pb2.SearchHit) -> dict[str, Any]:

@@ -32,13 +32,13 @@ from urllib.parse import parse_qs, urlsplit
 
 from magiclens.v1 import common_pb2, search_pb2
 
-from runtime import search_client
+from runtime import db
 from runtime.blobstore import open_blobstore
 from runtime.errors import ServiceError
 from runtime.limits import MAX_K, MAX_URL_CHARS
 from runtime.pipeline_status import pipeline_status
 from runtime.rpc import RpcFailure
-from runtime.search_client import index_status, parse_image_id, response_dict
+from runtime.search_client import SearchClient, parse_image_id, response_dict
 from services.gateway import store
 from services.gateway.config import GatewaySettings
 from services.gateway.examples import ExamplesError, load_examples
@@ -70,6 +70,12 @@ class Gateway:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self.blobs = open_blobstore(settings.blob_root)
+        self.db = db.Pool(settings.database_url, name="gateway", max_size=4)
+        self.search_client = SearchClient(settings.search_addr)
+
+    def close(self) -> None:
+        self.db.close()
+        self.search_client.close()
 
     # ------------------------------------------------------------------ search
     def search(self, query: common_pb2.ImageInput, instruction: str, k: int,
@@ -83,7 +89,7 @@ class Gateway:
         req = search_pb2.SearchRequest(query=query, instruction=instruction, k=k,
                                        include_query_image=include_query_image)
         try:
-            resp = search_client.search(s.search_addr, req, s.gateway_search_timeout_s)
+            resp = self.search_client.search(req, s.gateway_search_timeout_s)
         except RpcFailure as exc:
             status = _HTTP_FOR_GRPC.get(exc.code, 502)
             extra = {"search_available": False} if status == 503 else {}
@@ -99,8 +105,7 @@ class Gateway:
             data["database"] = {"available": True}
         except ServiceError as exc:
             data = {"database": {"available": False, "error": str(exc)}}
-        data["search"] = index_status(self.settings.search_addr,
-                                      self.settings.gateway_status_timeout_s)
+        data["search"] = self.search_client.index_status(self.settings.gateway_status_timeout_s)
         return data
 
 
@@ -221,7 +226,7 @@ class Handler(BaseHTTPRequestHandler):
     def _get_image(self, path: str, params: dict) -> None:
         image_id = _image_id(path.removeprefix("/images/"))
         try:
-            found = store.image_bytes(self.gateway.settings.database_url, self.gateway.blobs,
+            found = store.image_bytes(self.gateway.db, self.gateway.blobs,
                                      image_id)
         except ServiceError as exc:
             raise HttpError(503, str(exc)) from None
@@ -283,7 +288,7 @@ class Handler(BaseHTTPRequestHandler):
         if not 1 <= n <= store.MAX_SAMPLE:
             raise HttpError(400, f"n must be between 1 and {store.MAX_SAMPLE}")
         try:
-            images = store.sample(self.gateway.settings.database_url, n)
+            images = store.sample(self.gateway.db, n)
         except ServiceError as exc:
             raise HttpError(503, str(exc)) from None
         self._json(200, {"images": images})
@@ -298,7 +303,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _get_api_health(self, path: str, params: dict) -> None:
         s = self.gateway.settings
-        self._json(200, {"search": index_status(s.search_addr, s.gateway_status_timeout_s)})
+        self._json(200, {"search": self.gateway.search_client.index_status(
+            s.gateway_status_timeout_s)})
 
     def _get_api_status(self, path: str, params: dict) -> None:
         self._json(200, self.gateway.status())
@@ -335,6 +341,12 @@ class BoundedServer(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self.slots.release()
+
+    def server_close(self) -> None:
+        super().server_close()
+        gateway = getattr(self.RequestHandlerClass, "gateway", None)
+        if gateway is not None:
+            gateway.close()
 
 
 def make_server(settings: GatewaySettings) -> ThreadingHTTPServer:

@@ -12,10 +12,10 @@ SERVABLE_MIME = {"image/jpeg", "image/png", "image/webp", "image/gif", "image/bm
 MAX_SAMPLE = 96
 
 
-def sample(database_url: str, n: int) -> list[dict[str, Any]]:
+def sample(pool: db.Pool, n: int) -> list[dict[str, Any]]:
     """Up to n random live pool images (the `live_images` view) with where they came from."""
     n = max(1, min(n, MAX_SAMPLE))
-    with db.connect(database_url, timeout=3) as conn:
+    with pool.connection() as conn:
         rows = conn.execute(
             "SELECT i.image_id, i.width, i.height, coalesce(i.alt_text, '') AS alt_text, "
             "coalesce(i.caption, '') AS caption, coalesce(p.url, '') AS page_url, "
@@ -29,12 +29,12 @@ class BlobMissing(LookupError):
     """The image row exists but its bytes are not in this gateway's blob store."""
 
 
-def image_bytes(database_url: str, blobs: BlobStore, image_id: int) -> tuple[bytes, str] | None:
+def image_bytes(pool: db.Pool, blobs: BlobStore, image_id: int) -> tuple[bytes, str] | None:
     """(bytes, content type) of an image, or None when there is no such image.
 
     Any image that is not deleted and has bytes: a rejected one stays viewable by its id,
     although it is not live (not searchable, not offered in the picker)."""
-    with db.connect(database_url, timeout=3) as conn:
+    with pool.connection() as conn:
         row = conn.execute("SELECT blob_uri, mime_type FROM images WHERE image_id = %s "
                            "AND status <> 'deleted' AND blob_uri IS NOT NULL",
                            (image_id,)).fetchone()
