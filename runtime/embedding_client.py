@@ -15,7 +15,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from runtime import ports
+from runtime import ports, tracing
 from runtime.errors import UnavailableError
 
 DEFAULT_URL = ports.TRITON_ADDR
@@ -65,9 +65,12 @@ class EmbeddingClient:
                timeout_s: float | None) -> Embeddings:
         outputs = [grpcclient.InferRequestedOutput("embedding"),
                    grpcclient.InferRequestedOutput("model_version")]
-        params = {"model_version": model_version} if model_version else None
+        params = {"model_version": model_version} if model_version else {}
+        parent = tracing.traceparent()  # the server's spans join the caller's trace
+        if parent:
+            params[tracing.TRITON_PARAMETER] = parent
         try:
-            res = self._client.infer(model, inputs, outputs=outputs, parameters=params,
+            res = self._client.infer(model, inputs, outputs=outputs, parameters=params or None,
                                      client_timeout=timeout_s or self.timeout_s)
         except InferenceServerException as exc:
             lines = [ln.strip() for ln in (exc.message() or str(exc)).splitlines() if ln.strip()]

@@ -19,7 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram, start_http_server
 
-from runtime import auth
+from runtime import auth, tracing
 from runtime.limits import MAX_GRPC_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
@@ -74,8 +74,10 @@ class GrpcServer:
         credentials = credentials if credentials is not None else auth.server_credentials()
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
-            # Metrics outermost, so refused calls are counted under their status code.
-            interceptors=[MetricsInterceptor(), auth.AuthInterceptor(tokens)],
+            # Tracing first (a refused call is still a span of its trace), then metrics, so
+            # refused calls are counted under their status code.
+            interceptors=[*tracing.server_interceptors(), MetricsInterceptor(),
+                          auth.AuthInterceptor(tokens)],
             options=[("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
                      ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES)])
         self.health = health.HealthServicer()

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 import grpc
 
-from runtime import auth
+from runtime import auth, tracing
 from runtime.errors import ServiceError
 from runtime.limits import MAX_GRPC_MESSAGE_BYTES
 
@@ -32,11 +32,12 @@ def channel(addr: str, role: str = auth.ADMIN, token: str | None = None) -> grpc
     """A channel to one of the suite's services that sends this process's bearer token
     (runtime/auth.py: MAGICLENS_TOKEN, else the local token file's `role` token), over TLS
     when MAGICLENS_TLS_CA is set."""
-    return auth.secure_channel(addr, role=role, token=token, options=[
+    ch = auth.secure_channel(addr, role=role, token=token, options=[
         ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
         ("grpc.enable_retries", 0),
     ])
+    return tracing.traced_channel(ch)  # carries the trace when tracing is on
 
 
 def unavailable_message(service: str, addr: str) -> str:

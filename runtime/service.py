@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from runtime import db
+from runtime import db, tracing
 from runtime.bus import Consumer, Throttle, ensure_topics
 from runtime.config import BaseServiceSettings
 from runtime.grpc_server import GrpcServer, Registration
@@ -35,6 +35,7 @@ class Service:
     def __init__(self, name: str, settings: BaseServiceSettings) -> None:
         self.name = name
         self.settings = settings
+        tracing.setup(name)  # before any gRPC server or channel exists (off unless configured)
         self.stop_event = threading.Event()
         self.consumers: list[Consumer] = []
         self.relay: OutboxRelay | None = None

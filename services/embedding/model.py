@@ -204,10 +204,18 @@ class LoadedModel:
                      for t, f in zip(instructions, found, strict=True)]
         return np.stack(found)
 
+    def image_features(self, pixels: np.ndarray) -> np.ndarray:
+        """[B, Fi] image-tower features of preprocessed images."""
+        return self._run(self._image, pixels.astype(np.float32))
+
+    def query_from_features(self, image_features: np.ndarray, text_features: np.ndarray
+                            ) -> np.ndarray:
+        """The head: tower features -> unit query embeddings."""
+        return self._run(self._head, image_features, text_features)
+
     def encode_query_features(self, pixels: np.ndarray, text_features: np.ndarray
                               ) -> np.ndarray:
-        image_features = self._run(self._image, pixels.astype(np.float32))
-        return self._run(self._head, image_features, text_features)
+        return self.query_from_features(self.image_features(pixels), text_features)
 
     def encode_query_pixels(self, pixels: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         return self.encode_query_features(pixels, self._text_features_of_tokens(tokens))

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import ports
+from runtime import ports, tracing
 from services.embedding.current import read_current, write_current
 from services.embedding.model import BATCH_BUCKETS, BadInput, LoadedModel, load_checkpoint
 
@@ -139,9 +139,13 @@ def _row_bytes(x: np.ndarray) -> bytes:
     return v if isinstance(v, bytes) else bytes(v)
 
 
-def _version_of(req) -> str:
+def _parameter(req, name: str) -> str:
     params = getattr(req, "parameters", None) or {}
-    return str(params.get(VERSION_PARAM, "") or "")
+    return str(params.get(name, "") or "")
+
+
+def _version_of(req) -> str:
+    return _parameter(req, VERSION_PARAM)
 
 
 def make_infer(holder: ModelHolder, kind: str):
@@ -153,8 +157,18 @@ def make_infer(holder: ModelHolder, kind: str):
             groups.setdefault(_version_of(req), []).append(i)
         results: list[dict[str, np.ndarray] | None] = [None] * len(requests)
         for version, idx in groups.items():
-            model = holder.get(version)  # one reference for the whole batch: swap-safe
-            pixels, texts, sizes = [], [], []
+            # The batch's spans join the trace of its first request (the others' traces end
+            # at their Triton call); off unless tracing is configured.
+            parent = tracing.context_from_traceparent(
+                _parameter(requests[idx[0]], tracing.TRITON_PARAMETER))
+            with tracing.span(f"embed {kind} batch", context=parent, requests=len(idx)):
+                _infer_group(requests, idx, version, results)
+        return results
+
+    def _infer_group(requests, idx: list[int], version: str, results: list) -> None:
+        model = holder.get(version)  # one reference for the whole batch: swap-safe
+        pixels, texts, sizes = [], [], []
+        with tracing.span("decode + preprocess"):
             for i in idx:
                 req = requests[i]
                 if "image" in req.data:
@@ -177,16 +191,23 @@ def make_infer(holder: ModelHolder, kind: str):
                         raise BadInput("one instruction per image")
                     model.tokens(got)  # validates length before anything runs
                     texts += got
-            x = np.concatenate(pixels)
-            emb = (model.encode_query_texts(x, texts) if kind == QUERY_MODEL
-                   else model.encode_target_pixels(x))
-            start = 0
-            for i, n in zip(idx, sizes, strict=True):
-                results[i] = {"embedding": emb[start:start + n],
-                              "model_version": np.array([[model.model_version.encode()]] * n,
-                                                        dtype=np.object_)}
-                start += n
-        return results
+        x = np.concatenate(pixels)
+        if kind == QUERY_MODEL:
+            with tracing.span("text tower (uncached instructions)"):
+                text_features = model.text_features(texts)
+            with tracing.span("image tower", images=len(x)):
+                image_features = model.image_features(x)
+            with tracing.span("head"):
+                emb = model.query_from_features(image_features, text_features)
+        else:
+            with tracing.span("image tower + target head", images=len(x)):
+                emb = model.encode_target_pixels(x)
+        start = 0
+        for i, n in zip(idx, sizes, strict=True):
+            results[i] = {"embedding": emb[start:start + n],
+                          "model_version": np.array([[model.model_version.encode()]] * n,
+                                                    dtype=np.object_)}
+            start += n
 
     return infer
 
@@ -359,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig
 
+    tracing.setup("embedding-server")  # off unless OTEL_EXPORTER_OTLP_ENDPOINT is set
     if args.checkpoint:
         write_current(args.current_file, args.model_version or Path(args.checkpoint).name,
                       str(Path(args.checkpoint).absolute()))

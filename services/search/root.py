@@ -30,7 +30,7 @@ import grpc
 import httpx
 from magiclens.v1 import search_pb2, search_pb2_grpc
 
-from runtime import auth, db, rpc
+from runtime import auth, db, rpc, tracing
 from runtime.blobstore import open_blobstore
 from runtime.bus import Throttle
 from runtime.config import load_settings, run_main
@@ -216,27 +216,29 @@ class Root(search_pb2_grpc.SearchServiceServicer):
                 timeout = max(0.01, min(deadline, time.monotonic() + self.s.shard_timeout_s)
                               - time.monotonic())
                 calls.append((i, self.stubs[i].SearchShard.future(req, timeout=timeout)))
-        best: dict[int, float] = {}
         missing: set[int] = set()
-        more = False
+        answers = []
         for i, fut in calls:
             try:
-                got = fut.result().hits
+                answers.append(fut.result().hits)
             except grpc.RpcError as exc:
                 missing.add(i)
                 log.warning("shard failed", extra={"shard": i, "code": exc.code().name})
                 with self._lock:
                     self._versions.pop(i, None)
-                continue
-            more = more or len(got) >= k
-            for h in got:
-                if h.score > best.get(h.image_id, -2.0):
-                    best[h.image_id] = h.score
-        return sorted(best.items(), key=lambda t: -t[1]), missing, more
+        with tracing.span("merge", lists=len(answers)):
+            best: dict[int, float] = {}
+            for got in answers:
+                for h in got:
+                    if h.score > best.get(h.image_id, -2.0):
+                        best[h.image_id] = h.score
+            more = any(len(got) >= k for got in answers)
+            return sorted(best.items(), key=lambda t: -t[1]), missing, more
 
     def _embed(self, data: bytes, instruction: str, version: str, deadline: float):
-        return self.embedder.embed_queries([data], [instruction], model_version=version,
-                                           timeout_s=max(0.1, deadline - time.monotonic()))
+        with tracing.span("embed query (Triton)", model_version=version):
+            return self.embedder.embed_queries([data], [instruction], model_version=version,
+                                               timeout_s=max(0.1, deadline - time.monotonic()))
 
     def _embedding(self, future, deadline: float, context):
         """The query embedding from its future, with the embedding errors as gRPC codes."""
@@ -275,7 +277,8 @@ class Root(search_pb2_grpc.SearchServiceServicer):
     def _search(self, request, context, k: int, deadline: float):
         include = request.include_query_image
         try:
-            data, row = self._query_bytes(request.query, context)
+            with tracing.span("query bytes"):
+                data, row = self._query_bytes(request.query, context)
         except BadInput as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         versions = self._shard_versions(min(deadline, time.monotonic() + self.s.shard_timeout_s))
@@ -286,16 +289,19 @@ class Root(search_pb2_grpc.SearchServiceServicer):
         if not by_version:
             context.abort(grpc.StatusCode.UNAVAILABLE, "no search shard is serving")
         # Triton embeds while this thread validates the image and finds its pool copies.
-        embeddings = {v: self.pool.submit(self._embed, data, request.instruction, v, deadline)
+        embed = tracing.in_current_context(self._embed)
+        embeddings = {v: self.pool.submit(embed, data, request.instruction, v, deadline)
                       for v in by_version}
         try:
-            qi = self._query_image(request.query, data, row, include)
+            with tracing.span("query image (decode, fingerprint, copies)"):
+                qi = self._query_image(request.query, data, row, include)
         except BadInput as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         queries: list[tuple[list[float], list[int]]] = []
         served_versions = []
         for version, shard_ids in by_version.items():
-            emb = self._embedding(embeddings[version], deadline, context)
+            with tracing.span("wait for embedding"):
+                emb = self._embedding(embeddings[version], deadline, context)
             served_versions.append(emb.model_version)
             queries.append((emb.vectors[0].tolist(), shard_ids))
         # The query image's copies are dropped after the merge (their fingerprints are in
@@ -307,15 +313,17 @@ class Root(search_pb2_grpc.SearchServiceServicer):
         dropped: list[int] = []
         rows: dict[int, dict] = {}
         for round_ in range(1 if include else self.s.duplicate_rounds):
-            merged, failed, more = self._fan_out(queries, fetch, exclude + dropped,
-                                                 request.filters, deadline)
+            with tracing.span("fan-out", fetch=fetch):
+                merged, failed, more = self._fan_out(queries, fetch, exclude + dropped,
+                                                     request.filters, deadline)
             missing |= failed
             if len(missing) == len(self.stubs):
                 if time.monotonic() >= deadline:
                     context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no shard answered in time")
                 context.abort(grpc.StatusCode.UNAVAILABLE, "no search shard answered")
             wanted = [i for i, _ in (merged[:k] if include else merged) if i not in rows]
-            with self.db.connection() as conn:  # fingerprints and hit context at once
+            with tracing.span("context look-up", candidates=len(wanted)), \
+                    self.db.connection() as conn:  # fingerprints and hit context at once
                 rows.update(store.candidates(conn, wanted))
             if include:
                 top = merged[:k]

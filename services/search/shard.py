@@ -29,7 +29,7 @@ import numpy as np
 from magiclens.v1 import events_pb2, search_pb2, search_pb2_grpc
 from prometheus_client import Gauge, Histogram
 
-from runtime import db, ports
+from runtime import db, ports, tracing
 from runtime.bus import Consumer, Event
 from runtime.config import load_settings, run_main
 from runtime.errors import ConfigError
@@ -237,7 +237,8 @@ class ShardServicer(search_pb2_grpc.ShardServiceServicer):
                 src, dom = a.get(i, ("", ""))
                 return (not f.source or src == f.source) and (
                     not f.page_domain or dom == f.page_domain)
-        hits = idx.search(q, k, request.exclude_image_ids, keep) if len(q) else []
+        with tracing.span("shard search", shard=self.shard.s.shard, k=k, vectors=len(idx)):
+            hits = idx.search(q, k, request.exclude_image_ids, keep) if len(q) else []
         return search_pb2.SearchShardResponse(
             hits=[search_pb2.ShardHit(image_id=i, score=s) for i, s in hits],
             model_version=idx.model_version)

@@ -12,18 +12,28 @@ from runtime.embedding_client import EmbeddingClient
 from services.embedding.model import load_checkpoint
 from tests.serving.serving_support import TRITON_PY, TritonProc, stop_triton
 from tests.support.processes import ROOT, free_port, start, wait_for
+from tools.otlp_receiver import OtlpReceiver
 
 
 @pytest.fixture(scope="session")
-def triton(checkpoints, tmp_path_factory) -> TritonProc:
-    """The real Triton embedding server (PyTriton, .venv-triton), started once."""
+def otlp_receiver() -> OtlpReceiver:
+    """An OTLP trace receiver the serving processes export their spans to (tracing on)."""
+    receiver = OtlpReceiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture(scope="session")
+def triton(checkpoints, tmp_path_factory, otlp_receiver) -> TritonProc:
+    """The real Triton embedding server (PyTriton, .venv-triton), started once, with tracing
+    to `otlp_receiver`."""
     if not TRITON_PY.exists():
         pytest.skip(".venv-triton is missing (./taskw sets it up)")
     d = tmp_path_factory.mktemp("triton")
     grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
     current = d / "current_model.json"
     log = d / "server.log"
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'gen'}")
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'gen'}", **otlp_receiver.env())
     proc = start("services.embedding.server", "--current-file", str(current),
                  "--checkpoint", str(checkpoints["serving-a"]), "--model-version", "serving-a",
                  "--grpc-port", str(grpc_port), "--http-port", str(http_port),

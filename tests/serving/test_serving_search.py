@@ -29,7 +29,7 @@ from runtime.topics import EMBEDDINGS_READY
 from services.search.index import IndexParams, ShardIndex
 from tests.gateway.gwutil import CHROMIUM, chromium, running_gateway
 from tests.serving.serving_support import CACHE, PHOTOS, augmented_images, photo, png
-from tests.support.processes import ROOT, free_port, kill, start, stop, wait_grpc
+from tests.support.processes import ROOT, free_port, kill, start, stop, wait_for, wait_grpc
 from tools.cli.main import main
 
 N_PER_PHOTO = 25
@@ -118,8 +118,9 @@ def test_upserts_and_deletes_during_concurrent_queries(corpus, tmp_path):
 # ------------------------------------------------------------------ processes over gRPC
 
 @pytest.fixture(scope="module")
-def cluster(infra_servers, corpus, triton, checkpoints, tmp_path_factory):
-    """Postgres rows for the pool (as the worker writes them), 2 shards, the root."""
+def cluster(infra_servers, corpus, triton, checkpoints, tmp_path_factory, otlp_receiver):
+    """Postgres rows for the pool (as the worker writes them), 2 shards, the root; all of
+    them, and Triton, export traces to `otlp_receiver`."""
     imgs, vecs = corpus
     d = tmp_path_factory.mktemp("search")
     tag = os.urandom(4).hex()
@@ -155,7 +156,7 @@ def cluster(infra_servers, corpus, triton, checkpoints, tmp_path_factory):
     env = infra_servers.env(MAGICLENS_DATA_DIR=str(d), MAGICLENS_BLOB_URI=f"file://{d / 'blobs'}",
                             MAGICLENS_BRUTE_THRESHOLD="50", MAGICLENS_SYNC_INTERVAL_S="2",
                             MAGICLENS_LOG_LEVEL="INFO",
-                            PYTHONPATH=f"{ROOT}:{ROOT / 'gen'}")
+                            PYTHONPATH=f"{ROOT}:{ROOT / 'gen'}", **otlp_receiver.env())
     procs: dict[str, subprocess.Popen] = {}
 
     def _start_shard(i: int):
@@ -225,6 +226,39 @@ def test_search_by_pool_image_and_bytes(cluster):
     coffee_ids = set(cluster.image_ids[coffee * N_PER_PHOTO:(coffee + 1) * N_PER_PHOTO])
     assert len(r2.hits) == 5
     assert len(coffee_ids & {h.image_id for h in r2.hits}) >= 3, [h.image_id for h in r2.hits]
+
+
+def test_one_search_is_one_trace_across_root_triton_and_shards(cluster, otlp_receiver):
+    """Spans of one search reach an OTLP receiver from every process on its path, in one
+    trace: the root's stages, Triton's (decode, text tower, image tower, head) and each
+    shard's ScaNN search, parented through gRPC metadata and Triton's request parameter."""
+    _search(cluster, query={"image_bytes": png(photo("rocket"))}, k=5,
+            instruction=f"the same rocket at night {os.urandom(3).hex()}")
+    want = {("search-root", "/magiclens.v1.SearchService/Search"),
+            ("search-root", "query image (decode, fingerprint, copies)"),
+            ("search-root", "embed query (Triton)"), ("search-root", "fan-out"),
+            ("search-root", "merge"), ("search-root", "context look-up"),
+            ("embedding-server", "embed query batch"), ("embedding-server", "decode + preprocess"),
+            ("embedding-server", "text tower (uncached instructions)"),
+            ("embedding-server", "image tower"), ("embedding-server", "head"),
+            ("search-shard-0", "shard search"), ("search-shard-1", "shard search")}
+
+    def found():
+        roots = [s for s in otlp_receiver.snapshot()
+                 if s.name == "/magiclens.v1.SearchService/Search" and not s.parent_id]
+        for root in roots:
+            spans = otlp_receiver.trace(root.trace_id)
+            if want <= {(s.service, s.name) for s in spans}:
+                return spans
+        return None
+
+    spans = wait_for(found, 30, "every process's spans of one search")
+    by_id = {s.span_id: s for s in spans}
+    root = next(s for s in spans if not s.parent_id)
+    for s in spans:  # one tree: every span's parent is in the trace
+        assert s is root or s.parent_id in by_id, s
+    assert all(s.start_ns >= root.start_ns and s.end_ns <= root.end_ns + 1_000_000
+               for s in spans if s.service == "search-root")
 
 
 def test_web_ui_renders_a_real_result_grid(cluster):
