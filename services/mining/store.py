@@ -3,6 +3,7 @@ and their occurrences, rejected candidates, pairs, and responses archived from W
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import psycopg
@@ -95,14 +96,64 @@ def image_by_content_hash(conn: psycopg.Connection, content_hash: str) -> int | 
     return row["image_id"] if row else None
 
 
+# Multi-index hashing of the 64-bit pHash (migration 0011): four 16-bit bands, each indexed.
+PHASH_BANDS = (48, 32, 16, 0)  # shifts; band i is (phash >> shift) & 0xFFFF
+_BAND_BITS = 16
+# Above this many probe values per band (radius 3+, thresholds of 12 bits or more) the
+# index reads a good part of the table anyway: such thresholds scan it.
+MAX_BAND_PROBES = 200
+
+
+def band_sql(shift: int) -> str:
+    """A band as its index (migration 0011) spells it, so the planner matches the two."""
+    return f"((phash >> {shift}) & 65535)" if shift else "(phash & 65535)"
+
+
+@functools.cache
+def _band_masks(radius: int) -> tuple[int, ...]:
+    """The 16-bit masks of at most `radius` bits."""
+    return tuple(m for m in range(1 << _BAND_BITS) if m.bit_count() <= radius)
+
+
+def band_probes(phash: int, threshold: int) -> list[list[int]] | None:
+    """Per band, the band values a hash within `threshold` bits of `phash` may have there,
+    knowing that some band is within threshold // 4 bits (pigeonhole: the distances in the
+    four bands sum to the whole one); None when that radius needs too many probes."""
+    masks = _band_masks(max(threshold, 0) // len(PHASH_BANDS))
+    if len(masks) > MAX_BAND_PROBES:
+        return None
+    return [[((phash >> shift) & 0xFFFF) ^ m for m in masks] for shift in PHASH_BANDS]
+
+
+_NEAR = ("bit_count((phash # %(phash)s)::bit(64)) <= %(thr)s")
+_ORDER = " ORDER BY bit_count((phash # %(phash)s)::bit(64)), image_id LIMIT %(limit)s"
+
+
 def near_phash(conn: psycopg.Connection, phash: int, threshold: int,
                limit: int = 20) -> list[dict[str, Any]]:
-    """Images whose perceptual hash is within `threshold` bits, nearest first."""
+    """Images whose perceptual hash is within `threshold` bits, nearest first (ties by id).
+
+    Indexed: only rows sharing a band value with one of `band_probes` are read, and the
+    Hamming check runs on the index entries; the answer is `near_phash_scan`'s."""
+    probes = band_probes(phash, threshold)
+    if probes is None:
+        return near_phash_scan(conn, phash, threshold, limit)
+    bands = " UNION ".join(  # index-only scans (the indexes include phash and image_id)
+        f"SELECT image_id FROM images WHERE {band_sql(shift)} = ANY(%(b{i})s::bigint[]) "
+        f"AND {_NEAR}" for i, shift in enumerate(PHASH_BANDS))
     return conn.execute(
-        "SELECT image_id, phash, colour_sig FROM images WHERE phash IS NOT NULL AND "
-        "bit_count((phash # %s)::bit(64)) <= %s "
-        "ORDER BY bit_count((phash # %s)::bit(64)), image_id LIMIT %s",
-        (phash, threshold, phash, limit)).fetchall()
+        f"SELECT image_id, phash, colour_sig FROM images WHERE image_id IN ({bands})" + _ORDER,
+        {"phash": phash, "thr": threshold, "limit": limit,
+         **{f"b{i}": values for i, values in enumerate(probes)}}).fetchall()
+
+
+def near_phash_scan(conn: psycopg.Connection, phash: int, threshold: int,
+                    limit: int = 20) -> list[dict[str, Any]]:
+    """`near_phash` by reading every image: the reference the index must agree with, and
+    the plan for thresholds too wide for the bands."""
+    return conn.execute(
+        f"SELECT image_id, phash, colour_sig FROM images WHERE phash IS NOT NULL AND {_NEAR}"
+        + _ORDER, {"phash": phash, "thr": threshold, "limit": limit}).fetchall()
 
 
 def insert_image(conn: psycopg.Connection, row: dict[str, Any]) -> int | None:
