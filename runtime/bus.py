@@ -459,6 +459,9 @@ class Consumer:
             self.assigned.set()
         moved = self._assignments.take()
         if moved:
+            log.info("partitions assigned", extra={
+                "consumer": self.name, "group": self.group_id,
+                "partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in moved)})
             self._reposition(moved)
             # records fetched from the old positions come again from the right ones
             batches = {tp: recs for tp, recs in batches.items() if tp not in moved}
@@ -693,6 +696,8 @@ class Consumer:
                           extra={"consumer": self.name})
         if n:
             log.info("reconciled pending work", extra={"consumer": self.name, "events": n})
+        else:  # a positive signal that a full pass ran (tests wait on it instead of sleeping)
+            log.debug("reconciliation found nothing pending", extra={"consumer": self.name})
         return n
 
 

@@ -67,11 +67,8 @@ def checkpoints() -> dict[str, Path]:
     return serving_checkpoints()
 
 
-@pytest.fixture(scope="module")
-def fresh_db(infra_servers) -> Iterator[str]:
-    """A private, freshly migrated database per test module, so counts are exact."""
+def _private_database(admin: str) -> Iterator[str]:
     name = f"ml_test_{uuid.uuid4().hex[:10]}"
-    admin = infra_servers.database_url
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = f"{admin.rpartition('/')[0]}/{name}"
@@ -79,3 +76,46 @@ def fresh_db(infra_servers) -> Iterator[str]:
     yield url
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def fresh_db(infra_servers) -> Iterator[str]:
+    """A private, freshly migrated database per test module, so counts are exact."""
+    yield from _private_database(infra_servers.database_url)
+
+
+@pytest.fixture
+def own_db(infra_servers) -> Iterator[str]:
+    """A private, freshly migrated database for one test: exact counts in any test order."""
+    yield from _private_database(infra_servers.database_url)
+
+
+# ----------------------------------------------------------------- no silent skips (issue 20)
+# A skipped test is a test that did not run: the run prints how many were skipped and fails
+# when any was, so that a machine missing what a test needs shows up in CI. Set
+# MAGICLENS_ALLOW_SKIPS=1 to allow skips on a machine known to lack something.
+
+_SKIPPED: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        _SKIPPED.append(report.nodeid)
+
+
+def _skips_allowed() -> bool:
+    return os.environ.get("MAGICLENS_ALLOW_SKIPS", "") not in ("", "0")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _SKIPPED and not _skips_allowed() and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    verdict = ("none" if not _SKIPPED else "allowed by MAGICLENS_ALLOW_SKIPS"
+               if _skips_allowed() else "the run fails: a skipped test did not run")
+    terminalreporter.write_line(f"skipped tests: {len(_SKIPPED)} ({verdict})",
+                                red=bool(_SKIPPED) and not _skips_allowed())
+    for nodeid in _SKIPPED:
+        terminalreporter.write_line(f"  skipped: {nodeid}")

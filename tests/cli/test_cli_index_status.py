@@ -17,12 +17,13 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
 
 @pytest.fixture
-def env(fresh_db, tmp_path, monkeypatch):
-    monkeypatch.setenv("DATABASE_URL", fresh_db)
+def env(own_db, tmp_path, monkeypatch):
+    """A database of the test's own: the status counts below are exact in any test order."""
+    monkeypatch.setenv("DATABASE_URL", own_db)
     monkeypatch.setenv("MAGICLENS_BLOB_URI", f"file://{tmp_path / 'blobs'}")
     monkeypatch.setenv("MAGICLENS_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("MAGICLENS_SEARCH_ADDR", "127.0.0.1:1")  # nothing listens on port 1
-    return fresh_db
+    return own_db
 
 
 def _folder(tmp_path):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import pytest
 
 from services.mining.htmlparse import parse_page, parse_srcset
 
@@ -98,10 +98,11 @@ def test_image_cap_rejects_the_rest_with_a_reason():
     assert all("per-page cap of 5" in r.reason for r in page.rejected)
 
 
-def test_huge_page_parses_quickly():
+# A generous liveness bound (a quadratic parser would blow it), not a speed claim
+# (well under 1 s here).
+@pytest.mark.timeout(120)
+def test_huge_page_is_parsed_to_its_end():
     filler = "<p>" + "lorem ipsum " * 50 + "</p>"
     html = "<title>Huge</title>" + filler * 8000 + "<img src='end.png' alt='last'>"
-    start = time.perf_counter()
     page = parse_page(html, "http://example.org/", max_images=5)
     assert [c.alt for c in page.candidates] == ["last"]
-    assert time.perf_counter() - start < 10

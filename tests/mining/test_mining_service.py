@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import grpc
@@ -19,7 +18,7 @@ from runtime.bus import ensure_topics, make_producer, publish
 from services.mining.config import MiningSettings
 from services.mining.handlers import pages_topic
 from tests.mining.mining_support import noise_image
-from tests.support.processes import free_port, kill, start, stop, wait_for
+from tests.support.processes import free_port, kill, start, stop, wait_for, wait_log
 
 
 def _worker(infra, web, topic: str, group: str, tmp: Path, name: str, grpc_port: int = 0,
@@ -193,7 +192,10 @@ def test_two_workers_in_one_group_split_the_work(infra_servers, web, unique, tmp
     workers = [_worker(infra_servers, web, topic, group, tmp_path, f"w{i}",
                        MAGICLENS_MINING_FETCH_THREADS="1") for i in range(2)]
     try:
-        time.sleep(6)  # both join the group (Tansu: first join takes ~3 s)
+        # both have joined the group: each was given partitions (the later join rebalances
+        # the earlier member, so the second assignment logged is the shared one)
+        for i, w in enumerate(workers):
+            wait_log(tmp_path / f"w{i}.log", "partitions assigned", 60, proc=w)
         producer = make_producer(bootstrap)
         for u in urls:
             publish(producer, tp, u, events_pb2.PageDiscovered(url=u))

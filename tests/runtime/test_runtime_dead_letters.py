@@ -201,7 +201,12 @@ def test_kafka_events_with_missing_or_malformed_ids_never_crash_the_consumer(
     assert {d["event_id"] for d in dead} | {ids[0]} <= processed
 
 
-def test_a_database_outage_while_dead_lettering_is_waited_out(infra_servers, unique):
+def test_an_unreachable_database_url_while_dead_lettering_is_waited_out_simulated(
+        infra_servers, unique):
+    """Simulated outage, not a stopped server: the handler drops the consumer's connection and
+    points its database_url at a closed port for 1.5 s, so the dead-letter write meets
+    connection errors (the real Postgres is never stopped; the fault tests in tests/faults
+    stop it for real). The event is dead-lettered once the URL works again."""
     url = infra_servers.database_url
     topic = page_topic(f"test.outage.{unique}")
     left_open: list[psycopg.Connection] = []

@@ -4,19 +4,17 @@ share are in serving_support.py."""
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterator
 
 import pytest
 
-from runtime.embedding_client import EmbeddingClient
 from services.embedding.model import load_checkpoint
-from tests.serving.serving_support import TRITON_PY, TritonProc, stop_triton
-from tests.support.processes import ROOT, free_port, start, wait_for
+from tests.serving.serving_support import TritonProc, running_triton
 from tools.otlp_receiver import OtlpReceiver
 
 
 @pytest.fixture(scope="session")
-def otlp_receiver() -> OtlpReceiver:
+def otlp_receiver() -> Iterator[OtlpReceiver]:
     """An OTLP trace receiver the serving processes export their spans to (tracing on)."""
     receiver = OtlpReceiver()
     yield receiver
@@ -24,34 +22,13 @@ def otlp_receiver() -> OtlpReceiver:
 
 
 @pytest.fixture(scope="session")
-def triton(checkpoints, tmp_path_factory, otlp_receiver) -> TritonProc:
-    """The real Triton embedding server (PyTriton, .venv-triton), started once, with tracing
-    to `otlp_receiver`."""
-    if not TRITON_PY.exists():
-        pytest.skip(".venv-triton is missing (./taskw sets it up)")
-    d = tmp_path_factory.mktemp("triton")
-    grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
-    current = d / "current_model.json"
-    log = d / "server.log"
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'gen'}", **otlp_receiver.env())
-    proc = start("services.embedding.server", "--current-file", str(current),
-                 "--checkpoint", str(checkpoints["serving-a"]), "--model-version", "serving-a",
-                 "--grpc-port", str(grpc_port), "--http-port", str(http_port),
-                 "--metrics-port", str(metrics_port), "--workspace", str(d / "workspace"),
-                 env=env, log=log, python=TRITON_PY)
-    url = f"127.0.0.1:{grpc_port}"
-    client = EmbeddingClient(url)
-    try:
-        wait_for(client.ready, 240, "the Triton server to load its models", interval=0.5,
-                 proc=proc, log=log)
-    except AssertionError as exc:
-        proc.kill()
-        pytest.fail(f"Triton server did not start: {exc}")
-    finally:
-        client.close()
-    server = TritonProc(proc, url, current, log)
-    yield server
-    stop_triton(server)
+def triton(checkpoints, tmp_path_factory, otlp_receiver) -> Iterator[TritonProc]:
+    """The real Triton embedding server shared by the serving tests, started once and stopped
+    at the end of the session (a test that stops a server starts its own), with tracing to
+    `otlp_receiver`."""
+    with running_triton(checkpoints["serving-a"], tmp_path_factory.mktemp("triton"),
+                        extra_env=otlp_receiver.env()) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

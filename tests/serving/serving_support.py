@@ -10,6 +10,8 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import jax
@@ -17,9 +19,10 @@ import numpy as np
 import skimage.data
 from PIL import Image, ImageEnhance, ImageOps
 
+from runtime.embedding_client import EmbeddingClient
 from services.embedding.model import create_initial_checkpoint
 from services.embedding.server import _children
-from tests.support.processes import ROOT, stop
+from tests.support.processes import ROOT, free_port, start, stop, wait_for
 from trainer.checkpoints import load_params, save_params
 from trainer.models.magiclens import CONFIGS, arch_meta
 
@@ -112,6 +115,35 @@ def serving_checkpoints() -> dict[str, Path]:
 class TritonProc:
     def __init__(self, proc: subprocess.Popen, url: str, current: Path, log: Path) -> None:
         self.proc, self.url, self.current, self.log = proc, url, current, log
+
+
+@contextmanager
+def running_triton(checkpoint: Path, d: Path,
+                   extra_env: dict[str, str] | None = None) -> Iterator[TritonProc]:
+    """A real Triton embedding server (PyTriton, .venv-triton) serving `checkpoint` as
+    serving-a, its files under `d`, with `extra_env` (e.g. tracing); stopped (with everything
+    it started) on the way out."""
+    assert TRITON_PY.exists(), ".venv-triton is missing (./taskw sets it up)"
+    grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
+    current = d / "current_model.json"
+    log = d / "server.log"
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'gen'}", **(extra_env or {}))
+    proc = start("services.embedding.server", "--current-file", str(current),
+                 "--checkpoint", str(checkpoint), "--model-version", "serving-a",
+                 "--grpc-port", str(grpc_port), "--http-port", str(http_port),
+                 "--metrics-port", str(metrics_port), "--workspace", str(d / "workspace"),
+                 env=env, log=log, python=TRITON_PY)
+    server = TritonProc(proc, f"127.0.0.1:{grpc_port}", current, log)
+    try:
+        client = EmbeddingClient(server.url)
+        try:
+            wait_for(client.ready, 240, "the Triton server to load its models", interval=0.5,
+                     proc=proc, log=log)
+        finally:
+            client.close()
+        yield server
+    finally:
+        stop_triton(server)
 
 
 def descendants(pid: int) -> list[int]:

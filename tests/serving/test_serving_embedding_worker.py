@@ -2,8 +2,9 @@
 server: batched embedding, exactly-once effects under redelivery, rejection of only the bad
 image of a batch, re-embedding on promotion, and a SIGKILL in the middle of a batch.
 
-Runs before test_serving_triton.py (name order), whose last test stops the shared server.
-Topics and the consumer group are private to this module; the database is fresh.
+Most tests go through Kafka; the bad-image test calls the consumer's handle() directly with
+a constructed event (its name says so). Topics and the consumer group are private to this
+module; the database is fresh.
 """
 
 from __future__ import annotations
@@ -226,7 +227,9 @@ def _serving(e) -> str | None:
     return serving[0] if serving else None
 
 
-def test_a_bad_image_is_rejected_and_the_rest_of_its_batch_embedded(env):
+def test_handle_called_directly_rejects_a_bad_image_and_embeds_the_rest_of_its_batch(env):
+    """No Kafka here: the consumer's handle() gets a constructed ImageMined event, as the
+    consumer loop would pass it; Postgres and Triton are real."""
     e = env
     _promote(e, "serving-a")
     tiny = Image.new("RGB", (4, 4), "red")  # decodes, but below the minimum side
@@ -331,6 +334,16 @@ def test_a_forged_promotion_event_changes_nothing(env):
                             ).fetchone() is None
 
 
+def _log_lines(log, message: str) -> list[dict]:
+    """The JSON log records of `log` with this message."""
+    out = []
+    for line in log.read_text().splitlines():
+        if line.startswith("{") and f'"{message}"' in line:
+            with contextlib.suppress(json.JSONDecodeError):  # a line still being written
+                out.append(json.loads(line))
+    return out
+
+
 def test_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(env):
     e = env
     _promote(e, "serving-a")
@@ -351,11 +364,7 @@ def test_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(env):
         return start("services.embedding.worker", env=penv, log=log)
 
     def batches() -> list[list[int]]:
-        out = []
-        for line in log.read_text().splitlines():
-            if line.startswith("{") and '"embedding batch"' in line:
-                out.append(json.loads(json.loads(line)["image_ids"]))
-        return out
+        return [json.loads(r["image_ids"]) for r in _log_lines(log, "embedding batch")]
 
     proc = start_worker()
     try:
@@ -368,7 +377,12 @@ def test_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(env):
         assert not set(in_flight) & set(done), "the killed batch is all or nothing"
         proc = start_worker()
         wait_for(lambda: len(_vectors(e, "serving-a", ids)) == len(ids), 240, "the rest")
-        time.sleep(2)  # a stray second embedding would show up here
+        # A stray second embedding would come from a later reconciliation pass: wait for two
+        # more passes that found nothing pending (the second began after the first ended,
+        # so after everything was embedded).
+        idle = len(_log_lines(log, "reconciliation found nothing pending"))
+        wait_for(lambda: len(_log_lines(log, "reconciliation found nothing pending")) >= idle + 2,
+                 60, "two idle reconciliation passes", proc=proc, log=log)
         assert stop(proc, 60) == 0, log.read_text()[-3000:]
     finally:
         kill(proc)

@@ -10,7 +10,7 @@ import pytest
 
 from runtime.embedding_client import EmbeddingClient, EmbeddingError
 from services.embedding.current import write_current
-from tests.serving.serving_support import PHOTOS, photo, png, stop_triton
+from tests.serving.serving_support import PHOTOS, photo, png, running_triton, stop_triton
 from trainer.checkpoints import load_params
 
 
@@ -91,7 +91,10 @@ def test_hot_swap_under_load_has_no_failed_requests(triton, checkpoints, model_a
         time.sleep(0.3)
 
 
-def test_zz_shutdown_leaves_no_tritonserver(triton):
-    """Runs last in the module (name order); the session fixture then has nothing to stop."""
-    assert stop_triton(triton) == []
-    assert triton.proc.returncode == 0, triton.log.read_text()[-2000:]
+def test_shutdown_leaves_no_tritonserver(checkpoints, tmp_path):
+    """A server of its own (the shared one serves the other tests, in any order): SIGTERM
+    ends it cleanly, with every process it started."""
+    with running_triton(checkpoints["serving-a"], tmp_path) as server:
+        assert EmbeddingClient(server.url).embed_targets(_images(1)).model_version == "serving-a"
+        assert stop_triton(server) == []
+        assert server.proc.returncode == 0, server.log.read_text()[-2000:]

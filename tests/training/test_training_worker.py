@@ -158,13 +158,28 @@ def test_failures_are_recorded_with_a_reason(env):
     worker._drop_lock()
 
 
-def test_auto_start_counts_new_training_triples_only(env):
-    settings, seeded = env
+@pytest.fixture
+def own_env(infra_servers, env):
+    """The module's settings on a database of this test's own (it adds triples, which would
+    change what the other tests train on, whatever the order)."""
+    settings, _ = env
+    name = f"training_a_{uuid.uuid4().hex[:8]}"
+    url = fresh_database(infra_servers.database_url, name)
+    seeded = seed(url, open_blobstore(settings.blob_root), name)
+    yield settings.model_copy(update={"database_url": url}), seeded
+    drop_database(infra_servers.database_url, name)
+
+
+def test_auto_start_counts_new_training_triples_only(own_env):
+    settings, seeded = own_env
     url = settings.database_url
     auto = settings.model_copy(update={"training_auto_min_new_triples": 3,
                                        "training_auto_steps": 5})
     with db.transaction(url) as conn:
-        assert store.new_training_triples(conn) == 0  # earlier runs saw every triple
+        earlier = store.create_run(conn, "compact", 5, "frozen", {})  # it sees every triple
+        store.fail(conn, earlier.run_id, "an earlier run, over")
+    with db.transaction(url) as conn:
+        assert store.new_training_triples(conn) == 0  # the earlier run saw every triple
         assert handlers.maybe_start(conn, auto) is None
         for tid in seeded.train_triples[:3]:  # three new training triples (same images)
             conn.execute(

@@ -22,6 +22,7 @@ class FakeLLM:
     def __init__(self) -> None:
         self.script: dict[str, list[tuple]] = {}
         self.requests: list[dict] = []
+        self.errors: list[str] = []  # what the server thread found wrong; the test fails on it
         self.in_flight = 0
         self.peak = 0
         self.lock = threading.Lock()
@@ -43,7 +44,13 @@ def llm_server() -> Iterator[tuple[str, FakeLLM]]:
 
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            assert self.path == "/v1/chat/completions"
+            if self.path != "/v1/chat/completions":  # an assert here would die in this thread
+                with fake.lock:
+                    fake.errors.append(f"POST to {self.path}, not /v1/chat/completions")
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             with fake.lock:
                 fake.requests.append(body)
                 fake.in_flight += 1
@@ -79,6 +86,7 @@ def llm_server() -> Iterator[tuple[str, FakeLLM]]:
     yield f"http://127.0.0.1:{server.server_address[1]}", fake
     server.shutdown()
     server.server_close()
+    assert not fake.errors, fake.errors
 
 
 def pair(i: int, target_alt: str) -> PairContext:

@@ -26,7 +26,7 @@ from runtime import db, rpc
 from runtime.blobstore import FileBlobStore
 from runtime.bus import make_producer, publish
 from runtime.topics import PAIRS_MINED
-from tests.support.processes import ROOT, free_port, kill, start, stop, wait_log
+from tests.support.processes import ROOT, free_port, kill, start, stop, wait_for, wait_log
 from trainer.data.triples import JsonlTriples
 
 SKIMAGE = Path(__import__("skimage").__file__).parent / "data"
@@ -150,9 +150,13 @@ def test_pairs_mined_to_triples_redelivery_crash_and_grpc(infra_servers, fresh_d
         assert any("cat" in a["labels_text"] for a in anns)
 
         # Redelivery: the same event id, then a fresh id for the same page: no new effect.
+        # Both go to the page's partition in this order, so once the fresh id is recorded as
+        # processed (in the handler's own transaction) the service has handled both.
         publish(producer, PAIRS_MINED, str(page_a), msg, event_id=eid)
-        publish(producer, PAIRS_MINED, str(page_a), msg)
-        time.sleep(4)
+        fresh_eid = publish(producer, PAIRS_MINED, str(page_a), msg, event_id=str(uuid.uuid4()))
+        wait_for(lambda: q(fresh_db, "SELECT 1 FROM processed_events WHERE event_id = %s",
+                           fresh_eid), 60, "the service to handle the redelivered page",
+                 proc=svc, log=log)
         assert len(q(fresh_db, "SELECT 1 FROM triples")) == len(triples_a)
 
         # Crash mid-page: SIGKILL while the handler holds page B's pairs.

@@ -97,10 +97,11 @@ def test_validator_rejects_leaks_urls_and_non_english():
     assert check("find another landmark in this country", t) is None
     assert check("find the golden temple please", t) == "leaks the target's title or file name"
     assert "file name" in check("show goldenTemple instead", t)
-    assert check("see http://example.com/a.png", t) is not None
+    assert check("see http://example.com/a.png", t) == "contains a URL or file name"
     assert check("другой памятник в этой стране", t) == "not English"
     assert check("", t) == "empty"
-    assert check("x " * 60, t) is not None
+    assert check("x " * 60, t) == "60 words outside 2..32"
+    assert check("a" * 201, t) == "length 201 outside 8..200"
 
 
 def test_diversity_counts_distinct_ngrams():

@@ -66,7 +66,8 @@ def find_vocab(path: str | os.PathLike | None = None) -> Path:
         if c and Path(c).is_file():
             return Path(c)
     raise ClipVocabMissing(
-        f"CLIP tokenizer vocab {VOCAB_NAME} not found. Get it from the open_clip_torch wheel: "
+        f"CLIP tokenizer vocab {VOCAB_NAME} not found. ./taskw extracts it into data/weights "
+        "from the open_clip_torch wheel; by hand: "
         "`pip download open_clip_torch==3.3.0 --no-deps -d /tmp/oc && unzip -j "
         f"/tmp/oc/open_clip_torch-*.whl open_clip/{VOCAB_NAME} -d data/weights` "
         "(or set MAGICLENS_CLIP_VOCAB).")
