@@ -37,7 +37,7 @@ from kafka.errors import (
 )
 from kafka.structs import OffsetAndMetadata
 
-from runtime import db, kafka_limits  # noqa: F401 - installs the decompressed-batch cap
+from runtime import db, kafka_limits, tracing  # noqa: F401 - kafka_limits caps decompression
 from runtime.errors import ConfigError, UnavailableError
 from runtime.limits import MAX_EVENT_BYTES, MAX_JSON_DEPTH
 from runtime.topics import ALL_TOPICS, BY_NAME, Topic
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
+TRACEPARENT = "traceparent"  # W3C trace context header (runtime/tracing.py), when tracing is on
 _EVENT_NS = uuid.UUID("6f1c1f0e-8a8e-4f43-9f7a-4d3b2c1a0e55")
 # The UUID spellings Postgres and Python agree on (uuid.UUID alone also takes "+…", "1_2…",
 # "uuid:…" anywhere, which Postgres refuses and which can make two different ids equal).
@@ -72,13 +73,20 @@ class Event:
 
 def encode(message: Message, event_id: str | None = None) -> tuple[bytes, list[tuple[str, bytes]]]:
     """Serialise a protobuf event with the headers every consumer relies on."""
-    headers = make_headers(event_id or str(uuid.uuid4()), message.DESCRIPTOR.full_name)
+    headers = make_headers(event_id or str(uuid.uuid4()), message.DESCRIPTOR.full_name,
+                           tracing.traceparent())
     return message.SerializeToString(), headers
 
 
-def make_headers(event_id: str, message_type: str) -> list[tuple[str, bytes]]:
-    return [("event-id", event_id.encode()), ("event-type", message_type.encode()),
-            ("content-type", PROTOBUF.encode())]
+def make_headers(event_id: str, message_type: str,
+                 traceparent: str | None = None) -> list[tuple[str, bytes]]:
+    """The headers of every event; `traceparent` (W3C, when tracing is on) lets the
+    consumer's span continue the producer's trace."""
+    headers = [("event-id", event_id.encode()), ("event-type", message_type.encode()),
+               ("content-type", PROTOBUF.encode())]
+    if traceparent:
+        headers.append((TRACEPARENT, traceparent.encode()))
+    return headers
 
 
 class Stopping(Exception):
@@ -523,8 +531,14 @@ class Consumer:
             reason = str(exc) if isinstance(exc, BadEvent) else f"{type(exc).__name__}: {exc}"
             self._dead_letter(record.topic, key, event_id, value, reason, processed=True)
             return
-        self.handle(Event(record.topic, key, event_id, message, record.partition,
-                          record.offset, headers))
+        with tracing.span(f"consume {record.topic}",
+                          context=tracing.context_from_traceparent(headers.get(TRACEPARENT, "")),
+                          **{"messaging.system": "kafka",
+                             "messaging.destination.name": record.topic,
+                             "messaging.kafka.offset": record.offset,
+                             "messaging.consumer.group.name": self.name}):
+            self.handle(Event(record.topic, key, event_id, message, record.partition,
+                              record.offset, headers))
 
     @staticmethod
     def event_id(event: Event) -> str:

@@ -22,7 +22,7 @@ from kafka import KafkaProducer
 from kafka import errors as kafka_errors
 from kafka.errors import KafkaTimeoutError
 
-from runtime import db
+from runtime import db, tracing
 from runtime.bus import Throttle, ensure_topics, make_headers, make_producer
 from runtime.config import BaseServiceSettings
 from runtime.topics import Topic
@@ -38,9 +38,10 @@ def enqueue(conn: psycopg.Connection, topic: Topic, key: str | int, message: Mes
                         f"not {message.DESCRIPTOR.full_name}")
     eid = event_id or str(uuid.uuid4())
     conn.execute(
-        "INSERT INTO outbox (event_id, topic, msg_key, msg_type, payload) "
-        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING",
-        (eid, topic.name, str(key), topic.message_type, message.SerializeToString()))
+        "INSERT INTO outbox (event_id, topic, msg_key, msg_type, payload, traceparent) "
+        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING",
+        (eid, topic.name, str(key), topic.message_type, message.SerializeToString(),
+         tracing.traceparent() or None))
     conn.execute("NOTIFY magiclens_outbox")
     return eid
 
@@ -126,7 +127,7 @@ class OutboxRelay:
         broker_error: BaseException | None = None
         with conn.transaction():
             rows = conn.execute(
-                "SELECT id, event_id, topic, msg_key, msg_type, payload FROM outbox "
+                "SELECT id, event_id, topic, msg_key, msg_type, payload, traceparent FROM outbox "
                 "WHERE published_at IS NULL AND failed_at IS NULL "
                 "AND (cardinality(%s::text[]) = 0 OR topic = ANY(%s::text[])) ORDER BY id "
                 "LIMIT %s FOR UPDATE SKIP LOCKED",
@@ -140,7 +141,8 @@ class OutboxRelay:
                     futures.append((row, producer.send(
                         row["topic"], key=row["msg_key"].encode(),
                         value=bytes(row["payload"]),
-                        headers=make_headers(str(row["event_id"]), row["msg_type"]))))
+                        headers=make_headers(str(row["event_id"]), row["msg_type"],
+                                             row["traceparent"]))))
                 except Exception as exc:
                     if not _record_fault(exc):
                         broker_error = exc
