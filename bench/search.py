@@ -27,10 +27,12 @@ from magiclens.v1 import search_pb2, search_pb2_grpc
 
 from runtime import rpc
 from runtime.grpc_server import GrpcServer
-from services.search.index import IndexParams, ShardIndex
+from services.search.batcher import QueryBatcher
+from services.search.index import IndexParams, Query, ShardIndex
 from services.search.shard import ShardServicer
 
 CHUNK = 100_000
+CLIENTS = (8,)  # concurrent clients of the gRPC and in-process concurrent rows
 
 
 def clustered(n: int, d: int, clusters: int, rng) -> np.ndarray:
@@ -73,6 +75,26 @@ def timed(fn, queries) -> tuple[list, np.ndarray, float]:
         out.append(fn(q))
         lat.append(time.perf_counter() - s)
     return out, np.array(lat), len(queries) / (time.perf_counter() - t0)
+
+
+def concurrent(fn, queries, clients: int) -> tuple[list, np.ndarray, float]:
+    """`timed` with `clients` threads, each sending its share of the queries back to back."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    shares = [list(range(c, len(queries), clients)) for c in range(clients)]
+    out: list = [None] * len(queries)
+    lat = np.zeros(len(queries))
+
+    def work(share: list[int]) -> None:
+        for i in share:
+            s = time.perf_counter()
+            out[i] = fn(queries[i])
+            lat[i] = time.perf_counter() - s
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(work, shares))
+    return out, lat, len(queries) / (time.perf_counter() - t0)
 
 
 def rss_gb() -> float:
@@ -125,10 +147,11 @@ def _shards_via_grpc(n, db, qs, exact, params, k) -> None:
     with _Build() as b:
         shards = [ShardIndex.build("bench", ids[ids % 2 == s], db[ids % 2 == s], params)
                   for s in range(2)]
-    servers, stubs = [], []
+    servers, stubs, servicers = [], [], []
     for s, idx in enumerate(shards):
+        servicers.append(ShardServicer(_FakeShard(idx, s)))
         srv = GrpcServer([(search_pb2_grpc.add_ShardServiceServicer_to_server,
-                           ShardServicer(_FakeShard(idx, s)), "magiclens.v1.ShardService")])
+                           servicers[-1], "magiclens.v1.ShardService")])
         srv.start()
         servers.append(srv)
         stubs.append(search_pb2_grpc.ShardServiceStub(rpc.channel(f"127.0.0.1:{srv.port}")))
@@ -141,6 +164,19 @@ def _shards_via_grpc(n, db, qs, exact, params, k) -> None:
 
     row(f"ScaNN shards via gRPC (2 × {n // 2:,}, {shards[0].kind})", *timed(grpc_search, qs),
         exact, b)
+    # Concurrent clients (threads of this process, which also hosts both shards), with the
+    # shards' batching of concurrent searches into search_batched, then without it.
+    for clients in CLIENTS:
+        row(f"  the same, {clients} concurrent clients, batched", *concurrent(
+            grpc_search, qs, clients), exact)
+    batchers = [sv.batcher for sv in servicers]
+    for sv in servicers:
+        sv.batcher = QueryBatcher(max_batch=1)
+    for clients in CLIENTS:
+        row(f"  the same, {clients} concurrent clients, one search per request", *concurrent(
+            grpc_search, qs, clients), exact)
+    for sv, bt in zip(servicers, batchers, strict=True):
+        sv.batcher = bt
     for srv in servers:
         srv.stop(0)
 
@@ -150,6 +186,19 @@ def _raw_scann(n, db, qs, exact, params, k) -> None:
         full = ShardIndex.build("bench", np.arange(n), db, params)
     row(f"raw ScaNN in-process ({full.kind}, 1 × {n:,})",
         *timed(lambda q: [i for i, _ in full.search(q, k)], qs), exact, b)
+    for clients in CLIENTS:
+        row(f"  the same, {clients} threads", *concurrent(
+            lambda q: [i for i, _ in full.search(q, k)], qs, clients), exact)
+    batch = max(CLIENTS)
+    got, lat = [], []
+    t0 = time.perf_counter()
+    for a in range(0, len(qs), batch):
+        s = time.perf_counter()
+        hits = full.search_batch([Query(q, k) for q in qs[a:a + batch]])
+        got += [[i for i, _ in h] for h in hits]
+        lat += [time.perf_counter() - s] * len(qs[a:a + batch])
+    row(f"  the same, search_batched in batches of {batch}", got, np.array(lat),
+        len(qs) / (time.perf_counter() - t0), exact)
     if full.kind == "tree_ah":  # the same searcher, more exact rescoring, for matched recall
         for r in (500, 1000):
             row(f"raw ScaNN in-process, same index, reorder {r} at query time",

@@ -170,6 +170,7 @@ def test_the_triton_server_loads_only_what_its_environment_has():
                          timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     assert set(res.stdout.split()) <= {
-        "runtime", "runtime.image_input", "runtime.limits", "runtime.ports", "services",
+        "runtime", "runtime.image_input", "runtime.limits", "runtime.ports", "runtime.tracing",
+        "services",
         "services.embedding", "services.embedding.current", "services.embedding.model",
         "services.embedding.server"}, res.stdout

@@ -17,7 +17,7 @@ import math
 import shutil
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +107,16 @@ def build_searcher(ids: np.ndarray, vectors: np.ndarray, params: IndexParams, k:
     return s, "tree_ah"
 
 
+@dataclass(frozen=True)
+class Query:
+    """One search: the query vector, how many hits, ids to leave out, and an optional
+    id filter (`keep(id) -> bool`)."""
+    vector: np.ndarray
+    k: int
+    exclude: Iterable[int] = ()
+    keep: Callable[[int], bool] | None = None
+
+
 class ShardIndex:
     """Vectors of one model version. `search` may run from many threads; `upsert`/`delete`
     serialise on the write lock."""
@@ -178,26 +188,42 @@ class ShardIndex:
     def search(self, query: np.ndarray, k: int, exclude: Iterable[int] = (),
                keep=None) -> list[tuple[int, float]]:
         """Top-k (id, score) by dot product, without `exclude`, keeping ids where keep(id)."""
-        exclude = set(int(i) for i in exclude)
-        q = np.asarray(query, np.float32).reshape(-1)
+        return self.search_batch([Query(query, k, exclude, keep)])[0]
+
+    def search_batch(self, queries: list[Query]) -> list[list[tuple[int, float]]]:
+        """`search` for many queries in one ScaNN `search_batched` call (one pass over the
+        leaves and the reorder for all of them: what concurrent requests share)."""
+        if not queries:
+            return []
+        excludes = [set(int(i) for i in q.exclude) for q in queries]
+        qs = [np.asarray(q.vector, np.float32).reshape(-1) for q in queries]
         with self.lock.read():
             if self._searcher is None or not self._ids:
-                return []
-            if q.shape[0] != self.dim:
-                raise ValueError(f"query dim {q.shape[0]} != index dim {self.dim}")
-            fetch = 2 * k + len(exclude) + (10 * k if keep is not None else 0)
-            fetch = min(fetch, len(self._ids))
-            ids, scores = self._searcher.search(q, final_num_neighbors=fetch)
-        out, seen = [], set()
-        for d, s in zip(ids, scores, strict=True):
-            i = int(d)  # an upserted id can come back twice from a tree: keep its best score
-            if i in seen or i in exclude or (keep is not None and not keep(i)):
-                continue
-            seen.add(i)
-            out.append((i, float(s)))
-            if len(out) == k:
-                break
-        return out
+                return [[] for _ in queries]
+            for q in qs:
+                if q.shape[0] != self.dim:
+                    raise ValueError(f"query dim {q.shape[0]} != index dim {self.dim}")
+            # How many candidates each needs; queries asking for the same number go in one
+            # call (the candidate count changes a tree's answer, so each gets exactly what a
+            # search of its own would).
+            groups: dict[int, list[int]] = {}
+            for n, (q, ex) in enumerate(zip(queries, excludes, strict=True)):
+                fetch = 2 * q.k + len(ex) + (10 * q.k if q.keep is not None else 0)
+                groups.setdefault(min(fetch, len(self._ids)), []).append(n)
+            all_ids: list = [None] * len(qs)
+            all_scores: list = [None] * len(qs)
+            for fetch, members in groups.items():
+                if len(members) == 1:
+                    ids, scores = self._searcher.search(qs[members[0]],
+                                                        final_num_neighbors=fetch)
+                    got_ids, got_scores = [ids], [scores]
+                else:
+                    got_ids, got_scores = self._searcher.search_batched(
+                        np.stack([qs[n] for n in members]), final_num_neighbors=fetch)
+                for n, ids, scores in zip(members, got_ids, got_scores, strict=True):
+                    all_ids[n], all_scores[n] = ids, scores
+        return [_top(ids, scores, q.k, ex, q.keep) for ids, scores, q, ex
+                in zip(all_ids, all_scores, queries, excludes, strict=True)]
 
     # ---------------------------------------------------------------- snapshots
     def snapshot(self, directory: Path) -> Path:
@@ -242,6 +268,19 @@ class ShardIndex:
         idx._ids = set(int(i) for i in ids)
         idx.built_size = int(manifest.get("built_size", len(ids)))  # older snapshots: as before
         return idx
+
+
+def _top(ids, scores, k: int, exclude: set[int], keep) -> list[tuple[int, float]]:
+    out, seen = [], set()
+    for d, s in zip(ids, scores, strict=True):
+        i = int(d)  # an upserted id can come back twice from a tree: keep its best score
+        if i in seen or i in exclude or (keep is not None and not keep(i)):
+            continue
+        seen.add(i)
+        out.append((i, float(s)))
+        if len(out) == k:
+            break
+    return out
 
 
 def _check_vectors(vectors: np.ndarray, n: int) -> np.ndarray:

@@ -38,8 +38,9 @@ from runtime.service import Service
 from runtime.serving import serving_version
 from runtime.topics import EMBEDDINGS_READY, MODELS_PUBLISHED
 from services.search import store
+from services.search.batcher import QueryBatcher
 from services.search.config import ShardSettings
-from services.search.index import IndexParams, ShardIndex
+from services.search.index import IndexParams, Query, ShardIndex
 
 log = logging.getLogger("search-shard")
 
@@ -47,6 +48,9 @@ FRESHNESS = Histogram("magiclens_index_freshness_seconds",
                       "Page discovery to searchable in this shard",
                       buckets=(0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400))
 VECTORS = Gauge("magiclens_shard_vectors", "Vectors in the serving index")
+BATCH = Histogram("magiclens_shard_search_batch_size",
+                  "Concurrent searches answered by one ScaNN search_batched call",
+                  buckets=(1, 2, 4, 8, 16, 32, 64))
 MAX_K = 1000
 
 
@@ -220,6 +224,7 @@ class Shard:
 class ShardServicer(search_pb2_grpc.ShardServiceServicer):
     def __init__(self, shard: Shard) -> None:
         self.shard = shard
+        self.batcher = QueryBatcher(on_batch=BATCH.observe)  # concurrent searches batch
 
     def SearchShard(self, request, context):  # noqa: N802
         idx = self.shard.index
@@ -238,7 +243,8 @@ class ShardServicer(search_pb2_grpc.ShardServiceServicer):
                 return (not f.source or src == f.source) and (
                     not f.page_domain or dom == f.page_domain)
         with tracing.span("shard search", shard=self.shard.s.shard, k=k, vectors=len(idx)):
-            hits = idx.search(q, k, request.exclude_image_ids, keep) if len(q) else []
+            hits = self.batcher.search(idx, Query(q, k, request.exclude_image_ids, keep)) \
+                if len(q) else []
         return search_pb2.SearchShardResponse(
             hits=[search_pb2.ShardHit(image_id=i, score=s) for i, s in hits],
             model_version=idx.model_version)
