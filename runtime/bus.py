@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 TRACEPARENT = "traceparent"  # W3C trace context header (runtime/tracing.py), when tracing is on
+CE_SOURCE = "urn:magiclens"  # CloudEvents `source` of every event the suite produces
 _EVENT_NS = uuid.UUID("6f1c1f0e-8a8e-4f43-9f7a-4d3b2c1a0e55")
 # The UUID spellings Postgres and Python agree on (uuid.UUID alone also takes "+…", "1_2…",
 # "uuid:…" anywhere, which Postgres refuses and which can make two different ids equal).
@@ -80,10 +81,15 @@ def encode(message: Message, event_id: str | None = None) -> tuple[bytes, list[t
 
 def make_headers(event_id: str, message_type: str,
                  traceparent: str | None = None) -> list[tuple[str, bytes]]:
-    """The headers of every event; `traceparent` (W3C, when tracing is on) lets the
+    """The headers of every event: CloudEvents 1.0 binary mode for Kafka (`ce_id`,
+    `ce_type`, `ce_source`, `ce_specversion`, `content-type`), which consumers outside the
+    project read with any CloudEvents SDK, and the suite's own `event-id`/`event-type` (kept
+    for consumers of earlier releases); `traceparent` (W3C, when tracing is on) lets the
     consumer's span continue the producer's trace."""
-    headers = [("event-id", event_id.encode()), ("event-type", message_type.encode()),
-               ("content-type", PROTOBUF.encode())]
+    eid, etype = event_id.encode(), message_type.encode()
+    headers = [("event-id", eid), ("event-type", etype), ("content-type", PROTOBUF.encode()),
+               ("ce_specversion", b"1.0"), ("ce_id", eid), ("ce_type", etype),
+               ("ce_source", CE_SOURCE.encode())]
     if traceparent:
         headers.append((TRACEPARENT, traceparent.encode()))
     return headers
@@ -525,7 +531,8 @@ class Consumer:
             key = (record.key or b"").decode(errors="replace")
             topic = self._by_name.get(record.topic) or BY_NAME[record.topic]
             headers = _headers(record.headers)
-            event_id = canonical_event_id(headers.get("event-id", "")) or event_id
+            event_id = canonical_event_id(headers.get("event-id") or headers.get("ce_id", "")) \
+                or event_id
             message = decode(topic, value, headers)
         except Exception as exc:  # BadEvent and anything else the input causes
             reason = str(exc) if isinstance(exc, BadEvent) else f"{type(exc).__name__}: {exc}"

@@ -75,8 +75,10 @@ def markdown_table() -> str:
 
 DOC_HEADER = """# Kafka topics
 
-Generated from `runtime/topics.py` (`task docs:topics`). Every record carries the \
-headers `event-id`, `event-type` and `content-type`; see `protos/magiclens/v1/events.proto`.
+Generated from `runtime/topics.py` (`task docs:topics`). Every record carries \
+CloudEvents 1.0 binary-mode headers (`ce_specversion`, `ce_id`, `ce_type`, `ce_source`, \
+`content-type`), so any CloudEvents SDK reads it, and the suite's own `event-id` and \
+`event-type` (the same values); see `protos/magiclens/v1/events.proto`.
 
 """
 

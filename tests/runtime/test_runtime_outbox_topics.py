@@ -72,3 +72,40 @@ def test_kafka_security_from_the_environment(monkeypatch):
     monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SSL_MAYBE")
     with pytest.raises(ConfigError, match="KAFKA_SECURITY_PROTOCOL"):
         kafka_security()
+
+
+def test_a_relayed_event_is_a_cloudevent_any_sdk_reads(infra_servers, fresh_db, unique):
+    """The relay's record, read from Kafka by a plain consumer, parses with the CloudEvents
+    SDK's Kafka binding: id, type, source and spec version from the ce_ headers, the data
+    content type from content-type, and the protobuf payload as its data."""
+    from cloudevents.core.bindings import kafka as ce_kafka
+    from kafka import KafkaConsumer
+
+    from runtime.bus import ensure_topics
+    from tests.support.consumers import page_topic
+
+    url, bootstrap = fresh_db, infra_servers.kafka_bootstrap
+    topic = page_topic(f"test.cloudevents.{unique}", partitions=1)
+    ensure_topics(bootstrap, [topic])
+    page = f"https://example.org/{unique}"
+    with db.transaction(url) as conn:
+        event_id = outbox.enqueue(conn, topic, page, events_pb2.PageDiscovered(url=page))
+    relay, thread = _relay(url, bootstrap, [topic.name])
+    try:
+        consumer = KafkaConsumer(topic.name, bootstrap_servers=bootstrap,
+                                 auto_offset_reset="earliest", consumer_timeout_ms=30000)
+        record = next(iter(consumer))
+        consumer.close()
+    finally:
+        relay.stop()
+        thread.join(30)
+    event = ce_kafka.from_binary_event(ce_kafka.KafkaMessage(
+        headers=dict(record.headers), key=record.key, value=record.value))
+    assert event.get_id() == event_id
+    assert event.get_type() == "magiclens.v1.PageDiscovered"
+    assert event.get_source() == "urn:magiclens"
+    assert event.get_specversion() == "1.0"
+    assert event.get_datacontenttype() == "application/x-protobuf"
+    data = event.get_data()  # the SDK's JSON format hands back valid UTF-8 as str
+    data = data.encode() if isinstance(data, str) else data
+    assert events_pb2.PageDiscovered.FromString(data).url == page
