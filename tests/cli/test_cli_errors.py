@@ -147,3 +147,15 @@ def test_help_and_search_import_only_what_they_use():
                          cwd=ROOT, timeout=60, check=True).stdout.splitlines()
     assert out[0] == "[]"
     assert "grpc" in out[1] and "pydantic" not in out[1] and "psycopg" not in out[1]
+
+
+def test_version_prints_the_installed_distributions_version():
+    """`magiclens --version` prints pyproject.toml's version (the project is installed into
+    the environment by setup) and exits 0, before any command is required."""
+    import tomllib
+
+    want = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    proc = subprocess.run([sys.executable, "-m", "tools.cli.main", "--version"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"magiclens {want}"

@@ -19,6 +19,7 @@ from tools.cli.errors import EXIT_FAILED, EXIT_USAGE, CliError
 from tools.cli.parsers import add_commands
 
 PROG = "magiclens"
+DISTRIBUTION = "magiclens-suite"  # pyproject.toml's [project] name
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,9 +31,33 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
+def version() -> str:
+    """The installed distribution's version (pyproject.toml's, once installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version(DISTRIBUTION)
+    except PackageNotFoundError:
+        return "unknown (not installed: run ./taskw, or pip install the project)"
+
+
+class _Version(argparse.Action):
+    """--version, resolved only when asked (importlib.metadata costs start-up time)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, **kwargs) -> None:
+        super().__init__(option_strings, dest=dest, nargs=0,
+                         help="print the version and exit", **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> NoReturn:
+        print(f"{PROG} {version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action=_Version)
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     add_commands(sub)
