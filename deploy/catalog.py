@@ -16,6 +16,7 @@ from runtime import ports
 from runtime.topics import (
     ALL_TOPICS,
     EMBEDDINGS_READY,
+    IMAGES_DELETED,
     IMAGES_MINED,
     MODELS_PUBLISHED,
     PAGES_DISCOVERED,
@@ -168,7 +169,7 @@ def _names(*topics) -> tuple[str, ...]:
 # Each service may produce and consume only its own topics. A forged ModelPublished (the
 # event the embedding worker acts on) can then come only from training or the outbox relay.
 KAFKA_ACCESS: dict[str, KafkaAccess] = {
-    "mining": KafkaAccess(_names(PAGES_DISCOVERED, IMAGES_MINED, PAIRS_MINED),
+    "mining": KafkaAccess(_names(PAGES_DISCOVERED, IMAGES_MINED, PAIRS_MINED, IMAGES_DELETED),
                           _names(PAGES_DISCOVERED), "magiclens-mining"),
     "triplegen": KafkaAccess(_names(PAIRS_MINED, TRIPLES_CREATED),
                              _names(IMAGES_MINED, PAIRS_MINED), "magiclens-triplegen"),
@@ -176,7 +177,7 @@ KAFKA_ACCESS: dict[str, KafkaAccess] = {
                             "magiclens-training"),
     "embedding": KafkaAccess(_names(EMBEDDINGS_READY), _names(IMAGES_MINED, MODELS_PUBLISHED),
                              "magiclens-embedding-worker"),
-    "search-shard": KafkaAccess((), _names(EMBEDDINGS_READY, MODELS_PUBLISHED),
+    "search-shard": KafkaAccess((), _names(EMBEDDINGS_READY, MODELS_PUBLISHED, IMAGES_DELETED),
                                 "magiclens-search-shard-"),
     # The extra relay publishes any service's outbox rows.
     "outbox-relay": KafkaAccess(_names(*ALL_TOPICS)),

@@ -6,9 +6,9 @@ Every gRPC API of the suite takes `authorization: Bearer <token>` metadata (what
 - `read`: search and every status-like call (Search, GetIndexStatus, shard calls,
   GetRun, ListModels, GetTriple, GetTripleStats, GetPageStatus, GetMiningStatus);
 - `admin`: read, plus what spends resources or changes state (StartTraining, PromoteModel,
-  RegenerateTriples, SubmitPages). A method not in METHOD_ROLES needs admin (closed by
-  default); only the standard health service is open, because Kubernetes probes send no
-  metadata.
+  RegenerateTriples, SubmitPages, DeleteContent). A method not in METHOD_ROLES needs admin
+  (closed by default); only the standard health service is open, because Kubernetes probes
+  send no metadata.
 
 A missing or unknown token is UNAUTHENTICATED; a read token on an admin method is
 PERMISSION_DENIED.
@@ -58,6 +58,7 @@ METHOD_ROLES: dict[str, str] = {
     "/magiclens.v1.ShardService/SearchShard": READ,
     "/magiclens.v1.ShardService/GetShardStatus": READ,
     "/magiclens.v1.MiningService/SubmitPages": ADMIN,
+    "/magiclens.v1.MiningService/DeleteContent": ADMIN,
     "/magiclens.v1.MiningService/GetPageStatus": READ,
     "/magiclens.v1.MiningService/GetMiningStatus": READ,
     "/magiclens.v1.TrainingService/StartTraining": ADMIN,

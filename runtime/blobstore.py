@@ -29,6 +29,7 @@ class BlobStore(Protocol):
     def exists(self, uri: str) -> bool: ...
     def put_file(self, path: Path, key: str) -> str: ...
     def get_file(self, uri: str, dest: Path, max_bytes: int) -> int: ...
+    def delete(self, uri: str) -> None: ...
 
 
 class BlobTooLarge(ValueError):
@@ -85,6 +86,10 @@ class FileBlobStore:
     def exists(self, uri: str) -> bool:
         return self._path(uri).exists()
 
+    def delete(self, uri: str) -> None:
+        """Remove the blob (a takedown); nothing to do when it is already gone."""
+        self._path(uri).unlink(missing_ok=True)
+
     def put_file(self, path: Path, key: str) -> str:
         """Copy a local file to `key` (replaced atomically if it exists)."""
         target = self.root / check_key(key)
@@ -140,6 +145,10 @@ class S3BlobStore:
         except Exception:
             return False
         return True
+
+    def delete(self, uri: str) -> None:
+        """Remove the blob (a takedown); S3 answers a missing key with success too."""
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(uri))
 
     def put_file(self, path: Path, key: str) -> str:
         """Upload a local file to `<prefix>/<key>` (multipart when large; replaces `key`)."""

@@ -60,6 +60,7 @@ def shard_addrs(num_shards: int) -> str:
     return ",".join(local(shard_grpc_port(i)) for i in range(num_shards))
 
 
+MINING_ADDR = local(MINING.grpc)
 SEARCH_ADDR = local(SEARCH_ROOT.grpc)
 TRAINING_ADDR = local(TRAINING.grpc)
 TRITON_ADDR = local(TRITON.grpc)

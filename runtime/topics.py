@@ -51,9 +51,12 @@ MODELS_PUBLISHED = Topic(
 EMBEDDINGS_READY = Topic(
     "magiclens.embeddings.ready.v1", "image_id", events_pb2.EmbeddingReady,
     ("embedding worker",), ("search shards",))
+IMAGES_DELETED = Topic(
+    "magiclens.images.deleted.v1", "image_id", events_pb2.ImageDeleted,
+    ("mining gRPC DeleteContent",), ("search shards",))
 
 ALL_TOPICS: tuple[Topic, ...] = (PAGES_DISCOVERED, IMAGES_MINED, PAIRS_MINED, TRIPLES_CREATED,
-                                 MODELS_PUBLISHED, EMBEDDINGS_READY)
+                                 MODELS_PUBLISHED, EMBEDDINGS_READY, IMAGES_DELETED)
 BY_NAME = {t.name: t for t in ALL_TOPICS}
 
 

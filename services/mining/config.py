@@ -11,7 +11,7 @@ from runtime import ports
 from runtime.config import BaseServiceSettings
 from runtime.limits import MAX_IMAGE_PIXELS
 from runtime.near_duplicates import COLOUR_THRESHOLD, PHASH_THRESHOLD
-from runtime.topics import PAGES_DISCOVERED
+from runtime.topics import IMAGES_DELETED, PAGES_DISCOVERED
 
 
 class MiningSettings(BaseServiceSettings):
@@ -20,6 +20,8 @@ class MiningSettings(BaseServiceSettings):
 
     # Which topic/group to consume (overridable so tests and benchmarks run in isolation).
     mining_pages_topic: str = PAGES_DISCOVERED.name
+    mining_images_deleted_topic: str = IMAGES_DELETED.name  # takedowns announce here
+    mining_purge_interval_s: float = Field(default=30.0, gt=0)  # deleted images' blobs
     mining_group: str = "magiclens-mining"
     mining_worker_id: str = ""  # default: host:pid
 

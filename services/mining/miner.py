@@ -156,6 +156,10 @@ class Miner:
         retry_failed = (row["status"] == "failed"
                         and row["attempts"] < self.settings.mining_max_attempts)
         if row["status"] not in ("discovered", "fetching") and not retry_failed:
+            return  # mined, skipped, or taken down ('deleted'): never mined again
+        if store.domain_taken_down(conn, domain(url)):
+            store.finish_page(conn, row["page_id"], "deleted", "taken down: its domain",
+                              self.worker_id)
             return
         outcome = self.mine(conn, url, None)
         t0 = time.perf_counter()
@@ -286,7 +290,6 @@ class Miner:
         thr = self.settings.mining_phash_threshold
         ts = Timestamp()
         ts.FromDatetime(page["discovered_at"])
-        uris = {d.content_hash: self.blobs.put(d.data) for _, d in out.images}
         # 1. In page order, decide what each candidate is: an existing image (exact or near
         #    duplicate), a near-duplicate of an earlier candidate here, or a new image.
         plan: list[tuple[Candidate, Decoded, int | None]] = []  # image_id None = new
@@ -304,6 +307,9 @@ class Miner:
         #    index's locks in one order (no deadlocks); a lost race links the winner's row.
         ids: dict[str, tuple[int, bool]] = {}
         by_hash = {d.content_hash: (c, d) for c, d, existing in plan if existing is None}
+        # Bytes are stored only for new images: an image already stored (or taken down,
+        # whose bytes must not come back) keeps its own.
+        uris = {h: self.blobs.put(d.data) for h, (_, d) in by_hash.items()}
         for h in sorted(by_hash):
             c, d = by_hash[h]
             ids[h] = self._insert_image(conn, page_id, c, d, uris[h], out.title)

@@ -16,15 +16,18 @@ from services.mining.fetch import FetchError
 from services.mining.handlers import pages_topic
 from services.mining.miner import Miner
 from services.mining.netguard import Blocked
+from services.mining.takedown import BadTakedown, Takedowns
 from services.mining.urls import BadUrl, domain, normalise, url_hash
 
 MAX_URLS_PER_CALL = 10_000
 
 
 class MiningServicer(mining_pb2_grpc.MiningServiceServicer):
-    def __init__(self, settings: MiningSettings, miner: Miner) -> None:
+    def __init__(self, settings: MiningSettings, miner: Miner,
+                 takedowns: Takedowns | None = None) -> None:
         self.settings = settings
         self.miner = miner
+        self.takedowns = takedowns or Takedowns(settings, miner.blobs)
         self.topic = pages_topic(settings)
         self.submit_limits = CallerBuckets(settings.mining_submit_urls_per_minute / 60.0,
                                            settings.mining_submit_burst_urls)
@@ -81,9 +84,25 @@ class MiningServicer(mining_pb2_grpc.MiningServiceServicer):
                 if status in ("mined", "skipped"):
                     rejected.append(f"{url}: already {status}")
                     continue
+                if status == "deleted":
+                    rejected.append(f"{url}: taken down")
+                    continue
                 outbox.enqueue(conn, self.topic, url, events_pb2.PageDiscovered(url=url))
                 accepted += 1
         return mining_pb2.SubmitPagesResponse(accepted=accepted, rejected=rejected[:1000])
+
+    def DeleteContent(self, request, context):  # noqa: N802
+        which = request.WhichOneof("target")
+        if which is None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          "name what to take down: image_id, page_url or domain")
+        kind = {"image_id": "image", "page_url": "page", "domain": "domain"}[which]
+        try:
+            ids, pages = self.takedowns.take_down(kind, getattr(request, which), request.reason)
+        except BadTakedown as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return mining_pb2.DeleteContentResponse(images_deleted=len(ids), pages_deleted=pages,
+                                                image_ids=ids[:1000])
 
     def GetPageStatus(self, request, context):  # noqa: N802
         try:

@@ -230,3 +230,60 @@ def archived_responses(conn: psycopg.Connection, url_hashes: list[str]) -> list[
     """(url_hash, content_type, blob_uri) of the archived ones among `url_hashes`."""
     return conn.execute("SELECT url_hash, content_type, blob_uri FROM archived_responses "
                         "WHERE url_hash = ANY(%s)", (url_hashes,)).fetchall()
+
+
+# ------------------------------------------------------------------ takedowns
+def take_down(conn: psycopg.Connection, kind: str, target: str,
+              reason: str) -> tuple[list[int], int]:
+    """Mark deleted, in the caller's transaction: the image; or the page (by URL hash) and
+    every image found on it; or every page of a host and their images. An image is deleted
+    wherever else it also appears (the request is about the content). Records the takedown;
+    returns (ids of images this call deleted, pages this call deleted)."""
+    pages: list[int] = []
+    if kind == "image":
+        where, args = "image_id = %s", (int(target),)
+    else:
+        column = "url_hash" if kind == "page" else "domain"
+        pages = [r["page_id"] for r in conn.execute(
+            f"UPDATE pages SET status = 'deleted', status_reason = %s, updated_at = now() "
+            f"WHERE {column} = %s AND status <> 'deleted' RETURNING page_id",
+            (f"taken down: {reason}"[:1000], target)).fetchall()]
+        where = (f"image_id IN (SELECT pi.image_id FROM page_images pi JOIN pages p "
+                 f"ON p.page_id = pi.page_id WHERE p.{column} = %s)")
+        args = (target,)
+    ids = [r["image_id"] for r in conn.execute(
+        f"UPDATE images SET status = 'deleted', status_reason = %s, updated_at = now() "
+        f"WHERE {where} AND status <> 'deleted' RETURNING image_id",
+        (f"taken down: {reason}"[:1000], *args)).fetchall()]
+    conn.execute("INSERT INTO takedowns (kind, target, reason, images_deleted) "
+                 "VALUES (%s, %s, %s, %s)", (kind, target, reason, len(ids)))
+    return sorted(ids), len(pages)
+
+
+def domain_taken_down(conn: psycopg.Connection, host: str) -> bool:
+    return conn.execute("SELECT 1 FROM takedowns WHERE kind = 'domain' AND target = %s "
+                        "LIMIT 1", (host,)).fetchone() is not None
+
+
+def deleted_blobs(conn: psycopg.Connection, limit: int = 500,
+                  image_ids: list[int] | None = None) -> list[dict[str, Any]]:
+    """Deleted images whose bytes are still stored (of `image_ids` when given), least
+    recently tried first, with whether another image that is not deleted shares the blob
+    (content-addressed: identical stored bytes)."""
+    only = "AND i.image_id = ANY(%s) " if image_ids is not None else ""
+    return conn.execute(
+        "SELECT i.image_id, i.blob_uri, EXISTS (SELECT 1 FROM images o WHERE o.blob_uri = "
+        "i.blob_uri AND o.status <> 'deleted' AND o.image_id <> i.image_id) AS shared "
+        "FROM images i WHERE i.status = 'deleted' AND i.blob_uri IS NOT NULL " + only +
+        "ORDER BY i.updated_at, i.image_id LIMIT %s",
+        ((image_ids,) if image_ids is not None else ()) + (limit,)).fetchall()
+
+
+def blob_purge_failed(conn: psycopg.Connection, image_id: int) -> None:
+    """Send a blob that could not be removed to the back of the purge's queue."""
+    conn.execute("UPDATE images SET updated_at = now() WHERE image_id = %s", (image_id,))
+
+
+def forget_blob(conn: psycopg.Connection, image_id: int) -> None:
+    conn.execute("UPDATE images SET blob_uri = NULL, updated_at = now() WHERE image_id = %s "
+                 "AND status = 'deleted'", (image_id,))

@@ -325,13 +325,16 @@ class Root(search_pb2_grpc.SearchServiceServicer):
             with tracing.span("context look-up", candidates=len(wanted)), \
                     self.db.connection() as conn:  # fingerprints and hit context at once
                 rows.update(store.candidates(conn, wanted))
+            # A hit without a row was taken down after its shard last heard of it: never
+            # returned (the shard drops its vector when the takedown event arrives).
+            gone = {i for i in wanted if i not in rows}
             if include:
-                top = merged[:k]
+                top = [(i, sc) for i, sc in merged[:k] if i not in gone]
                 break
             copies = {i for i, _ in merged if self._is_copy(qi, rows.get(i))}
-            dropped += sorted(copies)
-            top = [(i, sc) for i, sc in merged if i not in copies][:k]
-            if (len(top) >= k or not copies or not more or fetch >= SHARD_MAX_K
+            dropped += sorted(copies | gone)
+            top = [(i, sc) for i, sc in merged if i not in copies and i not in gone][:k]
+            if (len(top) >= k or not (copies or gone) or not more or fetch >= SHARD_MAX_K
                     or round_ + 1 == self.s.duplicate_rounds or time.monotonic() >= deadline):
                 break
             fetch = min(SHARD_MAX_K, fetch * 4)

@@ -36,7 +36,7 @@ from runtime.errors import ConfigError
 from runtime.logs import setup_logging
 from runtime.service import Service
 from runtime.serving import serving_version
-from runtime.topics import EMBEDDINGS_READY, MODELS_PUBLISHED
+from runtime.topics import EMBEDDINGS_READY, IMAGES_DELETED, MODELS_PUBLISHED
 from services.search import store
 from services.search.batcher import QueryBatcher
 from services.search.config import ShardSettings
@@ -193,6 +193,13 @@ class Shard:
         msg = event.message
         if isinstance(msg, events_pb2.ModelPublished):
             return  # the periodic version check reads serving_models (set by the worker)
+        if isinstance(msg, events_pb2.ImageDeleted):  # a takedown: drop the vector now
+            if (msg.image_id % self.s.num_shards == self.s.shard
+                    and not store.image_live(conn, msg.image_id)  # Postgres decides
+                    and self.index.delete([msg.image_id])):
+                self._dirty = True
+                VECTORS.set(len(self.index))
+            return
         if not isinstance(msg, events_pb2.EmbeddingReady):
             return
         if msg.image_id % self.s.num_shards != self.s.shard:
@@ -277,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
                        "magiclens.v1.ShardService")])
     name = f"search-shard-{settings.index}-{settings.shard}-of-{settings.num_shards}"
     service.add_consumer(Consumer(name, settings.kafka_bootstrap_servers, settings.database_url,
-                                  [EMBEDDINGS_READY, MODELS_PUBLISHED], shard.handle))
+                                  [EMBEDDINGS_READY, MODELS_PUBLISHED, IMAGES_DELETED],
+                                  shard.handle))
     service.every(settings.sync_interval_s, shard.sync)
     service.every(settings.version_check_s, shard.check_version)
     service.every(max(5.0, settings.sync_interval_s), shard.snapshot_if_dirty)

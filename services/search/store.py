@@ -61,7 +61,8 @@ def live_image(conn: psycopg.Connection, image_id: int) -> dict | None:
 
 def candidates(conn: psycopg.Connection, ids: list[int]) -> dict[int, dict]:
     """Result candidates in one round trip: their stored fingerprints (to drop copies of the
-    query image) and the context a hit carries (image URL, page, alt text, caption)."""
+    query image) and the context a hit carries (image URL, page, alt text, caption). A
+    deleted (taken down) image has no row here, so it is never returned."""
     if not ids:
         return {}
     rows = conn.execute(
@@ -70,7 +71,7 @@ def candidates(conn: psycopg.Connection, ids: list[int]) -> dict[int, dict]:
         "COALESCE(i.alt_text, '') AS alt, COALESCE(i.caption, '') AS caption, "
         "COALESCE(i.context_text, '') AS context_text "
         "FROM images i LEFT JOIN pages p ON p.page_id = i.first_page_id "
-        "WHERE i.image_id = ANY(%s)", (ids,)).fetchall()
+        "WHERE i.image_id = ANY(%s) AND i.status <> 'deleted'", (ids,)).fetchall()
     return {r["image_id"]: r for r in rows}
 
 

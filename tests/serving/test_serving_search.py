@@ -19,13 +19,21 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from magiclens.v1 import common_pb2, events_pb2, search_pb2, search_pb2_grpc
+from magiclens.v1 import (
+    common_pb2,
+    events_pb2,
+    mining_pb2,
+    mining_pb2_grpc,
+    search_pb2,
+    search_pb2_grpc,
+)
 
-from runtime import db
+from runtime import auth, db, rpc
 from runtime.blobstore import open_blobstore
 from runtime.bus import make_producer, publish
 from runtime.serving import set_serving_version
 from runtime.topics import EMBEDDINGS_READY
+from services.mining.urls import url_hash
 from services.search.index import IndexParams, ShardIndex
 from tests.gateway.gwutil import CHROMIUM, chromium, running_gateway
 from tests.serving.serving_support import CACHE, PHOTOS, augmented_images, photo, png
@@ -178,6 +186,8 @@ def cluster(infra_servers, corpus, triton, checkpoints, tmp_path_factory, otlp_r
     class Cluster:
         stub = search_pb2_grpc.SearchServiceStub(ch)
         root_addr = f"127.0.0.1:{root_port}"
+        shard_addrs = tuple(f"127.0.0.1:{p}" for p in ports)
+        env_base = env
         blob_uri = f"file://{d / 'blobs'}"
         image_ids = ids
         logs = d
@@ -375,3 +385,129 @@ def test_embedding_ready_event_makes_image_searchable_and_measures_freshness(clu
     assert status.shards == 2 and status.shards_up == 2
     assert status.num_vectors == len(cluster.image_ids) + 1
     assert status.freshness_p50_s >= 4.0
+
+
+# ------------------------------------------------------------------ takedowns
+
+def _shard_hits(cluster, vec: np.ndarray, k: int = 10) -> set[int]:
+    """Ids the shards themselves return for `vec` (below the root's own filtering)."""
+    hits: set[int] = set()
+    for addr in cluster.shard_addrs:
+        ch = rpc.channel(addr, role=auth.READ)
+        r = search_pb2_grpc.ShardServiceStub(ch).SearchShard(
+            search_pb2.SearchShardRequest(query=vec.tolist(), k=k), timeout=10)
+        ch.close()
+        hits |= {h.image_id for h in r.hits}
+    return hits
+
+
+def test_takedowns_leave_search_the_shards_and_the_blob_store_and_stay_down(
+        cluster, corpus, monkeypatch, capsys, tmp_path):
+    """`magiclens delete` of an image, a page and a domain, through the real mining service:
+    the root stops returning the images at once, the shards drop their vectors (the
+    ImageDeleted events), their bytes leave the blob store, and a later page of the domain
+    is refused by the miner. Its own images and page, so the pool of the other tests stays."""
+    imgs, vecs = corpus
+    tag = os.urandom(3).hex()
+    host = f"takedown-{tag}.example"
+    page_url = f"https://{host}/page"
+    blobs = open_blobstore(cluster.blob_uri)
+    sources = (5, 40, 80)  # pool images whose vectors ours copy
+    with db.transaction(cluster.database_url) as conn:
+        page = conn.execute(
+            "INSERT INTO pages (url, url_hash, domain, status) VALUES (%s, %s, %s, 'mined') "
+            "RETURNING page_id", (page_url, url_hash(page_url), host)).fetchone()["page_id"]
+        ids, uris = [], []
+        for n, src in enumerate(sources):
+            uris.append(blobs.put(imgs[src] + tag.encode() + bytes([n]), ".png"))
+            image_id = conn.execute(
+                "INSERT INTO images (content_hash, source_url, first_page_id, blob_uri) "
+                "VALUES (%s, %s, %s, %s) RETURNING image_id",
+                # under the pool's URL prefix, so a later run's fixture retires them even
+                # if this test fails halfway
+                (os.urandom(16).hex(), f"https://serving-test.example/takedown-{tag}/{n}.png",
+                 page, uris[-1])
+            ).fetchone()["image_id"]
+            conn.execute("INSERT INTO page_images (page_id, image_id, position, src_url) "
+                         "VALUES (%s, %s, %s, %s)", (page, image_id, n, f"https://{host}/{n}.png"))
+            conn.execute("INSERT INTO image_embeddings (image_id, model_version, embedding) "
+                         "VALUES (%s, 'serving-a', %s)",
+                         (image_id, vecs[src].astype("<f4").tobytes()))
+            ids.append(image_id)
+    wait_for(lambda: all(i in _shard_hits(cluster, vecs[s]) for i, s in zip(ids, sources,
+                                                                            strict=True)),
+             30, "the shards' sync to index the test's images")
+    port = free_port()
+    log = tmp_path / "mining.log"
+    mining = start("services.mining", log=log, env=dict(
+        cluster.env_base, MAGICLENS_MINING_PAGES_TOPIC=f"test.takedown.{tag}",
+        MAGICLENS_MINING_GROUP=f"test-takedown-{tag}", MAGICLENS_GRPC_PORT=str(port),
+        MAGICLENS_METRICS_PORT="0", MAGICLENS_MINING_WORKER_ID=f"takedown-{tag}"))
+    try:
+        wait_grpc(port, proc=mining, log=log)
+        monkeypatch.setenv("MAGICLENS_MINING_ADDR", f"127.0.0.1:{port}")
+
+        # 1. One image: gone from the root's answers at once, then from its shard.
+        assert main(["delete", "--image", str(ids[0]), "--reason", "notice 1", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == {
+            "images_deleted": 1, "pages_deleted": 0, "image_ids": [ids[0]]}
+        r = _search(cluster, query={"image_bytes": imgs[sources[0]]}, k=10,
+                    include_query_image=True)
+        assert ids[0] not in [h.image_id for h in r.hits]
+        wait_for(lambda: ids[0] not in _shard_hits(cluster, vecs[sources[0]]), 30,
+                 "the shard to drop the taken-down image's vector")
+        assert not blobs.exists(uris[0])
+        with db.transaction(cluster.database_url) as conn:
+            row = conn.execute("SELECT status, blob_uri FROM images WHERE image_id = %s",
+                               (ids[0],)).fetchone()
+        assert row == {"status": "deleted", "blob_uri": None}
+
+        # 2. The page: its other two images, and the page itself.
+        assert main(["delete", "--page", page_url, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == {
+            "images_deleted": 2, "pages_deleted": 1, "image_ids": sorted(ids[1:])}
+        wait_for(lambda: not set(ids) & (_shard_hits(cluster, vecs[sources[1]])
+                                         | _shard_hits(cluster, vecs[sources[2]])),
+                 30, "the shards to drop the page's images")
+        assert not any(blobs.exists(u) for u in uris)
+        assert main(["delete", "--page", page_url]) == 0  # again: nothing left to do
+        assert "already down, or nothing matched" in capsys.readouterr().out
+
+        # 3. The domain: a page of it submitted later is never mined.
+        assert main(["delete", "--domain", host.upper()]) == 0
+        capsys.readouterr()
+        ch = rpc.channel(f"127.0.0.1:{port}", role=auth.ADMIN)
+        stub = mining_pb2_grpc.MiningServiceStub(ch)
+        later = f"https://{host}/later"
+        assert stub.SubmitPages(mining_pb2.SubmitPagesRequest(urls=[later]),
+                                timeout=30).accepted == 1
+        wait_for(lambda: stub.GetPageStatus(mining_pb2.GetPageStatusRequest(url=later),
+                                            timeout=10).status == "deleted",
+                 60, "the miner to refuse the taken-down domain's new page")
+        assert stub.SubmitPages(mining_pb2.SubmitPagesRequest(urls=[page_url]),
+                                timeout=30).rejected == [f"{page_url}: taken down"]
+        ch.close()
+
+        # 4. Bad requests are one line and a usage exit code, nothing taken down.
+        assert main(["delete", "--domain", "not a host!"]) == 2
+        assert "domain must be a host name" in capsys.readouterr().err
+    finally:
+        stop(mining)
+
+
+def test_a_deletion_whose_event_never_comes_is_still_applied_by_the_shards_sync(cluster, corpus):
+    """The broker down when an image is taken down (simulated: its row is marked deleted in
+    Postgres and no event is sent): the shards' periodic sync with Postgres drops it."""
+    _, vecs = corpus
+    with db.transaction(cluster.database_url) as conn:
+        image_id = conn.execute(
+            "INSERT INTO images (content_hash, source_url, first_page_id, blob_uri) VALUES "
+            "(%s, 'https://serving-test.example/no-event', %s, 'file:///blobs/no-event') "
+            "RETURNING image_id", (os.urandom(16).hex(), cluster.page_id)).fetchone()["image_id"]
+        conn.execute("INSERT INTO image_embeddings (image_id, model_version, embedding) "
+                     "VALUES (%s, 'serving-a', %s)", (image_id, vecs[60].astype("<f4").tobytes()))
+    wait_for(lambda: image_id in _shard_hits(cluster, vecs[60]), 30, "the sync to index it")
+    with db.transaction(cluster.database_url) as conn:
+        conn.execute("UPDATE images SET status = 'deleted' WHERE image_id = %s", (image_id,))
+    wait_for(lambda: image_id not in _shard_hits(cluster, vecs[60]), 30,
+             "the sync to drop it without an event")

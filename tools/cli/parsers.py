@@ -88,6 +88,20 @@ def _eval(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run="tools.cli.cmd_eval:run")
 
 
+def _delete(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("delete", help="take content down: an image, a page or a whole domain",
+                       description="Take content down at once: search stops returning it, the "
+                       "shards drop its vectors, its stored bytes are removed, training "
+                       "leaves it out, and the page or domain is never mined again (admin).")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--image", type=int, metavar="ID", help="one image by its pool id")
+    what.add_argument("--page", metavar="URL", help="a page and every image found on it")
+    what.add_argument("--domain", metavar="HOST", help="every page of a host and its images")
+    p.add_argument("--reason", default="", help="recorded with the takedown (<= 500 chars)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run="tools.cli.cmd_delete:run")
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    for add in (_search, _ingest, _index, _status, _training, _eval):
+    for add in (_search, _ingest, _index, _status, _training, _eval, _delete):
         add(sub)

@@ -17,12 +17,14 @@ MAX_RPC_TIMEOUT_S = 3600.0
 
 
 class ClientSettings:
-    """`MAGICLENS_SEARCH_ADDR`, `MAGICLENS_TRAINING_ADDR`, `MAGICLENS_RPC_TIMEOUT_S`; any
+    """`MAGICLENS_SEARCH_ADDR`, `MAGICLENS_TRAINING_ADDR`, `MAGICLENS_MINING_ADDR`,
+    `MAGICLENS_RPC_TIMEOUT_S`; any
     other attribute is the shared runtime settings' (runtime.config.BaseServiceSettings)."""
 
     def __init__(self) -> None:
         self.search_addr = _addr("MAGICLENS_SEARCH_ADDR", ports.SEARCH_ADDR)
         self.training_addr = _addr("MAGICLENS_TRAINING_ADDR", ports.TRAINING_ADDR)
+        self.mining_addr = _addr("MAGICLENS_MINING_ADDR", ports.MINING_ADDR)
         raw = os.environ.get("MAGICLENS_RPC_TIMEOUT_S", "30")
         try:
             timeout = float(raw)

@@ -75,6 +75,14 @@ class ModelPublished(_message.Message):
     promoted: bool
     def __init__(self, model_version: _Optional[str] = ..., config_name: _Optional[str] = ..., checkpoint_uri: _Optional[str] = ..., embed_dim: _Optional[int] = ..., promoted: _Optional[bool] = ...) -> None: ...
 
+class ImageDeleted(_message.Message):
+    __slots__ = ("image_id", "reason")
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    image_id: int
+    reason: str
+    def __init__(self, image_id: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class EmbeddingReady(_message.Message):
     __slots__ = ("image_id", "model_version", "page_discovered_at")
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]

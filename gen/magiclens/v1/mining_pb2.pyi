@@ -79,3 +79,25 @@ class MiningStatus(_message.Message):
     pairs: int
     rejected_images: int
     def __init__(self, pages_by_status: _Optional[_Mapping[str, int]] = ..., images_by_status: _Optional[_Mapping[str, int]] = ..., pairs: _Optional[int] = ..., rejected_images: _Optional[int] = ...) -> None: ...
+
+class DeleteContentRequest(_message.Message):
+    __slots__ = ("image_id", "page_url", "domain", "reason")
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_URL_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    image_id: int
+    page_url: str
+    domain: str
+    reason: str
+    def __init__(self, image_id: _Optional[int] = ..., page_url: _Optional[str] = ..., domain: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class DeleteContentResponse(_message.Message):
+    __slots__ = ("images_deleted", "pages_deleted", "image_ids")
+    IMAGES_DELETED_FIELD_NUMBER: _ClassVar[int]
+    PAGES_DELETED_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_IDS_FIELD_NUMBER: _ClassVar[int]
+    images_deleted: int
+    pages_deleted: int
+    image_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, images_deleted: _Optional[int] = ..., pages_deleted: _Optional[int] = ..., image_ids: _Optional[_Iterable[int]] = ...) -> None: ...

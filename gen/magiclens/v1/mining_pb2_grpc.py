@@ -49,6 +49,11 @@ class MiningServiceStub:
                 request_serializer=magiclens_dot_v1_dot_mining__pb2.GetMiningStatusRequest.SerializeToString,
                 response_deserializer=magiclens_dot_v1_dot_mining__pb2.MiningStatus.FromString,
                 _registered_method=True)
+        self.DeleteContent = channel.unary_unary(
+                '/magiclens.v1.MiningService/DeleteContent',
+                request_serializer=magiclens_dot_v1_dot_mining__pb2.DeleteContentRequest.SerializeToString,
+                response_deserializer=magiclens_dot_v1_dot_mining__pb2.DeleteContentResponse.FromString,
+                _registered_method=True)
 
 
 class MiningServiceServicer:
@@ -73,6 +78,16 @@ class MiningServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteContent(self, request, context):
+        """Take content down (admin): the image, every image of a page, or every image of a
+        domain leaves the pool at once (search stops returning it, shards drop its vectors,
+        its bytes are removed, training excludes it) and the page or domain is never mined
+        again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MiningServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -90,6 +105,11 @@ def add_MiningServiceServicer_to_server(servicer, server):
                     servicer.GetMiningStatus,
                     request_deserializer=magiclens_dot_v1_dot_mining__pb2.GetMiningStatusRequest.FromString,
                     response_serializer=magiclens_dot_v1_dot_mining__pb2.MiningStatus.SerializeToString,
+            ),
+            'DeleteContent': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteContent,
+                    request_deserializer=magiclens_dot_v1_dot_mining__pb2.DeleteContentRequest.FromString,
+                    response_serializer=magiclens_dot_v1_dot_mining__pb2.DeleteContentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -173,6 +193,33 @@ class MiningService:
             '/magiclens.v1.MiningService/GetMiningStatus',
             magiclens_dot_v1_dot_mining__pb2.GetMiningStatusRequest.SerializeToString,
             magiclens_dot_v1_dot_mining__pb2.MiningStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteContent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/magiclens.v1.MiningService/DeleteContent',
+            magiclens_dot_v1_dot_mining__pb2.DeleteContentRequest.SerializeToString,
+            magiclens_dot_v1_dot_mining__pb2.DeleteContentResponse.FromString,
             options,
             channel_credentials,
             insecure,
