@@ -47,7 +47,8 @@ TEXT_CACHE_SIZE = 4096  # instructions whose text-tower features are kept per mo
 # Where the image tower runs. "onnxruntime" (the default): the compact backbone's MobileNetV2
 # on onnxruntime (services/embedding/onnx_tower.py), ~2x the images per CPU second of
 # XLA:CPU and the same features within 1e-4 (issue 16; docs/performance.md); other backbones
-# (CLIP) and a missing onnxruntime fall back to JAX. "jax": always the jitted Flax tower.
+# (CLIP), JAX on a GPU and a missing onnxruntime fall back to JAX. "jax": always the jitted
+# Flax tower.
 IMAGE_RUNTIME_ENV = "MAGICLENS_IMAGE_RUNTIME"
 IMAGE_RUNTIMES = ("onnxruntime", "jax")
 
@@ -235,7 +236,7 @@ class LoadedModel:
     def onnx_tower(self):
         """The image tower of these params on onnxruntime (built once per version, by
         `warmup`), or None where it runs on JAX: MAGICLENS_IMAGE_RUNTIME=jax, a backbone
-        other than the compact one, or no onnxruntime."""
+        other than the compact one, JAX on an accelerator, or no onnxruntime."""
         if self._tower is None:
             with _TOWER_LOCK:
                 if self._tower is None:
@@ -247,6 +248,8 @@ class LoadedModel:
             return None
         if not isinstance(self.model.backbone_def, CompactBackbone):
             return None  # e.g. CLIP: no ONNX graph for it
+        if jax.default_backend() != "cpu":
+            return None  # an accelerator (the GPU overlay's server) runs JAX's tower there
         try:
             from services.embedding.onnx_tower import OnnxImageTower
         except ImportError as exc:

@@ -14,8 +14,10 @@ float32 ImageNet-normalised pixels in, the pooled [B,1280] features out, exactly
 from __future__ import annotations
 
 import functools
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -104,6 +106,19 @@ def run(sess, pixels: np.ndarray) -> np.ndarray:
     return sess.run(["features"], {"pixels": np.ascontiguousarray(pixels, np.float32)})[0]
 
 
+def available_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a pod's CPU
+    limit, which the affinity mask does not show)."""
+    n = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cpu_max.read_text().split()
+        if quota != "max":
+            n = min(n, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(n, 1)
+
+
 @functools.cache
 def _helpers(n: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(n, thread_name_prefix="onnx-tower")
@@ -122,7 +137,7 @@ class OnnxImageTower:
     share them."""
 
     def __init__(self, tower_params: dict[str, Any], cores: int | None = None) -> None:
-        self.cores = cores or len(os.sched_getaffinity(0))
+        self.cores = cores or available_cores()
         model = graph(tower_params)
         self.single = session(model, threads=self.cores)
         self.shared = session(model, threads=1) if self.cores > 1 else self.single

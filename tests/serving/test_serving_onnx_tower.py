@@ -1,10 +1,11 @@
 """The compact backbone's image tower runs on onnxruntime (issue 16: faster than XLA:CPU on
 the same cores); its features are the Flax tower's within 2e-5 on real photos, targets and
 queries the JAX model's within 1e-4, after a hot swap too, and every way back to JAX works
-(MAGICLENS_IMAGE_RUNTIME=jax, no onnxruntime, another backbone)."""
+(MAGICLENS_IMAGE_RUNTIME=jax, JAX on a GPU, no onnxruntime, another backbone)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from types import SimpleNamespace
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from services.embedding.model import LoadedModel
-from services.embedding.onnx_tower import OnnxImageTower
+from services.embedding.onnx_tower import OnnxImageTower, available_cores
 from tests.serving.serving_support import PHOTOS, photo, png
 
 FEATURES_ATOL = 2e-5  # pooled MobileNetV2 features (values up to ~6)
@@ -80,6 +81,9 @@ def test_falls_back_to_jax(model_a, monkeypatch):
     assert _fresh(model_a).image_runtime_used == "jax"
     monkeypatch.delenv("MAGICLENS_IMAGE_RUNTIME")
     assert _fresh(model_a).image_runtime_used == "onnxruntime"  # the default
+    with monkeypatch.context() as m:
+        m.setattr(jax, "default_backend", lambda: "gpu")  # the GPU overlay's server
+        assert _fresh(model_a).image_runtime_used == "jax"
     monkeypatch.setitem(sys.modules, "services.embedding.onnx_tower", None)  # not installed
     assert _fresh(model_a).image_runtime_used == "jax"
     # another backbone (e.g. the official CLIP weights): no ONNX graph for it
@@ -87,3 +91,13 @@ def test_falls_back_to_jax(model_a, monkeypatch):
     assert LoadedModel("clip", "clip_b16", {}, clip, None).image_runtime_used == "jax"
     with pytest.raises(ValueError, match="MAGICLENS_IMAGE_RUNTIME"):
         _fresh(model_a, image_runtime="tensorrt")
+
+
+def test_cores_follow_a_cgroup_cpu_limit(tmp_path):
+    """A pod limited to 1.5 CPUs on a big node gets 2 threads, not one per node core."""
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("150000 100000\n")
+    assert available_cores(cpu_max) == min(2, len(os.sched_getaffinity(0)))
+    cpu_max.write_text("max 100000\n")
+    assert available_cores(cpu_max) == len(os.sched_getaffinity(0))
+    assert available_cores(tmp_path / "absent") == len(os.sched_getaffinity(0))
