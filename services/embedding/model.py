@@ -10,6 +10,7 @@ identical to training. Imports only numpy/jax/flax/PIL: it runs in both environm
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -24,6 +25,7 @@ import numpy as np
 from runtime.image_input import BadInput, decode_image
 from runtime.limits import MAX_INSTRUCTION_CHARS
 from trainer.checkpoints import load_params, save_params
+from trainer.models.backbone import CompactBackbone
 from trainer.models.magiclens import (
     abstract_params,
     arch_meta,
@@ -42,6 +44,16 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16)
 # tokens runs at 8 instead of the tokenizer's 64 (6 ms instead of 28 on this CPU).
 TEXT_BUCKETS = (8, 16, 32, 64)
 TEXT_CACHE_SIZE = 4096  # instructions whose text-tower features are kept per model version
+# Where the image tower runs. "onnxruntime" (the default): the compact backbone's MobileNetV2
+# on onnxruntime (services/embedding/onnx_tower.py), ~2x the images per CPU second of
+# XLA:CPU and the same features within 1e-4 (issue 16; docs/performance.md); other backbones
+# (CLIP), JAX on a GPU and a missing onnxruntime fall back to JAX. "jax": always the jitted
+# Flax tower.
+IMAGE_RUNTIME_ENV = "MAGICLENS_IMAGE_RUNTIME"
+IMAGE_RUNTIMES = ("onnxruntime", "jax")
+
+log = logging.getLogger(__name__)
+_TOWER_LOCK = threading.Lock()
 
 
 def enable_compile_cache() -> None:
@@ -114,6 +126,10 @@ class LoadedModel:
     These are the functions the model's `encode_query`/`encode_target` compose, so results
     match them (tests/serving/test_serving_model_paths.py).
 
+    The image tower itself runs on onnxruntime where the backbone is the compact one
+    (`onnx_tower`, any batch size, no compiling; features equal the Flax tower's within
+    1e-4), on JAX otherwise or with `image_runtime="jax"` (then exactly the model's numbers).
+
     Only batch sizes in `ready` run (larger batches are cut into them): `warmup()` compiles
     size 1, `warm_rest()` the others in the background, so no request ever waits for XLA."""
 
@@ -129,11 +145,24 @@ class LoadedModel:
     text_cache: TextFeatureCache | None = None
     ready: set[int] | None = None  # compiled batch sizes; shared by hot-swapped versions
     text_ready: set[int] | None = None  # compiled instruction lengths
+    # "onnxruntime" or "jax" (IMAGE_RUNTIMES); "" reads MAGICLENS_IMAGE_RUNTIME
+    image_runtime: str = ""
+    _tower: Any = None  # the OnnxImageTower of these params; False: the image tower runs on JAX
+    _colour: Any = None  # pooled tower output + pixels -> image features (colour histogram)
 
     def __post_init__(self) -> None:
         m = self.model
+        self.image_runtime = self.image_runtime or os.environ.get(IMAGE_RUNTIME_ENV,
+                                                                  IMAGE_RUNTIMES[0])
+        if self.image_runtime not in IMAGE_RUNTIMES:
+            raise ValueError(f"{IMAGE_RUNTIME_ENV}={self.image_runtime!r}; choose one of "
+                             f"{IMAGE_RUNTIMES}")
         self._image = jax.jit(lambda p, x: m.apply({"params": p}, x,
                                                    method=m.image_features_only))
+        if getattr(m.backbone_def, "colour_bins", 0):
+            self._colour = jax.jit(lambda p, pooled, x: m.apply(
+                {"params": p}, pooled, x, method=lambda mod, pooled, x:
+                mod.encoder.with_colour(pooled, x)))
         self._text = jax.jit(lambda p, t: m.apply({"params": p}, t,
                                                   method=m.text_features_only))
         self._head = jax.jit(lambda p, fi, ft: m.apply({"params": p}, fi, ft,
@@ -204,9 +233,45 @@ class LoadedModel:
                      for t, f in zip(instructions, found, strict=True)]
         return np.stack(found)
 
+    def onnx_tower(self):
+        """The image tower of these params on onnxruntime (built once per version, by
+        `warmup`), or None where it runs on JAX: MAGICLENS_IMAGE_RUNTIME=jax, a backbone
+        other than the compact one, JAX on an accelerator, or no onnxruntime."""
+        if self._tower is None:
+            with _TOWER_LOCK:
+                if self._tower is None:
+                    self._tower = self._build_tower() or False
+        return self._tower or None
+
+    def _build_tower(self):
+        if self.image_runtime != "onnxruntime":
+            return None
+        if not isinstance(self.model.backbone_def, CompactBackbone):
+            return None  # e.g. CLIP: no ONNX graph for it
+        if jax.default_backend() != "cpu":
+            return None  # an accelerator (the GPU overlay's server) runs JAX's tower there
+        try:
+            from services.embedding.onnx_tower import OnnxImageTower
+        except ImportError as exc:
+            log.warning("onnxruntime is not installed; the image tower runs on JAX (%s)", exc)
+            return None
+        return OnnxImageTower(jax.tree.map(np.asarray, self.params["backbone"]["image_tower"]))
+
+    @property
+    def image_runtime_used(self) -> str:
+        """Where this version's image tower actually runs: "onnxruntime" or "jax"."""
+        return "onnxruntime" if self.onnx_tower() is not None else "jax"
+
     def image_features(self, pixels: np.ndarray) -> np.ndarray:
         """[B, Fi] image-tower features of preprocessed images."""
-        return self._run(self._image, pixels.astype(np.float32))
+        pixels = pixels.astype(np.float32)
+        tower = self.onnx_tower()
+        if tower is None:
+            return self._run(self._image, pixels)
+        pooled = tower.features(pixels)  # any batch size; no buckets needed
+        if self._colour is None:
+            return pooled
+        return self._run(self._colour, pooled, pixels)
 
     def query_from_features(self, image_features: np.ndarray, text_features: np.ndarray
                             ) -> np.ndarray:
@@ -225,7 +290,7 @@ class LoadedModel:
         return self.encode_query_features(pixels, self.text_features(instructions))
 
     def encode_target_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        image_features = self._run(self._image, pixels.astype(np.float32))
+        image_features = self.image_features(pixels)
         empty = np.repeat(self.text_features([""]), len(image_features), 0)
         return self._run(self._target_head, image_features, empty)
 
@@ -238,7 +303,13 @@ class LoadedModel:
     def _compile(self, batch: int) -> None:
         s = self.image_size
         x = np.zeros((batch, s, s, 3), np.float32)
-        fi = np.asarray(self._image(self.params, x))
+        tower = self.onnx_tower()
+        if tower is None:
+            fi = np.asarray(self._image(self.params, x))
+        else:  # onnxruntime needs no compiling; the colour histogram does
+            fi = tower.features(x)
+            if self._colour is not None:
+                fi = np.asarray(self._colour(self.params, fi, x))
         ft = np.repeat(self.text_features([""]), batch, 0)
         jax.block_until_ready(self._head(self.params, fi, ft))
         jax.block_until_ready(self._target_head(self.params, fi, ft))
@@ -246,7 +317,8 @@ class LoadedModel:
 
     def warmup(self) -> None:
         """Compile what one request of one image needs: batch size 1 and every instruction
-        length (fast with the persistent compile cache; ~20 s cold)."""
+        length (fast with the persistent compile cache; ~20 s cold), and build this
+        version's onnxruntime image tower."""
         for length in self._text_lengths():
             jax.block_until_ready(self._text(self.params, np.zeros((1, length), np.int32)))
             self.text_ready.add(length)
@@ -266,11 +338,15 @@ class LoadedModel:
         new.__dict__.update(self.__dict__)
         new.model_version, new.params = model_version, params
         new.text_cache = TextFeatureCache()
+        new._tower = None  # the ONNX graph holds the old params; `warmup` builds the new one
         return new
 
 
-def load_checkpoint(checkpoint_dir: str | Path, model_version: str | None = None) -> LoadedModel:
-    """Restore an exported checkpoint (trainer.checkpoints layout) with exact structure."""
+def load_checkpoint(checkpoint_dir: str | Path, model_version: str | None = None,
+                    image_runtime: str = "") -> LoadedModel:
+    """Restore an exported checkpoint (trainer.checkpoints layout) with exact structure.
+    `image_runtime`: "onnxruntime" or "jax" (default MAGICLENS_IMAGE_RUNTIME, else
+    onnxruntime where the backbone allows)."""
     enable_compile_cache()
     checkpoint_dir = Path(checkpoint_dir)
     meta = json.loads((checkpoint_dir / "magiclens_meta.json").read_text())
@@ -279,7 +355,7 @@ def load_checkpoint(checkpoint_dir: str | Path, model_version: str | None = None
     params, _ = load_params(checkpoint_dir, abstract_params(model, pre.image_size))
     params = jax.tree.map(jnp.asarray, params)
     version = model_version or meta.get("model_version") or checkpoint_dir.name
-    return LoadedModel(version, config_name, params, model, pre)
+    return LoadedModel(version, config_name, params, model, pre, image_runtime=image_runtime)
 
 
 def create_initial_checkpoint(directory: str | Path, model_version: str, seed: int = 0,

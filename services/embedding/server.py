@@ -116,7 +116,8 @@ class Watcher(threading.Thread):
             model = fresh
         model.warmup()
         self.holder.install(model)
-        log.info("serving model version %s (loaded in %.1fs)", version, time.monotonic() - t0)
+        log.info("serving model version %s (loaded in %.1fs; image tower on %s)", version,
+                 time.monotonic() - t0, model.image_runtime_used)
         if model.ready != set(BATCH_BUCKETS):  # a new config: compile its batch sizes
             threading.Thread(target=self._warm_rest, args=(model,), name="warm-batches",
                              daemon=True).start()
@@ -195,7 +196,7 @@ def make_infer(holder: ModelHolder, kind: str):
         if kind == QUERY_MODEL:
             with tracing.span("text tower (uncached instructions)"):
                 text_features = model.text_features(texts)
-            with tracing.span("image tower", images=len(x)):
+            with tracing.span("image tower", images=len(x), runtime=model.image_runtime_used):
                 image_features = model.image_features(x)
             with tracing.span("head"):
                 emb = model.query_from_features(image_features, text_features)

@@ -95,8 +95,9 @@ class Worker:
         self.images_topic = renamed(IMAGES_MINED, settings.embedding_images_topic)
         self.models_topic = renamed(MODELS_PUBLISHED, settings.embedding_models_topic)
         self.ready_topic = renamed(EMBEDDINGS_READY, settings.embedding_ready_topic)
-        # counters (tests and the bench read them)
+        # counters (tests and the bench read them); seconds spent per stage of embedding
         self.requests = self.embedded = self.rejected = self.fallbacks = 0
+        self.stage_s = dict.fromkeys(("claim", "blobs", "embed", "store"), 0.0)
 
     @property
     def topics(self) -> list[Topic]:
@@ -137,7 +138,10 @@ class Worker:
         if serving is None:
             return  # nothing serves yet; the reconciler embeds once a version is promoted
         version = serving[0]
+        t0 = time.perf_counter()
         batch = self._claim(conn, msg.image_id, version)
+        t1 = time.perf_counter()
+        self.stage_s["claim"] += t1 - t0
         if not batch:
             return  # gone, rejected or already embedded (its own or another event's batch)
         for p in list(batch):
@@ -151,12 +155,17 @@ class Worker:
                 batch.remove(p)
         log.debug("embedding batch", extra={"version": version,
                                             "image_ids": [p.image_id for p in batch]})
+        t2 = time.perf_counter()
         self._embed(batch, version, own=msg.image_id)
+        t3 = time.perf_counter()
         for p in batch:
             if p.bad:
                 self._reject(conn, p.image_id, p.bad)
             elif p.vector is not None:
                 self._store(conn, p, msg)
+        self.stage_s["blobs"] += t2 - t1
+        self.stage_s["embed"] += t3 - t2
+        self.stage_s["store"] += time.perf_counter() - t3
 
     def _claim(self, conn, image_id: int, version: str) -> list[Pending]:
         """The event's image (first) and pending batch-mates of the next ids, row-locked.

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.embedding.model import load_checkpoint
+from services.embedding.model import LoadedModel, load_checkpoint
 from tests.serving.serving_support import TritonProc, running_triton
 from tools.otlp_receiver import OtlpReceiver
 
@@ -33,4 +33,13 @@ def triton(checkpoints, tmp_path_factory, otlp_receiver) -> Iterator[TritonProc]
 
 @pytest.fixture(scope="session")
 def model_a(checkpoints):
-    return load_checkpoint(checkpoints["serving-a"], "serving-a")
+    """The served model as the server runs it: the image tower on onnxruntime."""
+    return load_checkpoint(checkpoints["serving-a"], "serving-a", image_runtime="onnxruntime")
+
+
+@pytest.fixture(scope="session")
+def model_a_jax(model_a):
+    """The same version with the image tower on JAX (MAGICLENS_IMAGE_RUNTIME=jax): exactly
+    the trained model's numbers."""
+    return LoadedModel(model_a.model_version, model_a.config_name, model_a.params,
+                       model_a.model, model_a.preprocessor, image_runtime="jax")

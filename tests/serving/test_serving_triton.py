@@ -1,4 +1,6 @@
-"""The Triton embedding server against in-process JAX: equality, errors, hot swap, shutdown."""
+"""The Triton embedding server against the same model in-process: equality, errors, hot
+swap, shutdown. Both run the compact image tower on onnxruntime (test_serving_onnx_tower.py
+compares that with JAX)."""
 
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ def test_triton_equals_in_process_jax(triton, model_a, n):
     # instructions matter, and vectors are unit norm
     assert np.abs(q.vectors - t.vectors).max() > 1e-3
     np.testing.assert_allclose(np.linalg.norm(t.vectors, axis=1), 1.0, atol=1e-5)
+    assert "image tower on onnxruntime" in triton.log.read_text()  # the server's default
 
 
 def test_triton_rejects_bad_inputs(triton):

@@ -158,7 +158,11 @@ class CompactBackbone(nn.Module):
     def image_features(self, images: jax.Array) -> jax.Array:
         """[B,224,224,3] ImageNet-normalised -> [B,1280] pooled MobileNetV2 features
         (then [B, colour_bins**3] colour histogram when colour_bins > 0)."""
-        pooled = self.image_tower.features(images)
+        return self.with_colour(self.image_tower.features(images), images)
+
+    def with_colour(self, pooled: jax.Array, images: jax.Array) -> jax.Array:
+        """`image_features` given the tower's pooled output computed elsewhere (serving runs
+        the tower on onnxruntime: services/embedding/onnx_tower.py)."""
         if not self.colour_bins:
             return pooled
         hist = colour_histogram(images, IMAGENET_MEAN, IMAGENET_STD, self.colour_bins)
