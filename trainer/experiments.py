@@ -12,7 +12,8 @@ evaluated on the corpus's held-out queries in both wordings: the writers' and th
 hand-written unseen one (tools.corpus.unseen).
 
 Grids: `chosen` = the compact config alone; `ablations` = it and the edit-head variants
-docs/quality.md reports; `transformer` = the paper's head (slow on CPU); a JSON file = a
+docs/quality.md reports; `transformer` = the paper's head (slow on CPU); `tower` = the
+image tower's last layer trained with the head (trainer.tower); a JSON file = a
 list of {"name", "config", "overrides": {...}, "arch": {...}}.
 """
 
@@ -43,7 +44,7 @@ from trainer.models.magiclens import CONFIGS, abstract_params, build_model, pret
 
 MAX_SEEDS = 10
 BAR_RELATION_MIN_N = 10
-SHARED_CACHES = ("features.npz", "align_features.npz")
+SHARED_CACHES = ("features.npz", "align_features.npz", "tower_inputs.npz")
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,19 @@ TRANSFORMER = [
     Variant("transformer head + residual, no query negatives, K=8 hard negatives",
             "compact_transformer", {"query_negatives": 0.0, "hard_negatives": 8}),
 ]
-GRIDS = {"chosen": CHOSEN, "ablations": ABLATIONS, "transformer": TRANSFORMER}
+# Round 4 (issue 13): the image tower's last layer learns with the head (trainer.tower).
+TOWER = [
+    *CHOSEN,
+    Variant("chosen + tower affine (features_18 scale/shift), tower lr 5e-4",
+            overrides={"tower_tune": "affine", "tower_learning_rate": 5e-4}),
+    Variant("chosen + tower LoRA r16 on features_18, tower lr 5e-4",
+            overrides={"tower_tune": "lora", "tower_learning_rate": 5e-4}),
+    Variant("chosen + tower affine, tower lr 2e-3",
+            overrides={"tower_tune": "affine", "tower_learning_rate": 2e-3}),
+    Variant("chosen + tower LoRA r16, tower lr 2e-3",
+            overrides={"tower_tune": "lora", "tower_learning_rate": 2e-3}),
+]
+GRIDS = {"chosen": CHOSEN, "ablations": ABLATIONS, "transformer": TRANSFORMER, "tower": TOWER}
 
 
 def load_grid(spec: str) -> list[Variant]:
@@ -111,6 +124,25 @@ class EvalSet:
     gallery_features: np.ndarray
     text_features: dict[str, np.ndarray]
     empty_text_features: np.ndarray
+    gallery_paths: list[str] = field(default_factory=list)
+    cache: Path | None = None
+    _tower_inputs: np.ndarray | None = field(default=None, repr=False)
+
+    def tower_inputs(self) -> np.ndarray:
+        """The gallery's activations before the image tower's last layer (trainer.tower),
+        computed once per corpus and cached beside the features."""
+        if self._tower_inputs is not None:
+            return self._tower_inputs
+        import jax
+
+        from trainer import tower
+
+        model, pre = build_model("compact")
+        params = pretrained_params(model, jax.random.PRNGKey(0), pre.image_size)
+        path = None if self.cache is None else self.cache / "eval-tower-inputs.npz"
+        self._tower_inputs = tower.cached_inputs(path, model, params, pre,
+                                                 self.gallery_paths, progress=True)
+        return self._tower_inputs
 
 
 def eval_sets(corpus: Path, variant_arch: dict[str, Any], cache: Path) -> list[EvalSet]:
@@ -145,7 +177,9 @@ def eval_sets(corpus: Path, variant_arch: dict[str, Any], cache: Path) -> list[E
         cache.mkdir(parents=True, exist_ok=True)
         np.savez(path, image=gf, text=tf, ids=np.asarray(ids), texts=np.asarray(texts))
     by_text = dict(zip(texts, tf[:-1], strict=True))
-    return [EvalSet(ph, qs, ids, gf, by_text, tf[-1]) for ph, (qs, _) in loaded.items()]
+    paths = [str(gallery[i]) for i in ids]
+    return [EvalSet(ph, qs, ids, gf, by_text, tf[-1], paths, cache)
+            for ph, (qs, _) in loaded.items()]
 
 
 # ------------------------------------------------------------------------------ runs
@@ -180,12 +214,26 @@ def run_one(variant: Variant, seed: int, snapshot: Path, out: Path,
     model, pre = build_model(cfg.model, config=arch)
     params, _ = load_params(result.checkpoint, abstract_params(model, pre.image_size))
     metrics = {s.phrasing: corpus_metrics(model, params, s.queries, s.ids, s.gallery_features,
-                                          s.text_features, s.empty_text_features)
+                                          s.text_features, s.empty_text_features,
+                                          model_gallery_features=tuned_gallery(
+                                              cfg, model, params, s))
                for s in sets}
     shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
     return {"variant": variant.name, "seed": seed, "train_seconds": seconds,
             "config": dataclasses.asdict(cfg), "arch": dataclasses.asdict(arch),
             "metrics": metrics}
+
+
+def tuned_gallery(cfg: Any, model: Any, params: Any, s: EvalSet) -> np.ndarray | None:
+    """With tower tuning: the gallery's image features through the exported checkpoint's
+    own last layer (what serving computes from pixels) and the unchanged colour histogram;
+    None otherwise (the head reads the pretrained features, as it was trained to)."""
+    if not cfg.tower_tune:
+        return None
+    from trainer import tower
+
+    pooled = tower.pooled_with_params(model, params, s.tower_inputs())
+    return np.concatenate([pooled, s.gallery_features[:, pooled.shape[1]:]], axis=1)
 
 
 # ------------------------------------------------------------------------------ report
@@ -282,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpus", required=True, type=Path,
                     help="built corpus (manifest.json, eval_queries.jsonl)")
     ap.add_argument("--grid", default="chosen",
-                    help="chosen | ablations | transformer | FILE.json")
+                    help="chosen | ablations | transformer | tower | FILE.json")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path("data/experiments"))
     ap.add_argument("--markdown", type=Path, help="also write the report here")
@@ -317,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"(image_only {w['image_only/R@1']:.1f}) in {r['train_seconds']:.0f}s",
                   flush=True)
             results.append(r)
-    (a.out / "results.json").write_text(json.dumps(results, indent=1))
+            # after every run: a later failure keeps what the earlier runs measured
+            (a.out / "results.json").write_text(json.dumps(results, indent=1))
     text = report(results)
     print(text)
     if a.markdown:

@@ -40,21 +40,31 @@ def _jitted(model: MagicLens):
     return jax.jit(img), jax.jit(txt)
 
 
+def map_images(fn: Any, params: Any, preprocessor: Any, image_paths: Sequence[str],
+               progress: bool = False, desc: str = "images") -> list[np.ndarray]:
+    """`fn(params, preprocessed batch)` over the images in fixed-shape batches (one compile),
+    as a list of per-batch numpy outputs without the padding."""
+    out = []
+    rng = range(0, len(image_paths), BATCH)
+    if progress:
+        from tqdm import tqdm
+        rng = tqdm(rng, desc=desc, unit="batch")
+    for s in rng:
+        chunk = [load_image(p) for p in image_paths[s:s + BATCH]]
+        n = len(chunk)
+        batch = preprocessor.images(chunk + [chunk[-1]] * (BATCH - n))
+        out.append(np.asarray(fn(params, batch))[:n])
+    return out
+
+
 def compute_features(model: MagicLens, params: Any, preprocessor: Any,
                      image_paths: Sequence[str], texts: Sequence[str],
                      progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """([N_img, Fi], [N_txt, Ft]) float32 features for the given images and texts."""
     img_fn, txt_fn = _jitted(model)
-    feats_i, feats_t = [], []
-    rng = range(0, len(image_paths), BATCH)
-    if progress:
-        from tqdm import tqdm
-        rng = tqdm(rng, desc="image features", unit="batch")
-    for s in rng:
-        chunk = [load_image(p) for p in image_paths[s:s + BATCH]]
-        n = len(chunk)
-        batch = preprocessor.images(chunk + [chunk[-1]] * (BATCH - n))  # fixed shape: 1 compile
-        feats_i.append(np.asarray(img_fn(params, batch))[:n])
+    feats_i = map_images(img_fn, params, preprocessor, image_paths, progress,
+                         "image features")
+    feats_t = []
     for s in range(0, len(texts), BATCH):
         chunk = list(texts[s:s + BATCH])
         n = len(chunk)

@@ -269,6 +269,18 @@ def _full_triplet(m: MagicLens, qimg, tok, timg, nimg, nmask, dup, w):
             nmask, dup, w)
 
 
+def _tower_triplet(m: MagicLens, delta, x, z, colour, qi, xf, ti, ni, nmask, dup, w, ef, *,
+                   kind: str):
+    """`_frozen_triplet` with the tower's last layer trained (trainer.tower): the batch's
+    unique images' pooled features are recomputed from cached activations x and pretrained
+    pre-activations z, then gathered for queries (qi), targets (ti) and negatives (ni)."""
+    from trainer import tower
+
+    pooled = tower.pooled_from_cache(kind, delta, x, z)
+    feats = jnp.concatenate([pooled, colour.astype(jnp.float32)], axis=-1)
+    return _frozen_triplet(m, feats[qi], xf, feats[ti], feats[ni], nmask, dup, w, ef)
+
+
 def contrastive_loss(cfg: TrainConfig) -> Callable:
     """The fusion-stage loss for `cfg` (trainer.losses.info_nce)."""
     return functools.partial(losses.info_nce, query_negatives=cfg.query_negatives)
@@ -291,7 +303,8 @@ def make_step(model: MagicLens, cfg: TrainConfig, opt: optax.GradientTransformat
     data = NamedSharding(mesh, P("data"))
 
     def loss_of(trainable, *args):
-        embs = model.apply({"params": trainable["model"]}, *args, method=embed)
+        extra = (trainable["tower"],) if "tower" in trainable else ()  # trainer.tower's delta
+        embs = model.apply({"params": trainable["model"]}, *extra, *args, method=embed)
         return loss_fn(*embs, temperature(trainable, cfg))
 
     def step(trainable, opt_state, *args):
@@ -394,6 +407,11 @@ def train(cfg: TrainConfig, triples: TripleSource, workdir: str | Path, *,
                     fi[negs[idx]], neg_mask[idx], duplicate_mask(data.target[idx]),
                     weights[idx])
             return (*(jax.device_put(a, data_sh) for a in arrs), *consts)
+
+        if cfg.tower_tune:
+            get_batch, embed, n_batch = _tower_setup(
+                cfg, model, params, pre, data, fi, ft, negs, neg_mask, weights, probs,
+                workdir, trainable, consts, data_sh, n_dev)
     elif cfg.mode == "full":
         if captions and cfg.align_steps > 0 and latest is None:
             params, align_losses = _align(model, cfg, params, pre, captions, workdir, mesh)
@@ -412,6 +430,11 @@ def train(cfg: TrainConfig, triples: TripleSource, workdir: str | Path, *,
         raise ValueError(f"mode must be frozen or full, not {cfg.mode!r}")
 
     opt = make_optimizer(cfg, cfg.steps, cfg.learning_rate)
+    if "tower" in trainable:  # the tower's delta has its own (lower) learning rate
+        opt = optax.multi_transform(
+            {"head": opt, "tower": make_optimizer(cfg, cfg.steps, cfg.tower_learning_rate)},
+            lambda t: {k: jax.tree_util.tree_map(lambda _, k=k: "tower" if k == "tower"
+                                                 else "head", v) for k, v in t.items()})
     opt_state = opt.init(trainable)
     start = 0
     if latest is not None:
@@ -446,6 +469,10 @@ def train(cfg: TrainConfig, triples: TripleSource, workdir: str | Path, *,
                            align_losses)
 
     final = merge(params, jax.device_get(trainable["model"]))
+    if "tower" in trainable:
+        from trainer import tower
+
+        final = tower.merge_into(final, cfg.tower_tune, jax.device_get(trainable["tower"]))
     metrics: dict[str, float] = {"train/steps": float(cfg.steps)}
     if loss_hist:
         metrics["train/final_loss"] = float(np.mean(loss_hist[-max(1, len(loss_hist) // 10):]))
@@ -459,6 +486,45 @@ def train(cfg: TrainConfig, triples: TripleSource, workdir: str | Path, *,
         "config": cfg.model, "mode": cfg.mode, "steps": cfg.steps, "metrics": metrics,
         "train_config": dataclasses.asdict(cfg), **arch_meta(model.config)})
     return TrainResult(out, metrics, loss_hist, align_losses)
+
+
+def _tower_setup(cfg: TrainConfig, model: MagicLens, params: Any, pre: Any,
+                 data: IndexedTriples, fi: np.ndarray, ft: np.ndarray, negs: np.ndarray,
+                 neg_mask: np.ndarray, weights: np.ndarray, probs: np.ndarray | None,
+                 workdir: Path, trainable: dict, consts: tuple, data_sh: Any, n_dev: int):
+    """Frozen mode with the tower's last layer trained: adds the delta to `trainable` and
+    returns (get_batch, embed, n_batch_args). Each step carries the batch's unique images
+    once (padded to the most any step of the run has), not one copy per role."""
+    from trainer import tower
+
+    if not hasattr(model.backbone_def, "last_input"):
+        raise ValueError("tower_tune needs the compact backbone (MobileNetV2)")
+    x = tower.cached_inputs(workdir / "tower_inputs.npz", model, params, pre, data.images,
+                            progress=True, dtype=np.float16)
+    kernel, bias = tower.base_layer(params)
+    z = tower.precompute_z(x, kernel, bias)
+    colour = fi[:, kernel.shape[1]:]
+    trainable["tower"] = tower.init_delta(cfg.tower_tune, kernel.shape[0], kernel.shape[1],
+                                          cfg.tower_rank, jax.random.PRNGKey(cfg.seed + 3))
+
+    def parts(s: int):
+        idx = batch_indices(cfg.seed, s, len(data.query), cfg.batch_size, probs)
+        return idx, (data.query[idx], data.target[idx], negs[idx])
+
+    most = max(len(np.unique(np.concatenate([p.ravel() for p in parts(s)[1]])))
+               for s in range(cfg.steps))
+    size = -(-most // (8 * n_dev)) * 8 * n_dev
+
+    def get_batch(s: int):
+        idx, (q, t, n) = parts(s)
+        ids, (qi, ti, ni) = tower.unique_batch((q, t, n), size)
+        arrs = (x[ids], z[ids], colour[ids])
+        rows = (qi, ft[data.instr[idx]], ti, ni, neg_mask[idx], duplicate_mask(t),
+                weights[idx])
+        return (*(jax.device_put(a, data_sh) for a in (*arrs, *rows)), *consts)
+
+    embed = functools.partial(_tower_triplet, kind=cfg.tower_tune)
+    return get_batch, embed, 10
 
 
 def _align(model: MagicLens, cfg: TrainConfig, params: Any, pre: Any,

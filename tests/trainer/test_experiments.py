@@ -95,3 +95,47 @@ def test_experiment_command_refuses_a_bad_corpus_and_a_bad_grid(corpus_and_snaps
                                str(snap), "--corpus", *args],
                               cwd=REPO, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and says in proc.stderr, proc.stderr[-500:]
+
+
+def test_tower_tuning_trains_the_last_layer_and_serving_embeds_what_was_evaluated(
+        corpus_and_snapshot, tmp_path):
+    """issue 13: with `tower_tune` the image tower's last layer learns; the export holds it
+    as ordinary weights, so the serving path (load_checkpoint, embeddings from image bytes)
+    gives the gallery embeddings the experiment scored."""
+    import numpy as np
+
+    from services.embedding.model import load_checkpoint
+    from trainer.checkpoints import load_params
+    from trainer.configs import get_config
+    from trainer.experiments import eval_sets, tuned_gallery
+    from trainer.models.magiclens import abstract_params, build_model
+
+    corpus, snap = corpus_and_snapshot
+    out = tmp_path / "out"
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps([{"name": "tower", "overrides": {
+        "tower_tune": "lora", "tower_rank": 4, "tower_learning_rate": 2e-3}}]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer.experiments", "--snapshot", str(snap), "--corpus",
+         str(corpus), "--seeds", "1", "--steps", "30", "--grid", str(grid), "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [result] = json.loads((out / "results.json").read_text())
+    assert result["config"]["tower_tune"] == "lora"
+    export = out / "runs" / "tower-s0" / "export"
+    model, pre = build_model("compact")
+    params, _ = load_params(export, abstract_params(model, pre.image_size))
+    before = np.load(out / "cache" / "eval-compact-colour8-v1.npz")
+    # The tower moved: the trained last layer gives other pooled features than the
+    # pretrained one the baselines use.
+    sets = eval_sets(corpus, {}, out / "cache")
+    tuned = tuned_gallery(get_config("compact", tower_tune="lora"), model, params, sets[0])
+    assert tuned.shape == before["image"].shape
+    assert not np.allclose(tuned[:, :1280], before["image"][:, :1280], atol=1e-4)
+    np.testing.assert_allclose(tuned[:, 1280:], before["image"][:, 1280:])
+    # What the experiment scored for these gallery images == what serving indexes.
+    evaluated = np.asarray(model.apply({"params": params}, tuned[:6], np.zeros((6, 384)),
+                                       method=type(model).encode_target_features))
+    served = load_checkpoint(export).encode_target(
+        [Path(p).read_bytes() for p in sets[0].gallery_paths[:6]])
+    np.testing.assert_allclose(served, evaluated, atol=2e-4)

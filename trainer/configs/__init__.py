@@ -33,6 +33,12 @@ class TrainConfig:
     # principal directions of the training images' unit pooled features, which keep their
     # cosines (search-by-image) far better at 512 dims.
     pooled_projection: str = "random"
+    # Tower tuning (trainer.tower; frozen mode, compact backbone): the image tower's last
+    # layer learns with the head, as a delta on its pretrained weights merged at export.
+    # "" = off, "lora" (rank `tower_rank`), "affine" (per-channel scale and shift), "full".
+    tower_tune: str = ""
+    tower_rank: int = 16
+    tower_learning_rate: float = 2e-4
     learn_temperature: bool = False
     seed: int = 0
     checkpoint_every: int = 100

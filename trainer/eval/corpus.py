@@ -105,15 +105,20 @@ def evaluate_corpus(model: MagicLens, params: Any, preprocessor: Any, corpus_dir
 def corpus_metrics(model: MagicLens, params: Any, queries: Sequence[CorpusQuery],
                    ids: Sequence[str], gallery_features: np.ndarray,
                    text_features: dict[str, np.ndarray], empty_text_features: np.ndarray,
-                   ks: Sequence[int] = (1, 5, 10), map_ks: Sequence[int] = (5,)
-                   ) -> dict[str, float]:
+                   ks: Sequence[int] = (1, 5, 10), map_ks: Sequence[int] = (5,),
+                   model_gallery_features: np.ndarray | None = None) -> dict[str, float]:
     """`evaluate_corpus` on precomputed backbone features (the experiment loop reuses one
-    feature cache over many trained heads). `ids[i]` is the image of gallery_features[i]."""
+    feature cache over many trained heads). `ids[i]` is the image of gallery_features[i].
+    `model_gallery_features`: the same images' features through a trained tower, for
+    magiclens only (the baselines keep the pretrained `gallery_features`)."""
     fi = gallery_features
     gidx = {g: i for i, g in enumerate(ids)}
-    qf = fi[[gidx[q.query] for q in queries]]
+    rows = [gidx[q.query] for q in queries]
+    qf = fi[rows]
     xf = np.stack([text_features[q.instruction] for q in queries])
-    embs = embed_all(model, params, qf, xf, fi, empty_text_features)
+    mf = None if model_gallery_features is None else (model_gallery_features[rows],
+                                                      model_gallery_features)
+    embs = embed_all(model, params, qf, xf, fi, empty_text_features, mf)
     gts = [q.targets for q in queries]
     out: dict[str, float] = {"queries": float(len(queries)), "gallery": float(len(ids))}
     top = max([*ks, *map_ks, 10])

@@ -38,17 +38,21 @@ def backbone_image_only(model: MagicLens, image_features: np.ndarray) -> np.ndar
 
 
 def embed_all(model: MagicLens, params: Any, qf: np.ndarray, xf: np.ndarray, gf: np.ndarray,
-              ef: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+              ef: np.ndarray, model_features: tuple[np.ndarray, np.ndarray] | None = None
+              ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{method: (query embeddings, gallery embeddings)} from backbone features.
 
     text_only and image_text_sum use the backbone's (aligned) projections, the shared
-    space where text and images meet; image_only uses the raw backbone features."""
+    space where text and images meet; image_only uses the raw backbone features.
+    `model_features` = (query, gallery) features for magiclens alone, when its tower differs
+    from the pretrained one the baselines use (trainer.tower)."""
     p = {"params": params}
     e_g = np.broadcast_to(ef, (gf.shape[0], ef.shape[-1]))
     enc = jax.jit(lambda a, b: model.apply(p, a, b, method=MagicLens.encode_features))
     tgt = jax.jit(lambda a, b: model.apply(p, a, b, method=MagicLens.encode_target_features))
     proj = jax.jit(lambda a, b: model.apply(p, a, b, method=MagicLens.project_features))
-    q_ml, g_ml = np.asarray(enc(qf, xf)), np.asarray(tgt(gf, e_g))
+    mq, mg = model_features if model_features is not None else (qf, gf)
+    q_ml, g_ml = np.asarray(enc(mq, xf)), np.asarray(tgt(mg, e_g))
     qi, qt = (np.asarray(a, np.float32) for a in proj(qf, xf))
     gi, _ = (np.asarray(a, np.float32) for a in proj(gf, e_g))
     gi = _unit(gi)

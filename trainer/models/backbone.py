@@ -168,6 +168,14 @@ class CompactBackbone(nn.Module):
         hist = colour_histogram(images, IMAGENET_MEAN, IMAGENET_STD, self.colour_bins)
         return jnp.concatenate([pooled.astype(jnp.float32), hist], axis=-1)
 
+    def last_input(self, images: jax.Array) -> jax.Array:
+        """[B,7,7,320] activations the tower's last layer reads (trainer.tower caches them)."""
+        return self.image_tower.last_input(images)
+
+    def pool_last(self, x: jax.Array) -> jax.Array:
+        """`last_input` activations -> [B,1280] pooled features with this tree's last layer."""
+        return self.image_tower.pool_last(x)
+
     @staticmethod
     def pooled(features: jax.Array) -> jax.Array:
         """The MobileNetV2 part of `image_features` (what the projection and the

@@ -36,8 +36,7 @@ class EditHead(nn.Module):
     dtype: Any = jnp.float32
 
     def setup(self) -> None:
-        self.pooled_proj = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype,
-                                    kernel_init=_scaled_orthogonal)
+        self.pooled_proj = FrozenDense(self.embed_dim, dtype=self.dtype)
         if self.colour_dim:
             self.colour_proj = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype,
                                         kernel_init=nn.initializers.zeros)
@@ -51,9 +50,11 @@ class EditHead(nn.Module):
         """[B, F] tower features (pooled, then `colour_dim` histogram dims) -> [B, D] unit."""
         f = features.astype(jnp.float32)
         pooled = f[:, :f.shape[1] - self.colour_dim]
-        # Frozen: the random orthonormal map keeps the backbone's cosines (so image-only
-        # retrieval is intact) and gradients cannot trade them away for the training triples.
-        g = jax.lax.stop_gradient(self.pooled_proj(l2_normalize(pooled))).astype(jnp.float32)
+        # Frozen: the orthonormal map keeps the backbone's cosines (so image-only retrieval
+        # is intact) and gradients cannot trade them away for the training triples. Only the
+        # map is frozen: when the tower's last layer trains (trainer.tower), its gradient
+        # flows through the map into the pooled features.
+        g = self.pooled_proj(l2_normalize(pooled)).astype(jnp.float32)
         if self.colour_dim:
             g = g + self.colour_proj(f[:, f.shape[1] - self.colour_dim:]).astype(jnp.float32)
         return l2_normalize(g)
@@ -71,6 +72,20 @@ class EditHead(nn.Module):
 
     def __call__(self, image_features: jax.Array, text_features: jax.Array) -> jax.Array:
         return self.query(self.image(image_features), text_features)
+
+
+class FrozenDense(nn.Module):
+    """A bias-free Dense whose kernel gets no gradient (its input still does). Same param
+    tree as nn.Dense(use_bias=False): `kernel [in, out]`."""
+
+    features: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", _scaled_orthogonal, (x.shape[-1], self.features),
+                            jnp.float32)
+        return x.astype(self.dtype) @ jax.lax.stop_gradient(kernel).astype(self.dtype)
 
 
 def _scaled_orthogonal(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32):

@@ -183,6 +183,15 @@ class MagicLens(nn.Module):
             return self.encoder.image_features(images)
         return self.encoder.encode_image(images)
 
+    def image_tower_input(self, images: jax.Array) -> jax.Array:
+        """Compact backbone: the activations its image tower's last layer reads."""
+        return self.encoder.last_input(images)
+
+    def image_tower_pool(self, x: jax.Array) -> jax.Array:
+        """Compact backbone: `image_tower_input` activations -> pooled features, with the
+        last layer these params hold (what serving computes from pixels)."""
+        return self.encoder.pool_last(x)
+
     def backbone_embeddings(self, images: jax.Array, tokens: jax.Array):
         """Projected backbone embeddings (for zero-shot baselines and alignment)."""
         return self.encoder.encode_image(images), self.encoder.encode_text(tokens)

@@ -102,11 +102,19 @@ class MobileNetV2(nn.Module):
         self.classifier = nn.Dense(NUM_CLASSES)
 
     def features(self, images: jax.Array) -> jax.Array:
+        return self.pool_last(self.last_input(images))
+
+    def last_input(self, images: jax.Array) -> jax.Array:
+        """[B,7,7,320]: the activations ``features_18`` reads (what tower tuning caches)."""
         x = jax.nn.relu6(self.features_0(images))
         for blk in self.blocks:
             x = blk(x)
-        x = jax.nn.relu6(self.features_18(x))
-        return jnp.mean(x, axis=(1, 2))
+        return x
+
+    def pool_last(self, x: jax.Array) -> jax.Array:
+        """``last_input`` activations -> [B,1280] pooled features (``features_18``, relu6,
+        mean over positions)."""
+        return jnp.mean(jax.nn.relu6(self.features_18(x)), axis=(1, 2))
 
     def logits(self, pooled: jax.Array) -> jax.Array:
         return self.classifier(pooled)
