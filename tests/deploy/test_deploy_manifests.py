@@ -496,3 +496,40 @@ def test_each_service_is_a_kafka_user_that_may_use_only_its_topics(rendered):
             {"name": catalog.kafka_user(w.name), "key": "password"}, w.name
         writes = ",".join(catalog.KAFKA_ACCESS[w.name].writes)
         assert env.get("MAGICLENS_OUTBOX_TOPICS", {}).get("value", "") == writes, w.name
+
+
+def _taskw_deploy(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    kubeconfig = tmp_path / "empty-kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
+    return subprocess.run([str(ROOT / "taskw"), "deploy", "ENV=dev", "KUBE_CONTEXT=no-such",
+                           *extra], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, KUBECONFIG=str(kubeconfig)))
+
+
+def _deploy_lines(res: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in res.stderr.splitlines() if line.startswith("deploy: ")]
+
+
+def test_taskw_deploy_refuses_placeholder_secrets_in_one_line(tmp_path):
+    """`./taskw deploy` (the design card's `task deploy`) runs deploy:deploy with ENV and
+    KUBE_CONTEXT; with placeholder secrets it stops before touching any cluster, in one line."""
+    res = _taskw_deploy(tmp_path)
+    assert res.returncode != 0
+    assert "python -m deploy.tool deploy --env dev --context 'no-such'" in res.stderr
+    ours = _deploy_lines(res)
+    assert len(ours) == 1 and "REPLACE_ME placeholders" in ours[0], res.stderr[-2000:]
+
+
+def test_taskw_deploy_names_the_missing_context_in_one_line(tmp_path):
+    """With real secrets and tokens passed through SECRETS/TOKENS, the next thing an operator
+    can get wrong is the context: one line naming it, and nothing applied."""
+    s3 = tmp_path / "s3.env"
+    s3.write_text("AWS_ENDPOINT_URL=http://minio.storage:9000\nAWS_ACCESS_KEY_ID=k\n"
+                  "AWS_SECRET_ACCESS_KEY=s\nAWS_REGION=eu-west-1\n")
+    tokens = tmp_path / "api-tokens.env"
+    tokens.write_text(f"read={'r' * 32}\nadmin={'a' * 32}\n")
+    res = _taskw_deploy(tmp_path, f"SECRETS={s3}", f"TOKENS={tokens}")
+    assert res.returncode != 0
+    assert f"--secrets {s3} --tokens {tokens}" in res.stderr
+    ours = _deploy_lines(res)
+    assert len(ours) == 1 and "'no-such' not found in kubeconfig" in ours[0], res.stderr[-2000:]
