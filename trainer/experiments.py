@@ -99,7 +99,14 @@ TOWER = [
     Variant("chosen + tower LoRA r16, tower lr 2e-3",
             overrides={"tower_tune": "lora", "tower_learning_rate": 2e-3}),
 ]
-GRIDS = {"chosen": CHOSEN, "ablations": ABLATIONS, "transformer": TRANSFORMER, "tower": TOWER}
+# Round 5 (issue 19 item 2): vague requests keep the query near its own image.
+IDENTITY = [
+    *CHOSEN,
+    *(Variant(f"chosen + identity term {w:g} on vague triples",
+              overrides={"identity_weight": w}) for w in (0.3, 1.0, 3.0)),
+]
+GRIDS = {"chosen": CHOSEN, "ablations": ABLATIONS, "transformer": TRANSFORMER, "tower": TOWER,
+         "identity": IDENTITY}
 
 
 def load_grid(spec: str) -> list[Variant]:
@@ -279,12 +286,14 @@ def report(results: list[dict]) -> str:
                        if k.startswith("magiclens/") and k.endswith("/n")})
         lines += ["", f"By relation ({ph} wording):", "",
                   "| relation | n | magiclens R@1 | image_only R@1 | magiclens R@10 | "
-                  "image_only R@10 |", "|---|---|---|---|---|---|"]
+                  "image_only R@10 | identity cos |", "|---|---|---|---|---|---|---|"]
         for rel in rels:
             n = int(best[0]["metrics"][ph][f"magiclens/{rel}/n"])
+            ident = _vals(best, ph, f"magiclens/{rel}/identity_cos")
             lines.append(f"| {rel} | {n} | " + " | ".join(
                 mean_sd(_vals(best, ph, f"{m}/{rel}/R@{k}"))
-                for k in (1, 10) for m in ("magiclens", "image_only")) + " |")
+                for k in (1, 10) for m in ("magiclens", "image_only"))
+                + (f" | {statistics.mean(ident):.2f} |" if ident else " | - |"))
     lines += ["", "The bar (issue 13), on the means:", ""] + [f"- {x}" for x in bar(best)]
     return "\n".join(lines)
 

@@ -38,8 +38,8 @@ def clip_symmetric(images: jax.Array, texts: jax.Array, temperature: jax.Array) 
 
 def info_nce(queries: jax.Array, targets: jax.Array, query_targets: jax.Array,
              hard_negatives: jax.Array, hard_mask: jax.Array, duplicate_targets: jax.Array,
-             weights: jax.Array, temperature: jax.Array, query_negatives: float = 0.0
-             ) -> jax.Array:
+             weights: jax.Array, temperature: jax.Array, query_negatives: float = 0.0,
+             keep: jax.Array | None = None, identity_weight: float = 0.0) -> jax.Array:
     """Weighted InfoNCE of each query against its target, the batch's other targets, its own
     hard negatives and (optionally) the batch's query images.
 
@@ -48,6 +48,10 @@ def info_nce(queries: jax.Array, targets: jax.Array, query_targets: jax.Array,
     the same image as target i (j != i): a valid answer, so not a negative; weights: [B].
     `query_negatives` > 0 adds the query images as negatives (the paper's recipe) with that
     weight on their logits' probability mass (log w added to the logits); 0 leaves them out.
+    `keep` [B] marks the triples whose query should stay near its own image (vague requests:
+    "another one of the same kind", "more from this region"): `identity_weight` times the
+    mean of (1 - cos(query, its own image)) over them is added, so the shift such requests
+    learn from training pages cannot carry the query away from what it shows.
     """
     q = queries.astype(jnp.float32)
     t = targets.astype(jnp.float32)
@@ -64,4 +68,9 @@ def info_nce(queries: jax.Array, targets: jax.Array, query_targets: jax.Array,
     idx = jnp.arange(q.shape[0])
     per_example = jax.nn.logsumexp(all_logits, axis=1) - logits[idx, idx]
     w = weights.astype(jnp.float32)
-    return jnp.sum(w * per_example) / jnp.maximum(jnp.sum(w), 1e-9)
+    loss = jnp.sum(w * per_example) / jnp.maximum(jnp.sum(w), 1e-9)
+    if keep is not None and identity_weight > 0:
+        own = jnp.sum(q * query_targets.astype(jnp.float32), axis=-1)  # [B]
+        k = keep.astype(jnp.float32)
+        loss = loss + identity_weight * jnp.sum(k * (1.0 - own)) / jnp.maximum(jnp.sum(k), 1.0)
+    return loss

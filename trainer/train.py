@@ -248,7 +248,7 @@ def temperature(trainable: dict, cfg: TrainConfig) -> jax.Array:
 
 # ----------------------------------------------------------------------------- embeddings
 
-def _frozen_triplet(m: MagicLens, qf, xf, tf, nf, nmask, dup, w, ef):
+def _frozen_triplet(m: MagicLens, qf, xf, tf, nf, nmask, dup, w, keep, ef):
     """(queries, targets, query images as targets, hard negatives, and the masks and weights
     passed through) from cached features; nf is [B, K, F]."""
     b, k = nf.shape[0], nf.shape[1]
@@ -257,19 +257,19 @@ def _frozen_triplet(m: MagicLens, qf, xf, tf, nf, nmask, dup, w, ef):
     flat = m.encode_target_features(nf.reshape(b * k, nf.shape[2]), ek)  # K may be 0
     negs = flat.reshape(b, k, flat.shape[-1])
     return (m.encode_features(qf, xf), m.encode_target_features(tf, e),
-            m.encode_target_features(qf, e), negs, nmask, dup, w)
+            m.encode_target_features(qf, e), negs, nmask, dup, w, keep)
 
 
-def _full_triplet(m: MagicLens, qimg, tok, timg, nimg, nmask, dup, w):
+def _full_triplet(m: MagicLens, qimg, tok, timg, nimg, nmask, dup, w, keep):
     """Same from pixels and tokens (nimg is [B, K, H, W, 3])."""
     b, k = nimg.shape[0], nimg.shape[1]
     flat = m.encode_target(nimg.reshape(b * k, *nimg.shape[2:]))  # K may be 0
     negs = flat.reshape(b, k, flat.shape[-1])
     return (m.encode_query(qimg, tok), m.encode_target(timg), m.encode_target(qimg), negs,
-            nmask, dup, w)
+            nmask, dup, w, keep)
 
 
-def _tower_triplet(m: MagicLens, delta, x, z, colour, qi, xf, ti, ni, nmask, dup, w, ef, *,
+def _tower_triplet(m: MagicLens, delta, x, z, colour, qi, xf, ti, ni, nmask, dup, w, keep, ef, *,
                    kind: str):
     """`_frozen_triplet` with the tower's last layer trained (trainer.tower): the batch's
     unique images' pooled features are recomputed from cached activations x and pretrained
@@ -278,12 +278,17 @@ def _tower_triplet(m: MagicLens, delta, x, z, colour, qi, xf, ti, ni, nmask, dup
 
     pooled = tower.pooled_from_cache(kind, delta, x, z)
     feats = jnp.concatenate([pooled, colour.astype(jnp.float32)], axis=-1)
-    return _frozen_triplet(m, feats[qi], xf, feats[ti], feats[ni], nmask, dup, w, ef)
+    return _frozen_triplet(m, feats[qi], xf, feats[ti], feats[ni], nmask, dup, w, keep, ef)
 
 
 def contrastive_loss(cfg: TrainConfig) -> Callable:
-    """The fusion-stage loss for `cfg` (trainer.losses.info_nce)."""
-    return functools.partial(losses.info_nce, query_negatives=cfg.query_negatives)
+    """The fusion-stage loss for `cfg` (trainer.losses.info_nce): the embed functions'
+    outputs (…, weights, keep) then the temperature."""
+    def loss(q, t, qt, negs, nmask, dup, w, keep, temp):
+        return losses.info_nce(q, t, qt, negs, nmask, dup, w, temp,
+                               query_negatives=cfg.query_negatives, keep=keep,
+                               identity_weight=cfg.identity_weight)
+    return loss
 
 
 def _align_pair(m: MagicLens, fi, ft):
@@ -376,6 +381,7 @@ def train(cfg: TrainConfig, triples: TripleSource, workdir: str | Path, *,
     data = IndexedTriples.from_source(triples)
     negs, neg_mask = data.hard_negatives(cfg.hard_negatives, cfg.specific_from, cfg.seed)
     weights = data.weights(cfg.specific_from, cfg.vague_weight)
+    keep = (~data.is_specific(cfg.specific_from)).astype(np.float32)
     probs = data.sampling_probs(cfg.relation_balance)
     repl = NamedSharding(mesh, P())
     data_sh = NamedSharding(mesh, P("data"))
@@ -398,25 +404,25 @@ def train(cfg: TrainConfig, triples: TripleSource, workdir: str | Path, *,
             raise ValueError(f"pooled_projection must be random or pca, not "
                              f"{cfg.pooled_projection!r}")
         trainable = init_trainable(subset(params, shapes), cfg)
-        embed, n_batch = _frozen_triplet, 7
+        embed, n_batch = _frozen_triplet, 8
         consts = (jax.device_put(jnp.asarray(ef), repl),)
 
         def get_batch(s: int):
             idx = batch_indices(cfg.seed, s, len(data.query), cfg.batch_size, probs)
             arrs = (fi[data.query[idx]], ft[data.instr[idx]], fi[data.target[idx]],
                     fi[negs[idx]], neg_mask[idx], duplicate_mask(data.target[idx]),
-                    weights[idx])
+                    weights[idx], keep[idx])
             return (*(jax.device_put(a, data_sh) for a in arrs), *consts)
 
         if cfg.tower_tune:
             get_batch, embed, n_batch = _tower_setup(
-                cfg, model, params, pre, data, fi, ft, negs, neg_mask, weights, probs,
+                cfg, model, params, pre, data, fi, ft, negs, neg_mask, weights, keep, probs,
                 workdir, trainable, consts, data_sh, n_dev)
     elif cfg.mode == "full":
         if captions and cfg.align_steps > 0 and latest is None:
             params, align_losses = _align(model, cfg, params, pre, captions, workdir, mesh)
         trainable = init_trainable(params, cfg)
-        embed, n_batch, consts = _full_triplet, 7, ()
+        embed, n_batch, consts = _full_triplet, 8, ()
         pixels = np.stack([pre.images([load_image(p)])[0] for p in data.images])
         tokens = pre.texts(data.texts)
 
@@ -424,7 +430,7 @@ def train(cfg: TrainConfig, triples: TripleSource, workdir: str | Path, *,
             idx = batch_indices(cfg.seed, s, len(data.query), cfg.batch_size, probs)
             arrs = (pixels[data.query[idx]], tokens[data.instr[idx]], pixels[data.target[idx]],
                     pixels[negs[idx]], neg_mask[idx], duplicate_mask(data.target[idx]),
-                    weights[idx])
+                    weights[idx], keep[idx])
             return tuple(jax.device_put(a, data_sh) for a in arrs)
     else:
         raise ValueError(f"mode must be frozen or full, not {cfg.mode!r}")
@@ -490,7 +496,8 @@ def train(cfg: TrainConfig, triples: TripleSource, workdir: str | Path, *,
 
 def _tower_setup(cfg: TrainConfig, model: MagicLens, params: Any, pre: Any,
                  data: IndexedTriples, fi: np.ndarray, ft: np.ndarray, negs: np.ndarray,
-                 neg_mask: np.ndarray, weights: np.ndarray, probs: np.ndarray | None,
+                 neg_mask: np.ndarray, weights: np.ndarray, keep: np.ndarray,
+                 probs: np.ndarray | None,
                  workdir: Path, trainable: dict, consts: tuple, data_sh: Any, n_dev: int):
     """Frozen mode with the tower's last layer trained: adds the delta to `trainable` and
     returns (get_batch, embed, n_batch_args). Each step carries the batch's unique images
@@ -520,11 +527,11 @@ def _tower_setup(cfg: TrainConfig, model: MagicLens, params: Any, pre: Any,
         ids, (qi, ti, ni) = tower.unique_batch((q, t, n), size)
         arrs = (x[ids], z[ids], colour[ids])
         rows = (qi, ft[data.instr[idx]], ti, ni, neg_mask[idx], duplicate_mask(t),
-                weights[idx])
+                weights[idx], keep[idx])
         return (*(jax.device_put(a, data_sh) for a in (*arrs, *rows)), *consts)
 
     embed = functools.partial(_tower_triplet, kind=cfg.tower_tune)
-    return get_batch, embed, 10
+    return get_batch, embed, 11
 
 
 def _align(model: MagicLens, cfg: TrainConfig, params: Any, pre: Any,

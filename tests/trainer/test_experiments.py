@@ -73,6 +73,11 @@ def test_experiment_command_trains_seeds_and_reports_both_wordings(corpus_and_sn
         results[1]["metrics"]["writer"]["magiclens/mAP@5"]
     report = (tmp_path / "quality.md").read_text()
     assert " ± " in report and "| image_only | unseen |" in report and "The bar" in report
+    # Identity (issue 19): how close each query stays to its own image, by relation.
+    writer = results[0]["metrics"]["writer"]
+    assert writer["image_only/identity_cos"] == pytest.approx(1.0, abs=1e-4)
+    assert 0.0 < writer["magiclens/identity_cos"] < 0.9999
+    assert "identity cos |" in report
     # Trained on the same relations, the model must beat search-by-image on held-out pages.
     mean = lambda k: sum(r["metrics"]["writer"][k] for r in results) / 2  # noqa: E731
     assert mean("magiclens/mAP@5") > mean("image_only/mAP@5"), report

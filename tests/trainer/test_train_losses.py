@@ -77,3 +77,35 @@ def test_hard_negative_near_the_query_raises_the_loss():
                 duplicate_targets=np.zeros((1, 1), bool), weights=np.ones(1), temperature=0.1)
     assert float(info_nce(q, t, hard_negatives=near, **args)) > float(
         info_nce(q, t, hard_negatives=far, **args)) + 0.5
+
+
+def test_identity_term_adds_the_kept_rows_distance_to_their_own_image_by_hand():
+    rng = np.random.default_rng(3)
+    q, t, tq = (_unit(rng.standard_normal((4, 5))) for _ in range(3))
+    negs, nmask = np.zeros((4, 0, 5)), np.zeros((4, 0), bool)
+    dup, w = np.zeros((4, 4), bool), np.ones(4, np.float32)
+    keep = np.array([1.0, 0.0, 1.0, 0.0], np.float32)
+    base = float(info_nce(q, t, tq, negs, nmask, dup, w, 0.1))
+    got = float(info_nce(q, t, tq, negs, nmask, dup, w, 0.1, keep=keep, identity_weight=2.0))
+    by_hand = 2.0 * np.mean([1.0 - q[i] @ tq[i] for i in (0, 2)])
+    assert got - base == pytest.approx(by_hand, rel=1e-5)
+    assert float(info_nce(q, t, tq, negs, nmask, dup, w, 0.1, keep=np.zeros(4),
+                          identity_weight=2.0)) == pytest.approx(base, rel=1e-6)
+
+
+def test_identity_term_pulls_a_kept_query_back_towards_its_own_image():
+    import jax
+
+    own, target = np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]])
+    args = dict(targets=target, query_targets=own, hard_negatives=np.zeros((1, 0, 2)),
+                hard_mask=np.zeros((1, 0), bool), duplicate_targets=np.zeros((1, 1), bool),
+                weights=np.ones(1), temperature=0.1, keep=np.ones(1))
+
+    def loss(angle, weight):
+        query = jax.numpy.stack([jax.numpy.cos(angle), jax.numpy.sin(angle)])[None]
+        return info_nce(query, identity_weight=weight, **args)
+
+    # A single row's InfoNCE is constant; only the identity term moves the query: towards
+    # its own image (angle 0), i.e. the gradient in the angle is positive at 45 degrees.
+    assert float(jax.grad(loss)(np.pi / 4, 0.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(jax.grad(loss)(np.pi / 4, 1.0)) > 0.5

@@ -105,11 +105,12 @@ nf = r.standard_normal((16, 3, 48)).astype(np.float32)
 nmask = r.random((16, 3)) < 0.5
 dup = duplicate_mask(np.asarray([0, 1, 2, 0] * 4))
 w = np.where(r.random(16) < 0.3, 0.5, 1.0).astype(np.float32)
+keep = (w < 1.0).astype(np.float32)
 from jax.sharding import Mesh
 f = eval_loss_fn(model, cfg, _frozen_triplet, contrastive_loss(cfg))
 for mesh in (Mesh(np.asarray(jax.devices()[:1]), ("data",)), make_mesh()):
     sh = NamedSharding(mesh, P("data"))
-    args = [jax.device_put(a, sh) for a in (qf, xf, tf, nf, nmask, dup, w)]
+    args = [jax.device_put(a, sh) for a in (qf, xf, tf, nf, nmask, dup, w, keep)]
     print(mesh.devices.size, repr(float(f(tr, *args, ef))))
 """
 

@@ -25,6 +25,9 @@ class TrainConfig:
     hard_negatives: int = 0
     specific_from: float = 8.0
     vague_weight: float = 1.0
+    # Identity (issue 19): weight of a term keeping the query near its own image for the
+    # vague triples (below `specific_from`); 0 = off (trainer.losses.info_nce's `keep`).
+    identity_weight: float = 0.0
     # Relation-balanced sampling: a triple is drawn with probability ∝ (its relation's
     # triple count)^-balance; 0 = uniform epochs, 1 = every relation equally often.
     relation_balance: float = 0.0

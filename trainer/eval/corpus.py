@@ -128,6 +128,9 @@ def corpus_metrics(model: MagicLens, params: Any, queries: Sequence[CorpusQuery]
     for method in METHODS:
         q, g = embs[method]
         out[f"{method}/gallery_cos"] = mean_pairwise_cosine(np.asarray(g))
+        # How close each query embedding stays to its own image (issue 19: identity kept)
+        own = np.sum(np.asarray(q) * np.asarray(g)[rows], axis=-1)
+        out[f"{method}/identity_cos"] = float(np.mean(own))
         ranks = rank_gallery(np.asarray(q) @ np.asarray(g).T, list(ids),
                              exclude=[qq.query for qq in queries], top=top)
         for k, v in recall_any_at_k(ranks, gts, ks).items():
@@ -141,6 +144,7 @@ def corpus_metrics(model: MagicLens, params: Any, queries: Sequence[CorpusQuery]
             for k, v in map_at_k(r_rel, g_rel, map_ks).items():
                 out[f"{method}/{rel}/mAP@{k}"] = v
             out[f"{method}/{rel}/n"] = float(len(idx))
+            out[f"{method}/{rel}/identity_cos"] = float(np.mean(own[idx]))
     return out
 
 
