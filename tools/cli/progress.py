@@ -7,6 +7,7 @@ imported only when a bar is drawn)."""
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from typing import Any
 
@@ -40,14 +41,25 @@ class _NoBar:
         pass
 
 
+def _width() -> dict[str, Any]:
+    """tqdm's width: the terminal's, following resizes, or 80 columns when the terminal
+    reports none (a bare pseudo-terminal says 0, and tqdm would then draw nothing)."""
+    try:
+        if os.get_terminal_size(sys.stderr.fileno()).columns > 0:
+            return {"dynamic_ncols": True}
+    except (OSError, ValueError, AttributeError):
+        pass
+    return {"ncols": 80}
+
+
 def bar(show: bool, *, total: int | None, desc: str, unit: str, **kw: Any) -> Any:
     """A tqdm bar on stderr when `show`, else a no-op with the same methods."""
     if not show:
         return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False,
-                dynamic_ncols=True, **kw)
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, **_width(),
+                **kw)
 
 
 def reading(show: bool, stream: Any, total: int, desc: str) -> contextlib.AbstractContextManager:
@@ -58,4 +70,4 @@ def reading(show: bool, stream: Any, total: int, desc: str) -> contextlib.Abstra
     from tqdm import tqdm
 
     return tqdm.wrapattr(stream, "read", total=total, desc=desc, file=sys.stderr, leave=False,
-                         dynamic_ncols=True)
+                         **_width())
