@@ -15,15 +15,12 @@ import sys
 import termios
 from pathlib import Path
 
-import grpc
 import pytest
-from magiclens.v1 import mining_pb2, mining_pb2_grpc
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from runtime import rpc
 from tests.mining.mining_support import noise_image
-from tests.support.processes import ROOT, free_port, start, stop, wait_for
+from tests.support.processes import ROOT, free_port, start, stop, wait_grpc
 
 EXE = Path(sys.executable).with_name("magiclens")
 BAR = "%|"  # tqdm's bar: "desc:  40%|████      | 4/10 [...]"
@@ -115,16 +112,6 @@ def _warc(path: Path, pages: int) -> Path:
     return path
 
 
-def _reachable(addr: str) -> bool:
-    with rpc.channel(addr) as ch:
-        try:
-            mining_pb2_grpc.MiningServiceStub(ch).GetMiningStatus(
-                mining_pb2.GetMiningStatusRequest(), timeout=2)
-            return True
-        except grpc.RpcError:
-            return False
-
-
 def test_ingest_draws_bars_on_a_terminal_only(env, infra_servers, unique, tmp_path):
     """A WARC through the real mining service's SubmitPages: bars for the bytes read and the
     pages submitted on a terminal; none with --json or into a pipe."""
@@ -136,8 +123,7 @@ def test_ingest_draws_bars_on_a_terminal_only(env, infra_servers, unique, tmp_pa
         MAGICLENS_METRICS_PORT="0"))
     addr = f"127.0.0.1:{port}"
     try:
-        wait_for(lambda: _reachable(addr), 60, "the mining gRPC server",
-                 proc=mining, log=tmp_path / "mining.log")
+        wait_grpc(port, proc=mining, log=tmp_path / "mining.log").close()
         cli_env = dict(env, MAGICLENS_MINING_ADDR=addr)
         # a WARC of new pages per run: pages already queued would be reported on stderr
         warc = _warc(tmp_path / f"w{unique}-tty.warc.gz", 30)
