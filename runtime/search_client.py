@@ -1,5 +1,5 @@
-"""The SearchService as its clients (the CLI and the web gateway) use it: one query, the
-index status, and results as plain dicts.
+"""The SearchService as the web gateway uses it: one query, the index status, and results as
+plain dicts. (The CLI and scripts use the typed client, magiclens_client, instead.)
 
 Failures are RpcFailure (runtime/rpc.py); each client maps its gRPC status its own way.
 """
@@ -45,25 +45,6 @@ class SearchClient:
 
     def close(self) -> None:
         self._channel.close()
-
-
-def search(addr: str, request: search_pb2.SearchRequest,
-           timeout: float) -> search_pb2.SearchResponse:
-    """One search on a channel of its own (the CLI: one call per process)."""
-    client = SearchClient(addr)
-    try:
-        return client.search(request, timeout)
-    finally:
-        client.close()
-
-
-def index_status(addr: str, timeout: float = STATUS_RPC_TIMEOUT_S) -> dict[str, Any]:
-    """The search root's view on a channel of its own, or {"error": one line}."""
-    client = SearchClient(addr)
-    try:
-        return client.index_status(timeout)
-    finally:
-        client.close()
 
 
 def hit_dict(h: search_pb2.SearchHit) -> dict[str, Any]:

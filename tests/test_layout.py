@@ -6,7 +6,8 @@
   third-party packages; never another service's modules, never a tool;
 - the runtime imports no service and no tool; the trainer imports none of the suite's own
   packages (it stands alone);
-- tools may use a service's modules (the CLI indexes a folder through the miner).
+- tools may use a service's modules (the CLI indexes a folder through the miner);
+- the Python client (magiclens_client) imports the runtime, generated code and gRPC only.
 
 Imports are read with `ast` from every module, at any depth (inside functions too).
 """
@@ -77,7 +78,9 @@ def violations(root: Path) -> list[str]:
                 out.append(f"{path.relative_to(root)}:{line}: imports {mod} (a service "
                            f"imports {top}/)")
     for folder, banned in (("runtime", ("services", "tools", "tests", "deploy", "bench")),
-                           ("trainer", tuple(p for p in SUITE if p != "trainer"))):
+                           ("trainer", tuple(p for p in SUITE if p != "trainer")),
+                           ("magiclens_client", ("services", "tools", "trainer", "tests",
+                                                 "deploy", "bench"))):
         for path in modules(root, folder):
             for line, mod in imports(root, path):
                 if mod.split(".")[0] in banned:

@@ -1,5 +1,5 @@
-"""`magiclens delete --image ID | --page URL | --domain HOST`: a takedown, through the mining
-service's DeleteContent call (an admin token)."""
+"""`magiclens delete --image ID | --page URL | --domain HOST`: a takedown, through the client's
+delete (the mining service's DeleteContent call, an admin token)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,11 @@ import argparse
 import json
 import sys
 
-from magiclens.v1 import mining_pb2, mining_pb2_grpc
-
-from runtime import auth
+from magiclens_client import MagicLensClient, MagicLensError
+from magiclens_client.client import MAX_REASON_CHARS
 from tools.cli.errors import UsageError
-from tools.cli.rpc import call, channel
+from tools.cli.rpc import cli_error
 from tools.cli.settings import ClientSettings
-
-MAX_REASON_CHARS = 500  # as the service enforces (services/mining/takedown.py)
 
 
 def run(args: argparse.Namespace, settings: ClientSettings) -> int:
@@ -23,24 +20,20 @@ def run(args: argparse.Namespace, settings: ClientSettings) -> int:
     if args.image is not None:
         if args.image <= 0:
             raise UsageError("--image must be a positive image id")
-        request = mining_pb2.DeleteContentRequest(image_id=args.image, reason=args.reason)
-        what = f"image {args.image}"
+        target, what = {"image_id": args.image}, f"image {args.image}"
     elif args.page is not None:
-        request = mining_pb2.DeleteContentRequest(page_url=args.page, reason=args.reason)
-        what = f"page {args.page}"
+        target, what = {"page_url": args.page}, f"page {args.page}"
     else:
-        request = mining_pb2.DeleteContentRequest(domain=args.domain, reason=args.reason)
-        what = f"domain {args.domain}"
-    ch = channel(settings.mining_addr, role=auth.ADMIN)
+        target, what = {"domain": args.domain}, f"domain {args.domain}"
     try:
-        res = call("mining", settings.mining_addr,
-                   mining_pb2_grpc.MiningServiceStub(ch).DeleteContent, request,
-                   settings.rpc_timeout_s)
-    finally:
-        ch.close()
+        # the search root's address is not used by delete; the mining service's is
+        with MagicLensClient(settings.search_addr, mining_addr=settings.mining_addr,
+                             timeout=settings.rpc_timeout_s) as client:
+            res = client.delete(**target, reason=args.reason)
+    except MagicLensError as exc:
+        raise cli_error(exc) from None
     if args.json:
-        json.dump({"images_deleted": res.images_deleted, "pages_deleted": res.pages_deleted,
-                   "image_ids": list(res.image_ids)}, sys.stdout)
+        json.dump(res.to_dict(), sys.stdout)
         sys.stdout.write("\n")
     else:
         print(f"took down {what}: {res.images_deleted} image(s) and {res.pages_deleted} "

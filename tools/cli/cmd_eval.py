@@ -7,6 +7,7 @@ everything after `eval` is passed to it unchanged, so the two never drift apart.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import subprocess
 import sys
 
@@ -19,6 +20,9 @@ def run(args: argparse.Namespace, settings: ClientSettings) -> int:
     if not backends.is_built("eval"):
         raise NotBuiltError(f"{backends.describe('eval')} is not built yet "
                             "(no `python -m trainer.eval`)")
+    if importlib.util.find_spec("jax") is None:  # a pip install of the core set only
+        raise NotBuiltError("evaluation needs the trainer's JAX stack, which this install "
+                            "lacks: pip install 'magiclens-suite[services]'")
     proc = subprocess.run([sys.executable, "-m", "trainer.eval", *args.harness_args],
                           check=False)
     if proc.returncode in (0, 1, 2, 3):

@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 from runtime import db
 from runtime.config import load_settings
-from tools.cli import backends
+from tools.cli import backends, progress
 from tools.cli.errors import NotBuiltError, UsageError
 from tools.cli.output import emit, table
 from tools.cli.settings import ClientSettings
@@ -80,8 +80,10 @@ def page_url(folder: Path) -> str:
 
 
 def index_folder(settings_env: ClientSettings, folder: Path, captions: dict[str, str],
-                 title: str, source: str, recursive: bool, pairs: bool) -> dict[str, Any]:
-    """Store the folder's images as one mined page; returns counts and per-file outcomes."""
+                 title: str, source: str, recursive: bool, pairs: bool,
+                 show_progress: bool = False) -> dict[str, Any]:
+    """Store the folder's images as one mined page; returns counts and per-file outcomes.
+    With `show_progress`, a bar on stderr counts the files checked, then says "storing"."""
     # The miner (imagehash/scipy, httpx, lxml) doubles the CLI's start time (0.45 s -> 1 s);
     # only this command needs it.
     from services.mining import store as mining_store
@@ -98,6 +100,7 @@ def index_folder(settings_env: ClientSettings, folder: Path, captions: dict[str,
     title = title or f"Images from {folder.resolve().name}"
     miner = Miner(settings, worker_id="magiclens-cli-index")
     files_out: list[dict[str, Any]] = []
+    pbar = progress.bar(show_progress, total=len(files), desc="checking images", unit="file")
     try:
         out = Outcome("mined", title=title)
         for pos, path in enumerate(files):
@@ -109,18 +112,20 @@ def index_folder(settings_env: ClientSettings, folder: Path, captions: dict[str,
                 reason = f"too large ({size} bytes)"
                 out.rejections.append((src, reason))
                 files_out.append({"file": rel, "status": "rejected", "reason": reason})
-                continue
-            try:
-                decoded = decode_image(path.read_bytes(), miner.policy)
-            except Rejection as exc:
-                out.rejections.append((src, str(exc)))
-                files_out.append({"file": rel, "status": "rejected", "reason": str(exc)})
-                continue
-            cand = Candidate(url=src, position=pos, alt=caption, title=path.stem,
-                             caption=caption)
-            out.images.append((cand, decoded))
-            files_out.append({"file": rel, "status": "accepted",
-                              "content_hash": decoded.content_hash})
+            else:
+                try:
+                    decoded = decode_image(path.read_bytes(), miner.policy)
+                except Rejection as exc:
+                    out.rejections.append((src, str(exc)))
+                    files_out.append({"file": rel, "status": "rejected", "reason": str(exc)})
+                else:
+                    cand = Candidate(url=src, position=pos, alt=caption, title=path.stem,
+                                     caption=caption)
+                    out.images.append((cand, decoded))
+                    files_out.append({"file": rel, "status": "accepted",
+                                      "content_hash": decoded.content_hash})
+            pbar.update()
+        pbar.set_description(f"storing {len(out.images)} images")
         # Registered as mined: no miner ever tries to fetch the synthetic URL.
         miner.register(url, source, "train", status="mined")
         with db.transaction(settings.database_url) as conn:
@@ -131,6 +136,7 @@ def index_folder(settings_env: ClientSettings, folder: Path, captions: dict[str,
             ids = mining_store.page_image_ids(conn, page["page_id"])
             n_pairs = mining_store.count_pairs(conn, page["page_id"])
     finally:
+        pbar.close()
         miner.close()
     for f in files_out:
         h = f.pop("content_hash", None)
@@ -159,6 +165,6 @@ def run(args: argparse.Namespace, settings: ClientSettings) -> int:
     captions = read_captions(args.captions) if args.captions else {}
     list_images(args.images, args.recursive)  # argument errors before touching the database
     data = index_folder(settings, args.images, captions, args.title, args.source,
-                        args.recursive, args.pairs)
+                        args.recursive, args.pairs, show_progress=progress.wanted(args.json))
     emit(data, args.json, _human)
     return 0

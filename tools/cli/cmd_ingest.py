@@ -11,7 +11,7 @@ import sys
 
 from runtime.rpc import RpcFailure
 from services.mining.urls import BadUrl, normalise
-from tools.cli import backends
+from tools.cli import backends, progress
 from tools.cli.errors import CliError, NotBuiltError, UsageError
 from tools.cli.rpc import cli_error
 from tools.cli.settings import ClientSettings
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace, settings: ClientSettings) -> int:
     out = io.StringIO()
     try:
         with contextlib.redirect_stdout(out):
-            code = ingest_main(argv)
+            code = ingest_main(argv, show_progress=progress.wanted(args.json))
     except SystemExit as exc:  # its argparse; our own checks make this unlikely
         raise UsageError(f"ingest refused the arguments (exit {exc.code})") from None
     except RpcFailure as exc:

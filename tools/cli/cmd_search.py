@@ -1,18 +1,14 @@
-"""`magiclens search`: one query against the SearchService."""
+"""`magiclens search`: one query through the Python client (magiclens_client)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from magiclens.v1 import search_pb2
-
-from runtime import search_client
+from magiclens_client import MagicLensClient, MagicLensError
 from runtime.limits import MAX_INSTRUCTION_CHARS, MAX_K
-from runtime.rpc import RpcFailure
-from runtime.search_client import response_dict
 from tools.cli.errors import UsageError
-from tools.cli.images import image_input
+from tools.cli.images import image_ref
 from tools.cli.output import emit, table
 from tools.cli.rpc import cli_error
 from tools.cli.settings import ClientSettings
@@ -35,13 +31,13 @@ def run(args: argparse.Namespace, settings: ClientSettings) -> int:
         raise UsageError(f"-k must be between 1 and {MAX_K} (got {args.k})")
     if len(args.instruction) > MAX_INSTRUCTION_CHARS:
         raise UsageError(f"--instruction is longer than {MAX_INSTRUCTION_CHARS} characters")
-    request = search_pb2.SearchRequest(
-        query=image_input(args.image), instruction=args.instruction, k=args.k,
-        include_query_image=args.include_query_image,
-        filters=search_pb2.SearchFilters(source=args.source, page_domain=args.domain))
+    image = image_ref(args.image)
     try:
-        resp = search_client.search(settings.search_addr, request, settings.rpc_timeout_s)
-    except RpcFailure as exc:
+        with MagicLensClient(settings.search_addr, timeout=settings.rpc_timeout_s) as client:
+            result = client.search(image, args.instruction, args.k, source=args.source,
+                                   domain=args.domain,
+                                   include_query_image=args.include_query_image)
+    except MagicLensError as exc:
         raise cli_error(exc) from None
-    emit(response_dict(resp), args.json, _human)
+    emit(result.to_dict(), args.json, _human)
     return 0

@@ -1,12 +1,13 @@
-"""`magiclens status`: what the pipeline holds (Postgres) and what search serves (gRPC)."""
+"""`magiclens status`: what the pipeline holds (Postgres) and what search serves (the
+client's index_status)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+from magiclens_client import MagicLensClient, MagicLensError
 from runtime.pipeline_status import pipeline_status
-from runtime.search_client import index_status
 from tools.cli.output import emit, table
 from tools.cli.settings import ClientSettings
 
@@ -46,8 +47,20 @@ def _human(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+STATUS_TIMEOUT_S = 3.0  # a stopped search root must not hold up the pipeline's counts
+
+
+def search_status(addr: str) -> dict[str, Any]:
+    """The search root's view, or {"available": False, "error": one line}."""
+    try:
+        with MagicLensClient(addr, timeout=STATUS_TIMEOUT_S) as client:
+            return {"available": True, **client.index_status().to_dict()}
+    except MagicLensError as exc:
+        return {"available": False, "error": str(exc)}
+
+
 def run(args: argparse.Namespace, settings: ClientSettings) -> int:
     data = pipeline_status(settings.database_url)
-    data["search"] = index_status(settings.search_addr)
+    data["search"] = search_status(settings.search_addr)
     emit(data, args.json, _human)
     return 0

@@ -32,6 +32,7 @@ from services.mining.fetch import Fetcher, FetchError
 from services.mining.netguard import Blocked, Guard
 from services.mining.server import MAX_URLS_PER_CALL
 from services.mining.urls import BadUrl, normalise
+from tools.cli import progress
 
 
 class IngestSettings(MiningSettings):
@@ -50,16 +51,17 @@ class IngestSettings(MiningSettings):
         return self.mining_addr or ports.local(self.grpc_port or ports.MINING.grpc)
 
 
-def submit(settings: IngestSettings, events: list[events_pb2.PageDiscovered]
-           ) -> tuple[int, list[str]]:
+def submit(settings: IngestSettings, events: list[events_pb2.PageDiscovered],
+           show_progress: bool = False) -> tuple[int, list[str]]:
     """SubmitPages, one call per source label and at most MAX_URLS_PER_CALL pages each;
-    (accepted, rejected lines)."""
+    (accepted, rejected lines). With `show_progress`, a bar on stderr counts pages sent."""
     by_source: dict[str, list[events_pb2.PageDiscovered]] = {}
     for ev in events:
         by_source.setdefault(ev.source, []).append(ev)
     accepted, rejected = 0, []
     addr = settings.mining_target
-    with rpc.channel(addr) as ch:
+    with rpc.channel(addr) as ch, progress.bar(show_progress, total=len(events),
+                                               desc="submitting", unit="page") as pbar:
         stub = mining_pb2_grpc.MiningServiceStub(ch)
         for source, group in by_source.items():
             for i in range(0, len(group), MAX_URLS_PER_CALL):
@@ -70,6 +72,7 @@ def submit(settings: IngestSettings, events: list[events_pb2.PageDiscovered]
                     settings.ingest_timeout_s)
                 accepted += resp.accepted
                 rejected += list(resp.rejected)
+                pbar.update(len(chunk))
     return accepted, rejected
 
 
@@ -80,9 +83,10 @@ def _fetcher(settings: MiningSettings, allow_private: bool) -> Fetcher:
                    max_redirects=settings.mining_max_redirects)
 
 
-def collect(args: argparse.Namespace, settings: MiningSettings
+def collect(args: argparse.Namespace, settings: MiningSettings, show_progress: bool = False
             ) -> tuple[list[events_pb2.PageDiscovered], list[str]]:
-    """The events to publish, and problems worth telling the user about."""
+    """The events to publish, and problems worth telling the user about. With
+    `show_progress`, bars on stderr count the sitemaps fetched and the WARC's bytes read."""
     heldout: set[str] = set()
     if args.heldout_file:
         heldout = {line.strip() for line in args.heldout_file.read_text().splitlines()
@@ -104,22 +108,28 @@ def collect(args: argparse.Namespace, settings: MiningSettings
         add(url, args.source or "web")
     if args.sitemap:
         fetcher = _fetcher(settings, args.allow_private)
+        pbar = progress.bar(show_progress, total=None, desc="reading sitemaps", unit="sitemap")
 
         def get(u: str) -> bytes:
-            return fetcher.get(u, max_bytes=sitemap.MAX_SITEMAP_BYTES).body
+            body = fetcher.get(u, max_bytes=sitemap.MAX_SITEMAP_BYTES).body
+            pbar.update()
+            return body
 
         try:
             urls, issues = sitemap.expand(args.sitemap, get, max_urls=args.max_pages)
         except (Blocked, FetchError) as exc:
             raise ConfigError(f"cannot read sitemap {args.sitemap}: {exc}") from None
         finally:
+            pbar.close()
             fetcher.close()
         problems += issues
         for u in urls:
             add(u, args.source or "sitemap")
     if args.warc:
         blobs = open_blobstore(settings.blob_root)
-        with db.transaction(settings.database_url) as conn, args.warc.open("rb") as fh:
+        with db.transaction(settings.database_url) as conn, args.warc.open("rb") as raw, \
+                progress.reading(show_progress, raw, args.warc.stat().st_size,
+                                 f"reading {args.warc.name}") as fh:
             pages, skipped = warc.ingest(fh, conn, blobs, args.warc.name,
                                          max_html_bytes=settings.mining_max_html_bytes,
                                          max_image_bytes=settings.mining_max_image_bytes)
@@ -129,7 +139,8 @@ def collect(args: argparse.Namespace, settings: MiningSettings
     return events, problems
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, show_progress: bool | None = None) -> int:
+    """Submit the pages; progress bars on stderr when it is a terminal (or as told)."""
     ap = argparse.ArgumentParser(prog="python -m tools.ingest", description=__doc__)
     ap.add_argument("--url", action="append", help="a page URL (repeatable)")
     ap.add_argument("--sitemap", help="a sitemap or sitemap index URL")
@@ -144,10 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.url or args.sitemap or args.warc):
         ap.error("give --url, --sitemap or --warc")
     settings = load_settings(IngestSettings)
-    events, problems = collect(args, settings)
+    if show_progress is None:
+        show_progress = progress.wanted()
+    events, problems = collect(args, settings, show_progress)
     for p in problems[:20]:
         print(f"ingest: skipped {p}", file=sys.stderr)
-    accepted, rejected = submit(settings, events)
+    accepted, rejected = submit(settings, events, show_progress)
     for r in rejected[:20]:
         print(f"ingest: not queued {r}", file=sys.stderr)
     print(f"ingest: submitted {len(events)} pages to the mining service at "
