@@ -7,6 +7,11 @@ runs from the moment the connection opens or the last response ends until a whol
 head has arrived (partial data does not restart it). It also refuses a connection beyond
 MAGICLENS_GATEWAY_MAX_CONNECTIONS at once with a JSON 503 (app.BUSY), before reading anything.
 The body's own deadline is the app's (app._read_body), as is the bound on worker threads.
+
+Closing a connection whose request body was not read (a 413 to an upload still streaming in)
+would make the kernel answer the client's next bytes with a reset, which can destroy the 413
+before the client reads it. So a close is lingering, as nginx's is: send everything, half-close
+(FIN), drop whatever still arrives for LINGER_S, then close.
 """
 
 from __future__ import annotations
@@ -26,6 +31,38 @@ from services.gateway.app import BUSY, Gateway, make_app
 from services.gateway.config import GatewaySettings
 
 SERVER_HEADER = "MagicLensGateway/0.2"
+LINGER_S = 2.0
+
+
+class _LingeringTransport:
+    """The connection's transport as uvicorn sees it, with a lingering close()."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop,
+                 linger_s: float) -> None:
+        self._transport, self._loop, self._linger_s = transport, loop, linger_s
+        self.lingering = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __getattr__(self, name: str) -> Any:  # everything else as the real transport has it
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self.lingering or self._transport.is_closing()
+
+    def close(self) -> None:
+        if self.lingering or self._transport.is_closing():
+            return
+        self.lingering = True
+        if not self._transport.can_write_eof():
+            self._transport.close()
+            return
+        self._transport.write_eof()  # FIN once the answer is written; reading goes on
+        self._transport.resume_reading()
+        self._timer = self._loop.call_later(self._linger_s, self._transport.close)
+
+    def connection_lost(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -39,19 +76,22 @@ class GuardedH11Protocol(H11Protocol):
             transport.write(BUSY)  # type: ignore[attr-defined]
             transport.close()
             return
-        super().connection_made(transport)  # type: ignore[arg-type]
+        self.guarded = _LingeringTransport(transport, self.loop,  # type: ignore[arg-type]
+                                             min(LINGER_S, self.timeout_keep_alive))
+        super().connection_made(self.guarded)  # type: ignore[arg-type]
         self.timeout_keep_alive_task = self.loop.call_later(
             self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.rejected:
+            self.guarded.connection_lost()
             super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         # uvicorn's own cancels the keep-alive timer on any byte; handle_events cancels it
         # once a whole request head is parsed, which is what a deadline on heads needs.
-        if self.rejected:
-            return
+        if self.rejected or self.guarded.lingering:
+            return  # after our close: dropped unread
         self.conn.receive_data(data)
         self.handle_events()
 
