@@ -15,7 +15,7 @@ import skimage.data
 from PIL import Image
 
 from services.gateway.config import GatewaySettings
-from services.gateway.server import make_server
+from services.gateway.server import GatewayServer, make_server
 from tests.support.processes import wait_for
 from tools.cli.cmd_index import index_folder
 from tools.cli.settings import ClientSettings
@@ -44,8 +44,13 @@ def build_pool(database_url: str, root: Path) -> dict[str, int]:
 @contextmanager
 def running_gateway(**overrides: object) -> Iterator[str]:
     """A gateway on a free port in this process; yields its base URL."""
-    settings = GatewaySettings(gateway_port=0, **overrides)
-    server = make_server(settings)
+    with serving(make_server(GatewaySettings(gateway_port=0, **overrides))) as base:
+        yield base
+
+
+@contextmanager
+def serving(server: GatewayServer) -> Iterator[str]:
+    """Serve `server` in a thread until the block ends; yields its base URL."""
     thread = threading.Thread(target=server.serve, daemon=True)
     thread.start()
     try:
