@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import socket
 import threading
@@ -92,6 +93,15 @@ class GuardedH11Protocol(H11Protocol):
         if not self.rejected:
             self.guarded.connection_lost()
             super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        """A request h11 cannot parse (a malformed line or header, or an unfinished head over
+        the 16 KB h11 buffers): JSON like every other error of the gateway, then close."""
+        body = json.dumps({"error": f"bad request: {msg}"}).encode()
+        self.transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                             % (len(body), body))
+        self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         # uvicorn's own cancels the keep-alive timer on any byte; handle_events cancels it

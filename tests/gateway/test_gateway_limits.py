@@ -9,6 +9,7 @@ hanging search root) are held, other requests are seen to be answered before the
 
 from __future__ import annotations
 
+import json
 import select
 import socket
 import threading
@@ -79,6 +80,19 @@ def test_responses_are_not_held_back_for_acks():
         for conn in conns:
             sock = conn.transport.get_extra_info("socket")
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_requests_that_cannot_be_parsed_get_a_json_400():
+    with running_gateway(**DEAD, search_addr=f"127.0.0.1:{free_port()}") as base:
+        for raw in (b"GET / HTTP/1.1\r\nHost: gw\r\nContent-Length: ten\r\n\r\n",
+                    b"GET / HTTP/1.1\r\nHost: gw\r\nno colon here\r\n\r\n",
+                    b"NOT HTTP AT ALL\r\n\r\n"):
+            with _connect(base) as s:
+                s.sendall(raw)
+                answer = _read_all(s)
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 400 "), answer[:200]
+            assert json.loads(body)["error"].startswith("bad request: ")
 
 
 # ---------------------------------------------------------------------- slow clients
