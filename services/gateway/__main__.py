@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 
 from runtime.config import load_settings, run_main
 from runtime.errors import UnavailableError
 from runtime.logs import setup_logging
-from services.gateway.app import make_server
 from services.gateway.config import GatewaySettings
+from services.gateway.server import make_server
 
 
 def main() -> int:
@@ -25,13 +23,10 @@ def main() -> int:
     print(f"gateway: serving http://{host}:{port}/ (search at {settings.search_addr})",
           file=sys.stderr, flush=True)
 
-    def stop(*_: object) -> None:
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    server.serve_forever(poll_interval=0.2)
-    server.server_close()
+    try:
+        server.serve()  # until SIGTERM/SIGINT: uvicorn stops accepting, finishes open requests
+    finally:
+        server.close()
     return 0
 
 

@@ -1,36 +1,47 @@
-"""The web gateway: static UI plus a small JSON API over the gRPC SearchService and Postgres.
+"""The web gateway: static UI plus a small JSON API over the gRPC SearchService and Postgres,
+as a Starlette (ASGI) app; services/gateway/server.py serves it on uvicorn.
 
 Routes
   GET  /, /status, /static/<file>      the UI (plain HTML/JS/CSS from static/)
   GET  /images/<id>                    a pool image's bytes (content type from the stored mime)
   GET  /api/search?image_id=&q=&k=     search by a pool image
   POST /api/search?q=&k=               body = raw image bytes (Content-Type image/*), or JSON
-                                       {"image_id"|"image_url", "instruction", "k"}
+                                       {"image_id"|"image_url", "instruction", "k"}; JSON with
+                                       an instruction and no image goes to the search root as
+                                       it is (the root decides whether text alone is a query)
                                        (each also takes include_query_image=1 / true: keep
                                        the query image and its copies in the results)
   GET  /api/pool?n=                    a random sample of pool images
   GET  /api/examples                   one-click example queries
   GET  /api/health                     is search up (for the UI's banner)
   GET  /api/status                     pipeline counts, models, index status
+  GET  /api/openapi.json               the JSON API's OpenAPI 3.1 description (openapi.py)
 Every error is JSON {"error": one line}; search down -> 503.
 
-Connections: a socket idle for MAGICLENS_GATEWAY_SOCKET_TIMEOUT_S is closed, and beyond
-MAGICLENS_GATEWAY_MAX_CONNECTIONS open connections a new one gets 503 and is closed.
+The event loop never blocks: bodies are read as they stream in (over the limit -> 413 at
+once, nothing more is buffered; not whole within MAGICLENS_GATEWAY_BODY_TIMEOUT_S -> 408), and
+every gRPC or Postgres call runs in a worker thread, at most MAGICLENS_GATEWAY_MAX_WORKERS at
+once (a request that waits MAGICLENS_GATEWAY_QUEUE_TIMEOUT_S for one -> 503 busy).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from typing import Any, TypeVar
+from urllib.parse import parse_qs
 
+import anyio
+import anyio.to_thread
 from magiclens.v1 import common_pb2, search_pb2
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from runtime import db
 from runtime.blobstore import open_blobstore
@@ -42,6 +53,7 @@ from runtime.search_client import SearchClient, parse_image_id, response_dict
 from services.gateway import store
 from services.gateway.config import GatewaySettings
 from services.gateway.examples import ExamplesError, load_examples
+from services.gateway.openapi import openapi_spec
 
 log = logging.getLogger("magiclens.gateway")
 STATIC_DIR = Path(__file__).with_name("static")
@@ -49,6 +61,7 @@ STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; ch
                 ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
 _STATIC_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,60}\.(html|js|css|svg)$")
 MAX_JSON_BODY = 64 * 1024
+MAX_QUERY_FIELDS = 20
 _HTTP_FOR_GRPC = {"UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504, "NOT_FOUND": 404,
                   "INVALID_ARGUMENT": 400, "OUT_OF_RANGE": 400, "RESOURCE_EXHAUSTED": 429,
                   "FAILED_PRECONDITION": 409,
@@ -56,6 +69,14 @@ _HTTP_FOR_GRPC = {"UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504, "NOT_FOUND": 404
 PAGES = {"/": "index.html", "/index.html": "index.html", "/status": "status.html"}
 CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+# What a connection beyond MAGICLENS_GATEWAY_MAX_CONNECTIONS gets before it is closed (written
+# by server.py as the connection is accepted, before any request is read).
+_BUSY_BODY = b'{"error": "too many connections; retry"}\n'
+BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(_BUSY_BODY)) + _BUSY_BODY
+
+Params = dict[str, list[str]]
+T = TypeVar("T")
 
 
 class HttpError(Exception):
@@ -65,21 +86,44 @@ class HttpError(Exception):
 
 
 class Gateway:
-    """What the handlers share: settings, the blob store; stateless otherwise."""
+    """What the handlers share: settings, the blob store, the database pool, one search
+    channel, and the bound on blocking calls in flight."""
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self.blobs = open_blobstore(settings.blob_root)
         self.db = db.Pool(settings.database_url, name="gateway", max_size=4)
         self.search_client = SearchClient(settings.search_addr)
+        # Made on first use, inside the event loop that uses them.
+        self._admission: anyio.Semaphore | None = None
+        self._threads: anyio.CapacityLimiter | None = None
 
     def close(self) -> None:
         self.db.close()
         self.search_client.close()
 
+    async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(*args) in a worker thread (gRPC and psycopg calls block): at most
+        gateway_max_workers at once; 503 after waiting gateway_queue_timeout_s for a turn."""
+        s = self.settings
+        if self._admission is None or self._threads is None:
+            self._admission = anyio.Semaphore(s.gateway_max_workers)
+            self._threads = anyio.CapacityLimiter(s.gateway_max_workers)
+        with anyio.move_on_after(s.gateway_queue_timeout_s) as waited:
+            await self._admission.acquire()
+        if waited.cancelled_caught:
+            raise HttpError(503, f"the gateway is busy ({s.gateway_max_workers} calls to search "
+                                 "or the database in flight); retry")
+        try:
+            return await anyio.to_thread.run_sync(fn, *args, limiter=self._threads)
+        finally:
+            self._admission.release()
+
     # ------------------------------------------------------------------ search
-    def search(self, query: common_pb2.ImageInput, instruction: str, k: int,
+    def search(self, query: common_pb2.ImageInput | None, instruction: str, k: int,
                include_query_image: bool = False) -> dict[str, Any]:
+        """One search (blocking). query None: instruction only, for the root to accept or
+        refuse (INVALID_ARGUMENT -> 400)."""
         s = self.settings
         if len(instruction) > s.gateway_max_instruction_chars:
             raise HttpError(400, f"instruction is longer than "
@@ -108,8 +152,35 @@ class Gateway:
         data["search"] = self.search_client.index_status(self.settings.gateway_status_timeout_s)
         return data
 
+    def health(self) -> dict[str, Any]:
+        return {"search": self.search_client.index_status(self.settings.gateway_status_timeout_s)}
 
-def _int_param(params: dict[str, list[str]], name: str, default: int) -> int:
+    def image(self, image_id: int) -> tuple[bytes, str]:
+        try:
+            found = store.image_bytes(self.db, self.blobs, image_id)
+        except ServiceError as exc:
+            raise HttpError(503, str(exc)) from None
+        except store.BlobMissing as exc:
+            raise HttpError(404, str(exc)) from None
+        if found is None:
+            raise HttpError(404, f"no image {image_id} in the pool")
+        return found
+
+    def sample(self, n: int) -> list[dict[str, Any]]:
+        try:
+            return store.sample(self.db, n)
+        except ServiceError as exc:
+            raise HttpError(503, str(exc)) from None
+
+
+# ---------------------------------------------------------------------- request helpers
+def _params(request: Request) -> Params:
+    """The query string as lists of values; over MAX_QUERY_FIELDS fields -> ValueError (400)."""
+    return parse_qs(request.scope["query_string"].decode("latin-1"),
+                    max_num_fields=MAX_QUERY_FIELDS)
+
+
+def _int_param(params: Params, name: str, default: int) -> int:
     raw = params.get(name, [""])[0].strip()
     if not raw:
         return default
@@ -118,7 +189,7 @@ def _int_param(params: dict[str, list[str]], name: str, default: int) -> int:
     return int(raw)
 
 
-def _bool_param(params: dict[str, list[str]], name: str) -> bool:
+def _bool_param(params: Params, name: str) -> bool:
     raw = params.get(name, [""])[0].strip().lower()
     if raw not in ("", "0", "1", "true", "false"):
         raise HttpError(400, f"{name} must be 1/true or 0/false")
@@ -132,229 +203,200 @@ def _image_id(raw: Any) -> int:
     return image_id
 
 
-class Handler(BaseHTTPRequestHandler):
-    server_version = "MagicLensGateway/0.1"
-    protocol_version = "HTTP/1.1"
-    gateway: Gateway  # set on the subclass made by make_server
-
-    # ------------------------------------------------------------------ plumbing
-    def log_message(self, format: str, *args: Any) -> None:
-        log.info("%s %s", self.address_string(), format % args)
-
-    def _send(self, status: int, body: bytes, ctype: str, cache: str = "no-store") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", cache)
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Referrer-Policy", "no-referrer")
-        if self.command == "POST" and not getattr(self, "_body_read", False):
-            # An unread request body must never be parsed as the next request.
-            self.close_connection = True
-            self.send_header("Connection", "close")
-        if ctype.startswith("text/html"):
-            self.send_header("Content-Security-Policy", CSP)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _json(self, status: int, data: Any) -> None:
-        self._send(status, json.dumps(data, default=str).encode(), "application/json")
-
-    def _read_body(self, limit: int, what: str) -> bytes:
-        length = self.headers.get("Content-Length")
-        if length is None or not length.strip().isdigit():
-            raise HttpError(411, "Content-Length is required")
-        n = int(length)
+async def _read_body(request: Request, limit: int, what: str, timeout_s: float) -> bytes:
+    """The request body as it streams in: a declared length over `limit` is refused before a
+    byte is read, a chunked body as soon as it passes `limit` (never more is held); the whole
+    body must arrive within timeout_s (a slow uploader holds a connection no longer)."""
+    length = request.headers.get("content-length")
+    chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
+    if length is not None:
+        n = int(length)  # h11 has already refused a malformed Content-Length
         if n > limit:
             raise HttpError(413, f"{what} of {n} bytes is over the {limit} byte limit")
-        body = self.rfile.read(n)
-        self._body_read = True
-        return body
+    elif not chunked:
+        raise HttpError(411, "Content-Length is required (or a chunked body)")
+    body = bytearray()
+    with anyio.move_on_after(timeout_s) as waited:
+        async for chunk in request.stream():
+            if len(body) + len(chunk) > limit:
+                raise HttpError(413, f"{what} is over the {limit} byte limit")
+            body += chunk
+    if waited.cancelled_caught:
+        raise HttpError(408, f"the {what} did not arrive within {timeout_s:g} s")
+    request.state.body_read = True
+    return bytes(body)
 
-    def _dispatch(self, method: str) -> None:
-        self._body_read = False
-        parts = urlsplit(self.path)
-        params = parse_qs(parts.query, max_num_fields=20)
+
+def _send(request: Request, status: int, body: bytes, ctype: str,
+          cache: str = "no-store") -> Response:
+    headers = {"Cache-Control": cache, "X-Content-Type-Options": "nosniff",
+               "Referrer-Policy": "no-referrer"}
+    if request.method == "POST" and not getattr(request.state, "body_read", False):
+        # An unread request body must never be parsed as the next request.
+        headers["Connection"] = "close"
+    if ctype.startswith("text/html"):
+        headers["Content-Security-Policy"] = CSP
+    return Response(body, status, headers=headers, media_type=ctype)
+
+
+def _json(request: Request, status: int, data: Any) -> Response:
+    return _send(request, status, json.dumps(data, default=str).encode(), "application/json")
+
+
+Handler = Callable[[Request, Gateway], Awaitable[Response]]
+
+
+def _endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """A route's handler with the gateway's error contract: JSON {"error": one line}."""
+
+    async def endpoint(request: Request) -> Response:
         try:
-            route = getattr(self, f"_{method}_{self._route_name(parts.path)}", None)
-            if route is None:
-                raise HttpError(404 if method == "get" else 405, f"no route {parts.path}")
-            route(parts.path, params)
+            return await handler(request, request.app.state.gateway)
         except HttpError as exc:
-            self._json(exc.status, {"error": str(exc), **exc.extra})
+            return _json(request, exc.status, {"error": str(exc), **exc.extra})
+        except ClientDisconnect:
+            return _json(request, 400, {"error": "the client went away"})  # nobody reads it
         except ValueError as exc:  # e.g. parse_qs over max_num_fields
-            self._json(400, {"error": f"bad request: {exc}"})
+            return _json(request, 400, {"error": f"bad request: {exc}"})
         except Exception:
             log.exception("gateway request failed")
-            self._json(500, {"error": "internal error (see the gateway log)"})
+            return _json(request, 500, {"error": "internal error (see the gateway log)"})
 
-    @staticmethod
-    def _route_name(path: str) -> str:
-        if path in PAGES:
-            return "page"
-        if path.startswith("/static/"):
-            return "static"
-        if path.startswith("/images/"):
-            return "image"
-        if path.startswith("/api/") and re.fullmatch(r"/api/[a-z]{1,20}", path):
-            return "api_" + path[5:]
-        return "none"
+    endpoint.__name__ = handler.__name__
+    endpoint.__doc__ = handler.__doc__
+    return endpoint
 
-    def do_GET(self) -> None:
-        self._dispatch("get")
 
-    def do_HEAD(self) -> None:
-        self._dispatch("get")
+# ---------------------------------------------------------------------- routes
+def _static_file(request: Request, name: str) -> Response:
+    if not _STATIC_NAME.fullmatch(name) or not (STATIC_DIR / name).is_file():
+        raise HttpError(404, "no such file")
+    body = (STATIC_DIR / name).read_bytes()  # a few KB from the package: not worth a thread
+    return _send(request, 200, body, STATIC_TYPES[Path(name).suffix], cache="no-cache")
 
-    def do_POST(self) -> None:
-        self._dispatch("post")
 
-    # ------------------------------------------------------------------ routes
-    def _get_page(self, path: str, params: dict) -> None:
-        self._static_file(PAGES[path])
+async def page(request: Request, gw: Gateway) -> Response:
+    return _static_file(request, PAGES[request.url.path])
 
-    def _get_static(self, path: str, params: dict) -> None:
-        self._static_file(path.removeprefix("/static/"))
 
-    def _static_file(self, name: str) -> None:
-        if not _STATIC_NAME.fullmatch(name) or not (STATIC_DIR / name).is_file():
-            raise HttpError(404, "no such file")
-        body = (STATIC_DIR / name).read_bytes()
-        self._send(200, body, STATIC_TYPES[Path(name).suffix], cache="no-cache")
+async def static(request: Request, gw: Gateway) -> Response:
+    return _static_file(request, request.path_params["name"])
 
-    def _get_image(self, path: str, params: dict) -> None:
-        image_id = _image_id(path.removeprefix("/images/"))
+
+async def image(request: Request, gw: Gateway) -> Response:
+    image_id = _image_id(request.path_params["image_id"])
+    data, mime = await gw.blocking(gw.image, image_id)
+    return _send(request, 200, data, mime, cache="public, max-age=86400, immutable")
+
+
+async def get_search(request: Request, gw: Gateway) -> Response:
+    params = _params(request)
+    if "image_id" not in params:
+        raise HttpError(400, "give image_id (or POST an image)")
+    query = common_pb2.ImageInput(image_id=_image_id(params["image_id"][0]))
+    return _json(request, 200, await gw.blocking(
+        gw.search, query, params.get("q", [""])[0], _int_param(params, "k", 12),
+        _bool_param(params, "include_query_image")))
+
+
+async def post_search(request: Request, gw: Gateway) -> Response:
+    params = _params(request)
+    ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    s = gw.settings
+    query: common_pb2.ImageInput | None
+    if ctype.startswith("image/") or ctype == "application/octet-stream":
+        data = await _read_body(request, s.gateway_max_upload_bytes, "upload",
+                                s.gateway_body_timeout_s)
+        if not data:
+            raise HttpError(400, "the uploaded image is empty")
+        query = common_pb2.ImageInput(image_bytes=data)
+        instruction, k = params.get("q", [""])[0], _int_param(params, "k", 12)
+        include = _bool_param(params, "include_query_image")
+    elif ctype == "application/json":
+        raw = await _read_body(request, MAX_JSON_BODY, "JSON body", s.gateway_body_timeout_s)
         try:
-            found = store.image_bytes(self.gateway.db, self.gateway.blobs,
-                                     image_id)
-        except ServiceError as exc:
-            raise HttpError(503, str(exc)) from None
-        except store.BlobMissing as exc:
-            raise HttpError(404, str(exc)) from None
-        if found is None:
-            raise HttpError(404, f"no image {image_id} in the pool")
-        data, mime = found
-        self._send(200, data, mime, cache="public, max-age=86400, immutable")
-
-    def _get_api_search(self, path: str, params: dict) -> None:
-        if "image_id" not in params:
-            raise HttpError(400, "give image_id (or POST an image)")
-        query = common_pb2.ImageInput(image_id=_image_id(params["image_id"][0]))
-        self._json(200, self.gateway.search(query, params.get("q", [""])[0],
-                                            _int_param(params, "k", 12),
-                                            _bool_param(params, "include_query_image")))
-
-    def _post_api_search(self, path: str, params: dict) -> None:
-        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        s = self.gateway.settings
-        if ctype.startswith("image/") or ctype == "application/octet-stream":
-            data = self._read_body(s.gateway_max_upload_bytes, "upload")
-            if not data:
-                raise HttpError(400, "the uploaded image is empty")
-            query = common_pb2.ImageInput(image_bytes=data)
-            instruction, k = params.get("q", [""])[0], _int_param(params, "k", 12)
-            include = _bool_param(params, "include_query_image")
-        elif ctype == "application/json":
-            try:
-                body = json.loads(self._read_body(MAX_JSON_BODY, "JSON body"))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise HttpError(400, "body is not valid JSON") from None
-            if not isinstance(body, dict):
-                raise HttpError(400, "body must be a JSON object")
-            if "image_id" in body:
-                query = common_pb2.ImageInput(image_id=_image_id(body["image_id"]))
-            elif isinstance(body.get("image_url"), str) and \
-                    body["image_url"].startswith(("http://", "https://")) and \
-                    len(body["image_url"]) <= MAX_URL_CHARS:
-                query = common_pb2.ImageInput(image_url=body["image_url"])
-            else:
-                raise HttpError(400, "give image_id or an http(s) image_url")
-            instruction = body.get("instruction", "")
-            k = body.get("k", 12)
-            if not isinstance(instruction, str):
-                raise HttpError(400, "instruction must be a string")
-            if isinstance(k, bool) or not isinstance(k, int):
-                raise HttpError(400, "k must be an integer")
-            include = body.get("include_query_image", False)
-            if not isinstance(include, bool):
-                raise HttpError(400, "include_query_image must be true or false")
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise HttpError(400, "body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise HttpError(400, "body must be a JSON object")
+        instruction = body.get("instruction", "")
+        k = body.get("k", 12)
+        if not isinstance(instruction, str):
+            raise HttpError(400, "instruction must be a string")
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise HttpError(400, "k must be an integer")
+        if "image_id" in body:
+            query = common_pb2.ImageInput(image_id=_image_id(body["image_id"]))
+        elif isinstance(body.get("image_url"), str) and \
+                body["image_url"].startswith(("http://", "https://")) and \
+                len(body["image_url"]) <= MAX_URL_CHARS:
+            query = common_pb2.ImageInput(image_url=body["image_url"])
+        elif "image_url" not in body and instruction.strip():
+            query = None  # text only: the search root decides
         else:
-            raise HttpError(415, "send an image (Content-Type image/*) or JSON")
-        self._json(200, self.gateway.search(query, instruction, k, include))
-
-    def _get_api_pool(self, path: str, params: dict) -> None:
-        n = _int_param(params, "n", 24)
-        if not 1 <= n <= store.MAX_SAMPLE:
-            raise HttpError(400, f"n must be between 1 and {store.MAX_SAMPLE}")
-        try:
-            images = store.sample(self.gateway.db, n)
-        except ServiceError as exc:
-            raise HttpError(503, str(exc)) from None
-        self._json(200, {"images": images})
-
-    def _get_api_examples(self, path: str, params: dict) -> None:
-        s = self.gateway.settings
-        try:
-            examples = load_examples(s.examples_path, s.gateway_max_instruction_chars)
-        except ExamplesError as exc:
-            raise HttpError(500, f"examples file: {exc}") from None
-        self._json(200, {"examples": examples})
-
-    def _get_api_health(self, path: str, params: dict) -> None:
-        s = self.gateway.settings
-        self._json(200, {"search": self.gateway.search_client.index_status(
-            s.gateway_status_timeout_s)})
-
-    def _get_api_status(self, path: str, params: dict) -> None:
-        self._json(200, self.gateway.status())
+            raise HttpError(400, "give image_id, an http(s) image_url, or an instruction")
+        include = body.get("include_query_image", False)
+        if not isinstance(include, bool):
+            raise HttpError(400, "include_query_image must be true or false")
+    else:
+        raise HttpError(415, "send an image (Content-Type image/*) or JSON")
+    return _json(request, 200, await gw.blocking(gw.search, query, instruction, k, include))
 
 
-_BUSY_BODY = b'{"error": "too many connections; retry"}\n'
-BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(_BUSY_BODY)) + _BUSY_BODY
+async def pool(request: Request, gw: Gateway) -> Response:
+    n = _int_param(_params(request), "n", 24)
+    if not 1 <= n <= store.MAX_SAMPLE:
+        raise HttpError(400, f"n must be between 1 and {store.MAX_SAMPLE}")
+    return _json(request, 200, {"images": await gw.blocking(gw.sample, n)})
 
 
-class BoundedServer(ThreadingHTTPServer):
-    """One thread per connection, at most `max_connections` of them."""
-
-    daemon_threads = True
-
-    def __init__(self, address, handler, max_connections: int) -> None:
-        self.slots = threading.BoundedSemaphore(max_connections)
-        super().__init__(address, handler)
-
-    def process_request(self, request, client_address) -> None:
-        if not self.slots.acquire(blocking=False):
-            with contextlib.suppress(OSError):
-                request.sendall(BUSY)
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self.slots.release()
-            raise
-
-    def process_request_thread(self, request, client_address) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.slots.release()
-
-    def server_close(self) -> None:
-        super().server_close()
-        gateway = getattr(self.RequestHandlerClass, "gateway", None)
-        if gateway is not None:
-            gateway.close()
+async def examples(request: Request, gw: Gateway) -> Response:
+    s = gw.settings
+    try:
+        found = load_examples(s.examples_path, s.gateway_max_instruction_chars)
+    except ExamplesError as exc:
+        raise HttpError(500, f"examples file: {exc}") from None
+    return _json(request, 200, {"examples": found})
 
 
-def make_server(settings: GatewaySettings) -> ThreadingHTTPServer:
-    """A ready-to-serve HTTP server bound to the configured address (port 0: any free port)."""
-    handler = type("BoundHandler", (Handler,), {
-        "gateway": Gateway(settings),
-        # StreamRequestHandler applies it to the socket: a read that waits longer ends the
-        # connection (http.server logs "Request timed out").
-        "timeout": settings.gateway_socket_timeout_s})
-    return BoundedServer((settings.gateway_host, settings.gateway_port), handler,
-                         settings.gateway_max_connections)
+async def health(request: Request, gw: Gateway) -> Response:
+    return _json(request, 200, await gw.blocking(gw.health))
+
+
+async def status(request: Request, gw: Gateway) -> Response:
+    return _json(request, 200, await gw.blocking(gw.status))
+
+
+async def openapi(request: Request, gw: Gateway) -> Response:
+    return _json(request, 200, request.app.state.openapi)
+
+
+async def _no_route(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 (no such path, or a method the path does not take) as JSON."""
+    code = exc.status_code if isinstance(exc, HTTPException) else 404
+    return _json(request, code, {"error": f"no route {request.method} {request.url.path}"})
+
+
+ROUTES: list[tuple[str, Handler, list[str]]] = [
+    *((path, page, ["GET"]) for path in PAGES),
+    ("/static/{name}", static, ["GET"]),
+    ("/images/{image_id}", image, ["GET"]),
+    ("/api/search", get_search, ["GET"]),
+    ("/api/search", post_search, ["POST"]),
+    ("/api/pool", pool, ["GET"]),
+    ("/api/examples", examples, ["GET"]),
+    ("/api/health", health, ["GET"]),
+    ("/api/status", status, ["GET"]),
+    ("/api/openapi.json", openapi, ["GET"]),
+]
+
+
+def make_app(gateway: Gateway) -> Starlette:
+    """The ASGI app over one Gateway (GET routes also answer HEAD, without a body)."""
+    app = Starlette(routes=[Route(path, _endpoint(fn), methods=methods)
+                            for path, fn, methods in ROUTES],
+                    exception_handlers={404: _no_route, 405: _no_route})
+    app.state.gateway = gateway
+    app.state.openapi = openapi_spec(gateway.settings)
+    return app

@@ -21,11 +21,18 @@ class GatewaySettings(BaseServiceSettings):
     gateway_examples_file: Path | None = None  # default: <data_dir>/demo/examples.json
     gateway_search_timeout_s: float = Field(default=20.0, gt=0, le=300)
     gateway_status_timeout_s: float = Field(default=2.0, gt=0, le=60)
-    # A client that sends nothing for this long is dropped (a slow or idle connection must
-    # not hold a thread forever), and at most this many connections are served at once
-    # (one thread each); the next is answered 503 and closed.
+    # Connections and time (uvicorn, see app.py): a connection that sends no complete request
+    # head for this long (idle between requests, or a request line/headers trickled in) is
+    # closed; a request body must arrive whole within gateway_body_timeout_s (else 408); at most
+    # gateway_max_connections are open at once (the next is answered 503 and closed); at most
+    # gateway_max_workers blocking gRPC/Postgres calls run at once in worker threads, and a
+    # request that waits longer than gateway_queue_timeout_s for one is answered 503.
     gateway_socket_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    gateway_body_timeout_s: float = Field(default=60.0, gt=0, le=600)
     gateway_max_connections: int = Field(default=64, ge=1, le=10_000)
+    gateway_max_workers: int = Field(default=16, ge=1, le=256)
+    gateway_queue_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    gateway_shutdown_timeout_s: float = Field(default=10.0, gt=0, le=120)
 
     @field_validator("search_addr")
     @classmethod

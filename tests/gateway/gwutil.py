@@ -14,8 +14,9 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from services.gateway.app import make_server
 from services.gateway.config import GatewaySettings
+from services.gateway.server import GatewayServer, make_server
+from tests.support.processes import wait_for
 from tools.cli.cmd_index import index_folder
 from tools.cli.settings import ClientSettings
 
@@ -43,18 +44,22 @@ def build_pool(database_url: str, root: Path) -> dict[str, int]:
 @contextmanager
 def running_gateway(**overrides: object) -> Iterator[str]:
     """A gateway on a free port in this process; yields its base URL."""
-    settings = GatewaySettings(gateway_port=0, **overrides)
-    server = make_server(settings)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
+    with serving(make_server(GatewaySettings(gateway_port=0, **overrides))) as base:
+        yield base
+
+
+@contextmanager
+def serving(server: GatewayServer) -> Iterator[str]:
+    """Serve `server` in a thread until the block ends; yields its base URL."""
+    thread = threading.Thread(target=server.serve, daemon=True)
     thread.start()
     try:
+        wait_for(lambda: server.server.started, 30, "the gateway to start")
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
+        server.stop()
+        thread.join(30)
+        server.close()
 
 CHROMIUM = Path("/usr/bin/chromium")
 

@@ -6,7 +6,10 @@ degraded mode (503); results against the real search root are in test_gateway_br
 
 from __future__ import annotations
 
+import contextlib
 import json
+import select
+import socket
 import subprocess
 import sys
 
@@ -102,7 +105,9 @@ def test_search_validation(gw):
         ("get", {"params": {"q": "no image"}}, 400),
         ("post", {"content": b"{not json", "headers": {"Content-Type": "application/json"}},
          400),
-        ("post", {"json": {"instruction": "x"}}, 400),
+        ("post", {"json": {}}, 400),
+        ("post", {"json": {"instruction": "  "}}, 400),
+        ("post", {"json": {"image_url": "ftp://x/y.jpg", "instruction": "x"}}, 400),
         ("post", {"json": {"image_url": "file:///etc/passwd"}}, 400),
         ("post", {"json": {"image_id": ids["coffee"], "k": "5"}}, 400),
         ("post", {"json": {"image_id": True}}, 400),
@@ -117,6 +122,48 @@ def test_search_validation(gw):
         assert r.json()["error"]
 
 
+def _raw_post(client: httpx.Client, headers: str) -> socket.socket:
+    """A connection to the gateway with a POST /api/search head already sent."""
+    s = socket.create_connection((client.base_url.host, client.base_url.port), timeout=30)
+    s.sendall(f"POST /api/search HTTP/1.1\r\nHost: gw\r\n{headers}\r\n".encode())
+    return s
+
+
+def _response(s: socket.socket) -> tuple[int, dict]:
+    """Status and JSON body of the one answer on s (the gateway closes the connection)."""
+    raw = b""
+    while chunk := s.recv(65536):
+        raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_upload_bodies_are_limited_as_they_stream(gw):
+    client, _, root, _ = gw
+    data = (root / "photos" / "coffee.jpg").read_bytes()[:UPLOAD_LIMIT]
+    # Chunked (no Content-Length) and within the limit: read whole and sent on to search
+    # (down here: 503 says it got that far).
+    r = client.post("/api/search", content=iter([data[:1000], data[1000:]]),
+                    headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 503 and r.json()["search_available"] is False, r.text
+    # Neither a length nor chunked: 411, as before.
+    with _raw_post(client, "Content-Type: image/jpeg\r\n") as s:
+        status, body = _response(s)
+    assert status == 411 and "Content-Length" in body["error"]
+    # Chunked past the limit: refused as soon as the limit is passed, long before the client
+    # would have finished (it stops sending once the answer is there).
+    total = 0
+    with _raw_post(client, "Content-Type: image/jpeg\r\nTransfer-Encoding: chunked\r\n") as s:
+        piece = b"%x\r\n%s\r\n" % (8192, b"\xff" * 8192)
+        with contextlib.suppress(OSError):  # the server may close while we still send
+            while total < 200 * UPLOAD_LIMIT and not select.select([s], [], [], 0)[0]:
+                s.sendall(piece)
+                total += 8192
+        status, body = _response(s)
+    assert status == 413 and "limit" in body["error"]
+    assert total < 200 * UPLOAD_LIMIT
+
+
 def test_search_down_is_503_and_health_says_so(gw):
     client, ids, root, _ = gw
     r = client.get("/api/search", params={"image_id": ids["coffee"], "q": "a mug"})
@@ -127,6 +174,10 @@ def test_search_down_is_503_and_health_says_so(gw):
                     content=(root / "photos" / "coffee.jpg").read_bytes()[:UPLOAD_LIMIT],
                     headers={"Content-Type": "image/jpeg"})
     assert r.status_code == 503
+    # An instruction without an image is not refused here: it goes to the search root (the
+    # root decides whether text alone is a query), which is down in this test.
+    r = client.post("/api/search", json={"instruction": "a red mug", "k": 3})
+    assert r.status_code == 503 and r.json()["search_available"] is False, r.text
     health = client.get("/api/health").json()
     assert health["search"]["available"] is False
 

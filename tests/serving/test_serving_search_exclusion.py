@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import grpc
 import httpx
 import pytest
 from magiclens.v1 import common_pb2, search_pb2, search_pb2_grpc
@@ -205,3 +206,28 @@ def test_cli_flag_keeps_the_query_image(pool, root, monkeypatch, capsys):
         assert main(["search", "--image", str(ids["pool"]), "-k", "5", "--json", *flag]) == 0
         got = {h["image_id"] for h in json.loads(capsys.readouterr().out)["hits"]}
         assert (ids["pool"] in got) is present and (ids["pool_copy"] in got) is present
+
+
+def test_gateway_sends_an_instruction_alone_to_the_root(fresh_db, pool, root):
+    """JSON with an instruction and no image is not refused by the gateway: it goes to the
+    root as it is, and the gateway answers what the root answers (a refusal as a 400 in the
+    root's words, or the root's hits)."""
+    _, _, d = pool
+    stub, addr = root
+    text = "a cup of coffee"
+    try:
+        direct = [h.image_id for h in stub.Search(
+            search_pb2.SearchRequest(instruction=text, k=3), timeout=60).hits]
+        refused = None
+    except grpc.RpcError as exc:
+        direct, refused = None, exc
+    with running_gateway(database_url=fresh_db, blob_uri=f"file://{d / 'blobs'}",
+                         search_addr=addr) as base:
+        r = httpx.post(f"{base}/api/search", json={"instruction": text, "k": 3}, timeout=60)
+    if refused is not None:
+        assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT, refused
+        assert r.status_code == 400, r.text
+        assert " ".join((refused.details() or "").split())[:80] in r.json()["error"]
+    else:
+        assert r.status_code == 200, r.text
+        assert [h["image_id"] for h in r.json()["hits"]] == direct
