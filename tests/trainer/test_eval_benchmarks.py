@@ -33,6 +33,7 @@ from trainer.eval import benchmarks
 from trainer.eval.__main__ import main as eval_main
 from trainer.eval.benchmarks import (
     Embedder,
+    GalleryCache,
     Rankings,
     Split,
     load_splits,
@@ -240,6 +241,38 @@ def test_kept_features_follow_the_callers_order_and_outside_references(tmp_path,
     assert ids[0] not in ranks.top[0] and len(ranks.top[0]) == len(ids) - 2
 
 
+def test_gallery_cache_is_reused_only_for_the_same_model_and_files(tmp_path, standin_model):
+    """Second run: same rankings from the .npz (no pickle); the file is really read (a
+    doctored copy under the same key changes the ranking); other params or a touched image
+    get a new key."""
+    model, params, pre = standin_model
+    split = load_splits("cirr", make_cirr(tmp_path / "cirr"))[0]
+    emb = Embedder(model, params, pre, batch=4, progress=False)
+    cache = GalleryCache(tmp_path / "cache", model, params, pre)
+    paths = [split.files[g] for g in split.gallery]
+    first = rank_split(split, emb, cache)
+    (saved,) = (tmp_path / "cache").glob("gallery-*.npz")
+    with np.load(saved, allow_pickle=False) as z:
+        assert z["embeddings"].shape == (8, 32) and str(z["key"]) == cache.key(paths)
+        doctored = {"key": z["key"], "embeddings": np.asarray(z["embeddings"])}
+    assert rank_split(split, emb, cache) == first
+    doctored["embeddings"][:] = 0  # every score 0: ties, so gallery order minus reference
+    with saved.open("wb") as f:
+        np.savez(f, **doctored)
+    assert first.top != [[g for g in split.gallery if g != q.reference]
+                         for q in split.queries]
+    assert rank_split(split, emb, cache).top == [[g for g in split.gallery if g != q.reference]
+                                                 for q in split.queries]
+    other = GalleryCache(tmp_path / "cache", model,
+                         jax.tree_util.tree_map(lambda a: a * 1.01, params), pre)
+    assert other.key(paths) != cache.key(paths)
+    os.utime(paths[0], ns=(1, 1))
+    assert cache.key(paths) != str(doctored["key"])
+    assert rank_split(split, emb, cache) == first  # the touched file: embedded afresh
+    saved.write_bytes(b"not an npz")
+    assert cache.load(str(doctored["key"]), 8) is None
+
+
 def test_cirr_test1_writes_both_files_and_no_metrics(tmp_path, standin_model):
     """test1 has no targets: submission files for every pair, no metrics, one report."""
     model, params, pre = standin_model
@@ -305,8 +338,10 @@ def circo_official_map(predictions: dict[str, list[int]], annotations: list[dict
 
 def test_circo_val_and_test_end_to_end(tmp_path, compact_checkpoint):
     data = make_circo(tmp_path / "CIRCO")
+    cache = ["--cache", str(tmp_path / "cache")]  # val and test share CIRCO's gallery
     proc = _magiclens_eval(["--checkpoint", str(compact_checkpoint), "--benchmark", "circo",
-                            "--data", str(data)], tmp_path)
+                            "--data", str(data), *cache], tmp_path)
+    assert "circo val gallery" in proc.stderr  # the progress bar
     out = tmp_path / "eval-circo-val"
     sub = json.loads((out / "submission_val.json").read_text())
     ann = json.loads((data / "annotations" / "val.json").read_text())
@@ -324,12 +359,14 @@ def test_circo_val_and_test_end_to_end(tmp_path, compact_checkpoint):
     assert metrics["mAP@50"] >= 100 * 0.5 / 3  # query 0 alone: its copy in the top 2
 
     proc = _magiclens_eval(["--checkpoint", str(compact_checkpoint), "--benchmark", "circo",
-                            "--data", str(data), "--split", "test", "--out", "sub"], tmp_path)
+                            "--data", str(data), "--split", "test", "--out", "sub", *cache],
+                           tmp_path)
+    assert "gallery embeddings from" in proc.stderr and "circo test gallery" not in proc.stderr
     sub = json.loads((tmp_path / "sub" / "submission_test.json").read_text())
     assert list(sub) == ["0", "1", "2"] and all(sorted(v) == sorted(CIRCO_IDS)
                                                 for v in sub.values())
+    assert set(sub["0"][:2]) == set(CIRCO_COPY)  # test query 0: reference 139 and its copy
     assert "no public ground truth" in proc.stdout and "submission_test.json" in proc.stdout
-    assert "circo test gallery" in proc.stderr  # the progress bar
 
 
 def test_cirr_val_end_to_end(tmp_path, compact_checkpoint):

@@ -4,7 +4,7 @@
     python -m trainer.eval --checkpoint DIR --triples FILE.jsonl
     python -m trainer.eval --config compact --corpus data/corpus   # untrained fusion head
     python -m trainer.eval --checkpoint DIR --benchmark circo|cirr|fashioniq --data DIR \
-        [--split val|test] [--out DIR] [--batch-size N] [--json]
+        [--split val|test] [--out DIR] [--batch-size N] [--cache DIR] [--json]
 
 `--benchmark` runs a public benchmark laid out as its official release
 (trainer.eval.benchmarks): it prints the paper's metrics (val splits) and writes the
@@ -60,6 +60,7 @@ def _benchmark(args: argparse.Namespace) -> int:
         result, text = run_benchmark(
             args.benchmark, args.data, model, params, pre, out, args.split, categories,
             batch=args.batch_size, progress=not args.no_progress, label=label,
+            cache_dir=args.cache,
             log=lambda m: print(m, file=sys.stderr))
     except ValueError as e:  # an unreadable image found while embedding
         print(f"magiclens eval: {e}", file=sys.stderr)
@@ -88,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=64,
                     help="images per model call for benchmarks (default 64)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--cache", metavar="DIR",
+                    help="keep benchmark gallery embeddings here between runs (.npz, keyed "
+                         "by the checkpoint's bytes and the image files)")
     ap.add_argument("--out", help="write report.md + metrics.png here; for --benchmark the "
                                   "submission files and metrics.json (default "
                                   "./eval-BENCHMARK-SPLIT)")

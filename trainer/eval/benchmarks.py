@@ -34,11 +34,15 @@ What each release looks like, and the rules followed, as read from the official 
   to CATEGORY_val_top50.json.
 
 Instructions are built as the released MagicLens eval builds them (trainer.eval.datasets).
-Nothing is cached between runs; every file read is size-limited and checked first.
+Every file read is size-limited and checked first. Only gallery embeddings may be kept
+between runs (`--cache DIR`, GalleryCache: .npz read without pickle, keyed by everything
+they depend on); CIRCO's val and test share one 123k-image gallery.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -331,6 +335,62 @@ class Embedder:
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
+CACHE_VERSION = 1  # bump when the embedding code changes what it computes
+
+
+class GalleryCache:
+    """Gallery embeddings kept between runs as `DIR/gallery-KEY.npz` (numpy arrays only,
+    loaded with allow_pickle=False). The key covers every parameter's bytes, the
+    architecture, the preprocessing, the empty-text tokens and each image file's resolved
+    path, size and mtime, so a changed checkpoint or file never reuses stale vectors; a file
+    that does not match its key or cannot be read is ignored and rewritten."""
+
+    def __init__(self, directory: str | Path, model: MagicLens, params: Any,
+                 preprocessor: Any) -> None:
+        self.dir = Path(directory)
+        pre = {k: np.asarray(getattr(preprocessor, k)).tolist()
+               for k in ("image_size", "resize", "resize_to", "scale", "resample", "mean",
+                         "std") if hasattr(preprocessor, k)}
+        h = hashlib.sha256(json.dumps([CACHE_VERSION, dataclasses.asdict(model.config),
+                                       list(model.empty_tokens), pre], default=str).encode())
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+            a = np.asarray(leaf)
+            h.update(f"{jax.tree_util.keystr(path)}:{a.dtype}:{a.shape}".encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+        self.model_digest = h.hexdigest()
+
+    def key(self, paths: Sequence[Path]) -> str:
+        h = hashlib.sha256(self.model_digest.encode())
+        for p in paths:
+            st = p.stat()
+            h.update(f"{p.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+
+    def file(self, key: str) -> Path:
+        return self.dir / f"gallery-{key[:32]}.npz"
+
+    def load(self, key: str, n: int) -> np.ndarray | None:
+        f = self.file(key)
+        if not f.is_file():
+            return None
+        try:
+            with np.load(f, allow_pickle=False) as z:
+                if str(z["key"]) != key or z["embeddings"].shape[0] != n:
+                    return None
+                return np.asarray(z["embeddings"], np.float32)
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def save(self, key: str, embeddings: np.ndarray) -> Path:
+        f = self.file(key)
+        f.parent.mkdir(parents=True, exist_ok=True)
+        tmp = f.with_name(f.name + ".tmp")
+        with tmp.open("wb") as fh:
+            np.savez(fh, key=np.asarray(key), embeddings=embeddings.astype(np.float32))
+        tmp.replace(f)
+        return f
+
+
 @dataclass
 class Rankings:
     """Per query, the top-50 gallery ids (and, for CIRR, the top-3 image-set members)."""
@@ -339,16 +399,29 @@ class Rankings:
     subset: list[list[str]]
 
 
-def rank_split(split: Split, embedder: Embedder) -> Rankings:
-    """Embed the gallery (and any reference outside it), embed the queries, rank."""
+def rank_split(split: Split, embedder: Embedder, cache: GalleryCache | None = None,
+               log: Callable[[str], None] | None = None) -> Rankings:
+    """Embed the gallery (or take it from `cache`) and the references it lacks, embed the
+    queries, rank."""
     gpos = {g: i for i, g in enumerate(split.gallery)}
-    refs_in = sorted({q.reference for q in split.queries} & gpos.keys())
-    g_emb, in_feat = embedder.images([split.files[g] for g in split.gallery],
-                                     f"{split.name} {split.split} gallery",
-                                     keep=[gpos[r] for r in refs_in])
-    outside = sorted({q.reference for q in split.queries} - gpos.keys())
+    paths = [split.files[g] for g in split.gallery]
+    key = cache.key(paths) if cache else ""
+    g_emb = cache.load(key, len(paths)) if cache else None
+    if g_emb is None:
+        refs_in = sorted({q.reference for q in split.queries} & gpos.keys())
+        g_emb, in_feat = embedder.images(paths, f"{split.name} {split.split} gallery",
+                                         keep=[gpos[r] for r in refs_in])
+        if cache:
+            saved = cache.save(key, g_emb)
+            if log:
+                log(f"gallery embeddings saved to {saved}")
+    else:  # only the references' backbone features are still needed
+        refs_in, in_feat = [], np.zeros((0, 0), np.float32)
+        if log:
+            log(f"gallery embeddings from {cache.file(key)}")
+    outside = sorted({q.reference for q in split.queries} - set(refs_in))
     o_feat = embedder.images([split.files[r] for r in outside],
-                             f"{split.name} references outside the gallery")[1] if outside \
+                             f"{split.name} {split.split} query images")[1] if outside \
         else in_feat[:0]
     ref_feat = dict(zip(refs_in, in_feat, strict=True)) | dict(zip(outside, o_feat,
                                                                     strict=True))
@@ -427,12 +500,13 @@ def _table(cols: Sequence[str], rows: Sequence[tuple[str, dict[str, float]]]) ->
 def run_benchmark(benchmark: str, data: str | Path, model: MagicLens, params: Any,
                   preprocessor: Any, out: str | Path, split: str = "val",
                   categories: Sequence[str] = FIQ_CATEGORIES, batch: int = 64,
-                  progress: bool = True, label: str = "",
+                  progress: bool = True, label: str = "", cache_dir: str | Path | None = None,
                   log: Callable[[str], None] | None = None) -> tuple[dict[str, Any], str]:
     """Run one benchmark end to end: (metrics JSON, the printed report). Writes the
-    submission files and metrics.json under `out`."""
+    submission files and metrics.json under `out`; `cache_dir` keeps gallery embeddings."""
     splits = load_splits(benchmark, data, split, categories)  # validate before any model work
     embedder = Embedder(model, params, preprocessor, batch=batch, progress=progress)
+    cache = GalleryCache(cache_dir, model, params, preprocessor) if cache_dir else None
     out = Path(out)
     result: dict[str, Any] = {"benchmark": benchmark, "split": splits[0].split, "model": label,
                               "metrics": {}, "counts": {}, "files": []}
@@ -440,7 +514,7 @@ def run_benchmark(benchmark: str, data: str | Path, model: MagicLens, params: An
     for sp in splits:
         if log:
             log(f"{sp.name} {sp.split}: {len(sp.queries)} queries, gallery {len(sp.gallery)}")
-        ranks = rank_split(sp, embedder)
+        ranks = rank_split(sp, embedder, cache, log)
         m = split_metrics(sp, ranks)
         key = sp.category or benchmark
         result["counts"][key] = {"queries": len(sp.queries), "gallery": len(sp.gallery)}
