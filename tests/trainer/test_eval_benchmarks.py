@@ -108,7 +108,7 @@ def test_metrics_on_hand_made_rankings():
 def test_submission_files_match_the_servers_formats(tmp_path):
     """CIRCO: {query id: [top-50 int ids]}; CIRR: version/metric entries, top 50 / top 3."""
     circo = _split("circo", [EvalQuery("0", "5", "x"), EvalQuery("1", "6", "x")],
-                   [str(i) for i in range(80)], int_ids=True)
+                   [str(i) for i in range(80)])
     top = [[str(i) for i in range(80)], [str(79 - i) for i in range(80)]]
     (path,) = write_submissions(circo, Rankings(top, []), tmp_path)
     assert path.name == "submission_val.json"

@@ -110,7 +110,6 @@ class Split:
     files: dict[str, Path]
     exclude_reference: bool
     category: str = ""
-    int_ids: bool = False  # CIRCO: ids are COCO integers (the server parses them as int)
     has_targets: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -183,8 +182,7 @@ def circo_split(data: Path, split: str) -> Split:
             raise ValueError(f"{ann}: query {q.qid}'s reference_img_id {q.reference} is not "
                              "in image_info_unlabeled2017.json")
     _check_images(files, "circo")
-    return Split("circo", split, queries, list(files), files, exclude_reference=False,
-                 int_ids=True)
+    return Split("circo", split, queries, list(files), files, exclude_reference=False)
 
 
 def cirr_split(data: Path, split: str) -> Split:
@@ -470,6 +468,7 @@ def write_submissions(split: Split, ranks: Rankings, out: Path) -> list[Path]:
     .json and SPLIT_pred_ranks_recall_subset.json); nothing for FashionIQ."""
     ids = [q.qid for q in split.queries]
     if split.benchmark == "circo":
+        # COCO ids as integers: the server's evaluation.py reads them with dtype=int
         sub = {qid: [int(i) for i in r[:TOP]] for qid, r in zip(ids, ranks.top, strict=True)}
         return [_write_json(out / f"submission_{split.split}.json", sub)]
     if split.benchmark == "cirr":
