@@ -1,7 +1,10 @@
 """Retrieval metrics exactly as the benchmarks define them.
 
-Rankings are lists of gallery ids, best first, with the query's reference image already
-removed (CIRR and CIRCO exclude it; `rank_gallery` does that).
+Rankings are lists of gallery ids, best first. Whether the query's reference image is
+removed first is the benchmark's rule, applied by the caller through `exclude`: CIRR removes
+it (its test server and CLIP4Cir/CIRPLANT do); CIRCO and FashionIQ keep it, as the released
+MagicLens evaluation (google-deepmind/magiclens inference.py) and CIRCO's own evaluation
+server (miccunifi/CIRCO src/evaluation.py) do. `trainer.eval.benchmarks` follows that.
 """
 
 from __future__ import annotations
@@ -24,6 +27,52 @@ def rank_gallery(
         ids = [gallery_ids[j] for j in row if gallery_ids[j] != ex]
         out.append(ids[:top] if top else ids)
     return out
+
+
+def top_k_ranking(
+    queries: np.ndarray, gallery: np.ndarray, gallery_ids: Sequence[Hashable], k: int,
+    exclude: Sequence[Hashable | None] | None = None, chunk: int = 256,
+) -> list[list[Hashable]]:
+    """`rank_gallery(queries @ gallery.T, ...)[:, :k]` without the full [Q, N] sort: the
+    top k (after removing each query's excluded id) by descending score, ties broken by
+    gallery order exactly as the stable full sort does. Memory is [chunk, N] scores, so a
+    123k-image gallery (CIRCO) ranks in pieces."""
+    q = np.asarray(queries, np.float32)
+    g = np.asarray(gallery, np.float32)
+    n = g.shape[0]
+    if k <= 0 or n == 0:
+        return [[] for _ in range(len(q))]
+    pos = {gid: i for i, gid in enumerate(gallery_ids)}
+    out: list[list[Hashable]] = []
+    for s in range(0, len(q), chunk):
+        scores = q[s:s + chunk] @ g.T
+        for r, row in enumerate(scores):
+            ex = exclude[s + r] if exclude is not None else None
+            ex_i = pos.get(ex, -1) if ex is not None else -1
+            if ex_i >= 0:
+                row = row.copy()
+                row[ex_i] = -np.inf
+            take = min(k, n - (ex_i >= 0))
+            if take <= 0:
+                out.append([])
+                continue
+            # Everything scoring at least the take-th best value: ties at the boundary are
+            # all kept, so the stable sort below picks the same ones the full sort would.
+            kth = np.partition(row, n - take)[n - take]
+            cand = np.flatnonzero(row >= kth)
+            cand = cand[np.lexsort((cand, -row[cand]))][:take]
+            out.append([gallery_ids[j] for j in cand])
+    return out
+
+
+def rank_within(scores: np.ndarray, members: Sequence[Hashable],
+                exclude: Hashable | None = None) -> list[Hashable]:
+    """One query's ranking of a small candidate set (CIRR's image-set members): `scores[i]`
+    is members[i]'s score; the excluded id (the reference) is dropped; best first, ties in
+    member order."""
+    keep = [i for i, m in enumerate(members) if m != exclude]
+    order = sorted(keep, key=lambda i: (-float(scores[i]), i))
+    return [members[i] for i in order]
 
 
 def recall_at_k(rankings: Sequence[Sequence[Hashable]], targets: Sequence[Hashable],
