@@ -324,6 +324,34 @@ def test_train_init_starts_from_the_imported_weights_and_publishes(stack, import
     assert any(not np.array_equal(got[k], want[k]) for k in first)  # the head trained
 
 
+@pytest.mark.slow
+def test_a_base_size_checkpoint_imports_against_the_real_base_tree(stack, capsys):
+    """The real base tree at full size (166M parameters, 666 MB): every leaf name and shape of
+    the released base, random values, through the same import."""
+    model, pre = build_model("base")
+    shapes = traverse_util.flatten_dict(abstract_params(model, pre.image_size), sep="/")
+    rng = np.random.default_rng(0)
+    tree = {k: rng.standard_normal(s.shape, dtype=np.float32) for k, s in shapes.items()}
+    assert sum(a.size for a in tree.values()) == 166_433_025
+    path = stack.dir / "files" / "magic_lens_clip_base.msgpack"
+    path.write_bytes(serialization.msgpack_serialize(traverse_util.unflatten_dict(tree, sep="/")))
+    name = f"base-{uuid.uuid4().hex[:6]}"
+    capsys.readouterr()
+    assert cli(["models", "import", str(path), "--config", "base", "--name", name]) == 0
+    assert f"imported {path.name} as model {name} (config base, published)" in \
+        capsys.readouterr().out
+    path.unlink()
+    row = _versions(stack.url)[name]
+    assert (row["status"], row["config_name"], row["embed_dim"]) == ("published", "base", 512)
+    stored, meta = load_params(Path(row["checkpoint_uri"].removeprefix("file://")))
+    assert meta["arch"]["backbone"] == "clip_b16"
+    got = flat(stored)
+    assert got.keys() == tree.keys()
+    for k in ("clip/visual/conv1/kernel", "multimodal_encoder/x_layers_3/ff_layer/ffn_layer2/"
+              "linear/w", "contrastive_multimodal_pooler/pool_attn/per_dim_scale/per_dim_scale"):
+        np.testing.assert_array_equal(got[k], tree[k])
+
+
 # ------------------------------------------------------------------ helpers
 
 
