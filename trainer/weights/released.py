@@ -25,6 +25,7 @@ import flax.serialization
 import flax.traverse_util
 
 from trainer.models.magiclens import RELEASED_CONFIGS
+from trainer.weights.formats import looks_like_pickle
 
 MAX_FILE_BYTES = 4 * 1024**3  # large is ~1.9 GB in float32
 
@@ -81,11 +82,13 @@ def restore_payload(payload: bytes, target: Any) -> Any:
 
     msgpack carries only data (flax's ndarray extension is dtype, shape and raw bytes), so
     nothing runs while reading it. `target` may hold ShapeDtypeStructs; every leaf must be
-    present with the same shape and be a real (float or integer) array; leaves are cast to the
-    target's dtype. Raises ValueError naming the first mismatches.
+    present with the same shape and be a numeric array (float, bfloat16, integer); leaves are
+    cast to the target's dtype. Raises ValueError naming the first mismatches.
     """
     import numpy as np
 
+    if looks_like_pickle(payload[:16]):
+        raise ValueError("a pickle, not a flax msgpack params file (convert it first)")
     if not payload or not (0x80 <= payload[0] <= 0x8F or payload[0] in (0xDE, 0xDF)):
         raise ValueError("not a flax msgpack params file (it does not start with a map)")
     try:
@@ -105,9 +108,11 @@ def restore_payload(payload: bytes, target: Any) -> Any:
         raise ValueError(f"param tree mismatch: missing {missing[:5]}, unexpected {extra[:5]}")
     for k, leaf in flat_t.items():
         v = flat_s[k]
-        kind = np.asarray(v).dtype.kind if isinstance(v, np.ndarray | float | int) else "?"
-        if kind not in "fiu":
-            raise ValueError(f"{k}: not a numeric array ({type(v).__name__})")
+        dtype = np.asarray(v).dtype if isinstance(v, np.ndarray | float | int) else None
+        # float, int, or ml_dtypes' bfloat16/float8 (numpy kind "V": half-precision exports)
+        if dtype is None or not (dtype.kind in "fiu" or dtype.name.startswith(("bfloat16",
+                                                                              "float8"))):
+            raise ValueError(f"{k}: not a numeric array ({getattr(dtype, 'name', type(v))})")
         if tuple(np.shape(v)) != tuple(leaf.shape):
             raise ValueError(f"{k}: file has {np.shape(v)}, model wants {leaf.shape}")
     return flax.traverse_util.unflatten_dict(
