@@ -6,9 +6,9 @@ Every gRPC API of the suite takes `authorization: Bearer <token>` metadata (what
 - `read`: search and every status-like call (Search, GetIndexStatus, shard calls,
   GetRun, ListModels, GetTriple, GetTripleStats, GetPageStatus, GetMiningStatus);
 - `admin`: read, plus what spends resources or changes state (StartTraining, PromoteModel,
-  RegenerateTriples, SubmitPages, DeleteContent). A method not in METHOD_ROLES needs admin
-  (closed by default); only the standard health service is open, because Kubernetes probes
-  send no metadata.
+  ImportModel, RegenerateTriples, SubmitPages, DeleteContent). A method not in METHOD_ROLES
+  needs admin (closed by default); only the standard health service is open, because
+  Kubernetes probes send no metadata.
 
 A missing or unknown token is UNAUTHENTICATED; a read token on an admin method is
 PERMISSION_DENIED.
@@ -65,6 +65,7 @@ METHOD_ROLES: dict[str, str] = {
     "/magiclens.v1.TrainingService/GetRun": READ,
     "/magiclens.v1.TrainingService/ListModels": READ,
     "/magiclens.v1.TrainingService/PromoteModel": ADMIN,
+    "/magiclens.v1.TrainingService/ImportModel": ADMIN,
     "/magiclens.v1.TripleGenService/GetTriple": READ,
     "/magiclens.v1.TripleGenService/RegenerateTriples": ADMIN,
     "/magiclens.v1.TripleGenService/GetTripleStats": READ,

@@ -23,6 +23,8 @@ class TrainingSettings(BaseServiceSettings):
     training_min_triples: int = Field(default=4, ge=1)
     training_max_image_bytes: int = Field(default=MAX_IMAGE_BYTES, ge=1024)
     training_max_image_pixels: int = Field(default=MAX_IMAGE_PIXELS, ge=1024)
+    # ImportModel: the largest checkpoint file accepted (the released large is ~1.9 GB).
+    training_max_import_bytes: int = Field(default=4 << 30, ge=1024)
     # Queue and recovery.
     training_poll_s: float = Field(default=1.0, gt=0, le=60)
     training_max_attempts: int = Field(default=3, ge=1, le=100)
@@ -44,6 +46,16 @@ class TrainingSettings(BaseServiceSettings):
     @property
     def runs_dir(self) -> Path:
         return self.data_dir / "training" / "runs"
+
+    @property
+    def imports_dir(self) -> Path:
+        """Uploads in flight (ImportModel); the same volume as models_dir."""
+        return self.data_dir / "training" / "imports"
+
+    @property
+    def init_cache_dir(self) -> Path:
+        """Checkpoints fetched from the blob store to start a run from (--init)."""
+        return self.data_dir / "training" / "init-cache"
 
     @property
     def models_dir(self) -> Path:

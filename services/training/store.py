@@ -95,11 +95,16 @@ def new_ids(config_name: str) -> tuple[str, str]:
 
 
 def create_run(conn: psycopg.Connection, config_name: str, steps: int, mode: str,
-               config: dict[str, Any], trigger: str = "api") -> Run:
-    """Queue a run and reserve its model version (status 'training')."""
+               config: dict[str, Any], trigger: str = "api",
+               init: tuple[str, str] | None = None) -> Run:
+    """Queue a run and reserve its model version (status 'training'). `init`:
+    (model_version, checkpoint_uri) whose weights the run starts from."""
     run_id, version = new_ids(config_name)
     max_tid = conn.execute("SELECT coalesce(max(triple_id), 0) AS m FROM triples").fetchone()["m"]
     params = {"steps": steps, "mode": mode, "trigger": trigger, "max_triple_id": int(max_tid)}
+    if init is not None:
+        params.update(init_version=init[0], init_uri=init[1])
+        config = {**config, "init_version": init[0]}
     conn.execute("INSERT INTO model_versions (model_version, config_name, config, status) "
                  "VALUES (%s, %s, %s, 'training')", (version, config_name, json.dumps(config)))
     row = conn.execute(
@@ -120,6 +125,49 @@ def get_run(conn: psycopg.Connection, run_id: str) -> Run:
 def list_models(conn: psycopg.Connection) -> list[dict[str, Any]]:
     return conn.execute("SELECT * FROM model_versions ORDER BY created_at DESC, model_version"
                         ).fetchall()
+
+
+def get_model(conn: psycopg.Connection, model_version: str) -> dict[str, Any]:
+    row = conn.execute("SELECT * FROM model_versions WHERE model_version = %s",
+                       (model_version,)).fetchone()
+    if row is None:
+        raise NotFound(f"no model version {model_version!r}")
+    return row
+
+
+def reserve_import(conn: psycopg.Connection, model_version: str, config_name: str,
+                   config: dict[str, Any]) -> None:
+    """Claim the name of an imported version (status 'training' while its checkpoint is
+    written); Conflict if the name is taken."""
+    row = conn.execute(
+        "INSERT INTO model_versions (model_version, config_name, config, status, status_reason)"
+        " VALUES (%s, %s, %s, 'training', 'importing') ON CONFLICT (model_version) DO NOTHING "
+        "RETURNING model_version", (model_version, config_name, json.dumps(config))).fetchone()
+    if row is None:
+        raise Conflict(f"model version {model_version!r} already exists; pick another --name")
+
+
+def publish_import(conn: psycopg.Connection, topic: Topic, model_version: str,
+                   config_name: str, checkpoint_uri: str, embed_dim: int) -> dict[str, Any]:
+    """The imported version becomes 'published' and its ModelPublished goes to the outbox,
+    exactly as a trained version's does (so `promote` serves it the same way)."""
+    row = conn.execute(
+        "UPDATE model_versions SET status = 'published', status_reason = NULL, "
+        "checkpoint_uri = %s, embed_dim = %s, updated_at = now() WHERE model_version = %s "
+        "AND status = 'training' RETURNING *",
+        (checkpoint_uri, embed_dim, model_version)).fetchone()
+    if row is None:
+        raise Conflict(f"model version {model_version!r} is no longer being imported")
+    outbox.enqueue(conn, topic, model_version, events_pb2.ModelPublished(
+        model_version=model_version, config_name=config_name,
+        checkpoint_uri=checkpoint_uri, embed_dim=embed_dim, promoted=False))
+    return row
+
+
+def fail_import(conn: psycopg.Connection, model_version: str, reason: str) -> None:
+    conn.execute("UPDATE model_versions SET status = 'failed', status_reason = %s, "
+                 "updated_at = now() WHERE model_version = %s AND status = 'training'",
+                 (reason.strip()[:2000] or "import failed", model_version))
 
 
 def active_run(conn: psycopg.Connection) -> dict[str, Any] | None:

@@ -64,6 +64,13 @@ def available_configs() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(trainer.configs.__path__))
 
 
+def model_of(config_name: str) -> str:
+    """The MagicLens model a training config trains ("" for a name with no config module)."""
+    if config_name not in available_configs():
+        return ""
+    return get_config(config_name).model
+
+
 def resolve_config(config_name: str, steps: int, mode: str, checkpoint_every: int = 0) -> Any:
     """The trainer config for a request; raises ValueError for bad values."""
     overrides: dict[str, Any] = {}
@@ -203,12 +210,15 @@ class TrainingWorker:
                                                 "config": run.config_name})
         progress: _Progress | None = None
         try:
-            if run.config_name not in self.configs:
-                raise JobError(f"config {run.config_name!r} cannot be trained by the service")
+            init_version = run.params.get("init_version")
+            if run.config_name not in self.configs and not init_version:
+                raise JobError(f"config {run.config_name!r} cannot be trained by the service "
+                               "without --init (its weights do not install offline)")
             cfg = resolve_config(run.config_name, run.params.get("steps", 0) or 0,
                                  run.params.get("mode", "") or "",
                                  self.settings.training_checkpoint_every)
             run = dataclasses.replace(run, total_steps=cfg.steps, mode=cfg.mode)
+            init = self._init_weights(run, cfg) if init_version else None
             train_file, eval_file, data = self._snapshot(run, workdir)
             start = latest_checkpoint_step(workdir)
             with db.transaction(self.url) as conn:
@@ -217,12 +227,12 @@ class TrainingWorker:
                     store.set_params(conn, run.run_id, resumed_from_step=start)
             progress = _Progress(self.url, run.run_id, start,
                                  self.settings.training_progress_interval_s, self.stop_event)
-            result = self._train(cfg, train_file, eval_file, workdir, progress, stop_at)
+            result = self._train(cfg, train_file, eval_file, workdir, progress, stop_at, init)
             progress.flush()
             if stop_at is not None and stop_at < cfg.steps:
                 log.info("training run paused", extra={"run_id": run.run_id, "step": stop_at})
                 return
-            self._publish(run, cfg, result, data, progress)
+            self._publish(run, cfg, result, data, progress, init[1] if init else None)
             log.info("training run published", extra={
                 "run_id": run.run_id, "model_version": run.model_version,
                 "seconds": round(time.monotonic() - started, 1)})
@@ -240,6 +250,29 @@ class TrainingWorker:
             if progress is not None:
                 progress.close()
             self.current = None
+
+    def _init_weights(self, run: store.Run, cfg: Any) -> tuple[Any, Any]:
+        """(params, architecture) of the version the run starts from (`train --init`),
+        fetched from the blob store like serving fetches it, and restored with exact
+        structure: the run's first step starts from exactly these weights."""
+        from trainer.checkpoints import META_FILE, load_params
+        from trainer.models.magiclens import abstract_params, build_model, config_for_checkpoint
+
+        uri = run.params.get("init_uri") or ""
+        local = checkpoint_store.fetch(uri, self.settings.init_cache_dir,
+                                       open_blobstore(self.settings.blob_root))
+        arch = config_for_checkpoint(json.loads((local / META_FILE).read_text()))
+        want = CONFIGS[cfg.model]
+        if (arch.backbone, arch.head) != (want.backbone, want.head):
+            raise JobError(f"model version {run.params.get('init_version')} is a "
+                           f"{arch.backbone}/{arch.head} model; config {run.config_name!r} "
+                           f"trains {want.backbone}/{want.head}")
+        kwargs = self.model_kwargs(cfg)
+        model, pre = build_model(cfg.model, config=arch, backbone=kwargs.get("backbone"))
+        params, _ = load_params(local, abstract_params(model, pre.image_size))
+        log.info("training run starts from a model version", extra={
+            "run_id": run.run_id, "init_version": run.params.get("init_version")})
+        return params, arch
 
     def _snapshot(self, run: store.Run, workdir: Path) -> tuple[Path, Path | None, dict]:
         """Freeze the run's data on first start; a resumed run reuses the same snapshot."""
@@ -273,8 +306,11 @@ class TrainingWorker:
         return train_file, eval_file if data["heldout"]["triples"] else None, data
 
     def _train(self, cfg: Any, train_file: Path, eval_file: Path | None, workdir: Path,
-               progress: _Progress, stop_at: int | None) -> Any:
+               progress: _Progress, stop_at: int | None,
+               init: tuple[Any, Any] | None = None) -> Any:
         kwargs = dict(self.model_kwargs(cfg))
+        if init is not None:
+            kwargs["init_params"], kwargs["model_config"] = init
         if eval_file is not None:
             kwargs["eval_triples"] = JsonlTriples(eval_file)
         captions_file = workdir / "captions.jsonl"
@@ -286,7 +322,7 @@ class TrainingWorker:
                      on_loss=lambda _step, loss: progress.report(loss), **kwargs)
 
     def _publish(self, run: store.Run, cfg: Any, result: Any, data: dict,
-                 progress: _Progress) -> None:
+                 progress: _Progress, arch: Any = None) -> None:
         target = self.settings.models_dir / run.model_version
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():  # a previous attempt died between the move and the commit
@@ -297,12 +333,15 @@ class TrainingWorker:
         # that is not there yet.
         checkpoint_uri = checkpoint_store.publish(open_blobstore(self.settings.blob_root),
                                                   target, run.model_version)
-        model_config = self.model_kwargs(cfg).get("model_config") or CONFIGS[cfg.model]
+        model_config = (arch or self.model_kwargs(cfg).get("model_config")
+                        or CONFIGS[cfg.model])
         metrics = {k: float(v) for k, v in result.metrics.items()}
         metrics["data/train_triples"] = float(data["train"]["triples"])
         metrics["data/heldout_triples"] = float(data["heldout"]["triples"])
         config = {"train_config": dataclasses.asdict(cfg), "data": data,
                   "run_id": run.run_id}
+        if run.params.get("init_version"):
+            config["init_version"] = run.params["init_version"]
         final_loss = progress.losses[-1] if progress.losses else None
         with db.transaction(self.url) as conn:
             ok = store.publish(conn, self.topic, run, checkpoint_uri=checkpoint_uri,

@@ -20,12 +20,15 @@ from trainer.models.magiclens import (
     config_for_checkpoint,
     init_params,
 )
+from trainer.weights.formats import looks_like_pickle, pickle_refusal
 from trainer.weights.released import (
     UnsafePickleError,
     load_payload,
     load_released,
+    restore_payload,
     save_released_format,
 )
+from trainer.weights.released import main as convert_released
 
 
 def expected_head_shapes(d: int, heads: int) -> dict[str, tuple[int, ...]]:
@@ -257,6 +260,50 @@ def test_tree_mismatch_is_an_error(tmp_path, standin_backbone):
     save_released_format(params, path)
     with pytest.raises(ValueError, match="layer_norm/scale"):
         load_released(path, abstract_params(model, pre.image_size))
+
+
+def test_safe_format_is_the_payload_checked_and_cast():
+    """`magiclens models import`'s format: to_bytes(params) alone. bfloat16 exports are cast
+    to the model's dtype; anything that is not a numeric array, or not msgpack, is refused."""
+    target = {"w": jax.ShapeDtypeStruct((2, 3), jnp.float32)}
+    half = flax.serialization.to_bytes({"w": np.ones((2, 3), jnp.bfloat16)})
+    got = restore_payload(half, target)["w"]
+    assert got.dtype == np.float32 and (got == 1).all()
+    for bad, msg in (({"w": np.zeros((2, 3), bool)}, "not a numeric array"),
+                     ({"w": "text"}, "not a numeric array"),
+                     ({"v": np.zeros((2, 3), np.float32)}, "missing \\['w'\\]")):
+        with pytest.raises(ValueError, match=msg):
+            restore_payload(flax.serialization.msgpack_serialize(bad), target)
+    with pytest.raises(ValueError, match="a pickle, not a flax msgpack"):
+        restore_payload(pickle.dumps(half, protocol=4), target)
+    with pytest.raises(ValueError, match="not a flax msgpack"):
+        restore_payload(b"PK\x03\x04 a zip", target)
+
+
+def test_pickles_are_told_from_msgpack_by_name_and_first_bytes():
+    payload = flax.serialization.to_bytes({"a": np.zeros(2, np.float32)})
+    assert not looks_like_pickle(payload[:16], "x.msgpack")
+    assert not looks_like_pickle(flax.serialization.msgpack_serialize({})[:16], "x.msgpack")
+    for proto in (2, 3, 4, 5):
+        assert looks_like_pickle(pickle.dumps(payload, protocol=proto)[:16], "x.msgpack")
+    assert looks_like_pickle(payload[:16], "magic_lens_clip_base.pkl")
+    assert "--config large --msgpack magic_lens_clip_large.msgpack" in pickle_refusal(
+        "magic_lens_clip_large.pkl", "large")
+
+
+def test_converter_writes_the_checked_payload(tmp_path, monkeypatch, capsys):
+    model, pre = build_model("clip_tiny")
+    params = init_params(model, jax.random.PRNGKey(4), pre.image_size)
+    save_released_format(params, tmp_path / "m.pkl")
+    convert_released([str(tmp_path / "m.pkl"), "--config", "clip_tiny",
+                      "--msgpack", str(tmp_path / "m.msgpack")])
+    assert "magiclens models import" in capsys.readouterr().out
+    assert (tmp_path / "m.msgpack").read_bytes() == flax.serialization.to_bytes(
+        jax.device_get(params))
+    with pytest.raises(ValueError, match="param tree mismatch"):  # checked against the config
+        convert_released([str(tmp_path / "m.pkl"), "--config", "base",
+                          "--msgpack", str(tmp_path / "b.msgpack")])
+    assert not (tmp_path / "b.msgpack").exists()
 
 
 def test_image_conditioned_edit_head_shifts_each_image_differently(standin_backbone):

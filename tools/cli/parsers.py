@@ -65,15 +65,36 @@ def _status(sub: argparse._SubParsersAction) -> None:
 
 def _training(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="start a training run (training service)")
-    p.add_argument("--config", default="compact", choices=["compact", "base", "large"])
+    p.add_argument("--config", choices=["compact", "base", "large", "clip_tiny"],
+                   help="default compact, or with --init that version's config (clip_tiny: "
+                   "the released architecture at test size)")
+    p.add_argument("--init", metavar="VERSION", default="",
+                   help="start from this model version's weights (e.g. an imported released "
+                   "checkpoint; needed for base and large)")
     p.add_argument("--steps", type=int, default=0, help="0 = the config's default")
     p.add_argument("--mode", default="frozen", choices=["frozen", "full"])
     p.add_argument("--wait", action="store_true", help="follow the run until it ends")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run="tools.cli.cmd_training:run_train")
-    p = sub.add_parser("models", help="list model versions and their metrics")
+    p = sub.add_parser("models", help="list model versions and their metrics; "
+                       "`models import` registers a released checkpoint")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run="tools.cli.cmd_training:run_models")
+    msub = p.add_subparsers(dest="models_command", metavar="{import}")
+    imp = msub.add_parser(
+        "import", help="register a released (or converted) MagicLens checkpoint",
+        description="Upload a released MagicLens checkpoint in the safe format (flax msgpack, "
+        "the payload of the released .pkl; convert a .pkl once with `python -m "
+        "trainer.weights.released FILE.pkl --config base --msgpack FILE.msgpack`) and register "
+        "it as a published model version (admin). Serve it with `magiclens promote VERSION`, "
+        "fine-tune it with `magiclens train --init VERSION`.")
+    imp.add_argument("file", type=Path, help="the checkpoint file (.msgpack)")
+    imp.add_argument("--config", required=True, choices=["base", "large", "clip_tiny"],
+                     help="the architecture (clip_tiny: the same tree at test size)")
+    imp.add_argument("--name", default="", help="the model version's name (default "
+                     "<config>-import-<time>-<id>)")
+    imp.add_argument("--json", action="store_true", help="print JSON")
+    imp.set_defaults(run="tools.cli.cmd_training:run_import")
     p = sub.add_parser("promote", help="make a model version the one search serves")
     p.add_argument("model_version")
     p.add_argument("--json", action="store_true", help="print JSON")

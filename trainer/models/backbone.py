@@ -27,7 +27,7 @@ from trainer.models.colour import colour_histogram
 from trainer.models.minilm import MiniLM
 from trainer.models.mobilenet_v2 import FEATURE_DIM, MobileNetV2
 
-BACKBONES = ("compact", "clip_b16", "clip_l14")
+BACKBONES = ("compact", "clip_b16", "clip_l14", "clip_tiny")
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 MINILM_DIM = 384
@@ -251,14 +251,15 @@ def compact_preprocessor(text_len: int = 64) -> Preprocessor:
 def build_backbone(name: str, embed_dim: int = 512, clip_vocab_path: str | None = None,
                    colour_bins: int = 0) -> tuple[nn.Module, Preprocessor]:
     """``compact`` -> (CompactBackbone(embed_dim), ImageNet/MiniLM preprocessor);
-    ``clip_b16``/``clip_l14`` -> (CLIP with scenic names, CLIP preprocessor). ``embed_dim``
+    ``clip_b16``/``clip_l14`` -> (CLIP with scenic names, CLIP preprocessor); ``clip_tiny``
+    is the same CLIP at test size (trainer.models.clip CONFIGS["vit_tiny"]). ``embed_dim``
     and ``colour_bins`` only apply to ``compact`` (CLIP's width is fixed: 512 / 768)."""
     if name == "compact":
         return (CompactBackbone(embed_dim=embed_dim, colour_bins=colour_bins),
                 compact_preprocessor())
     if colour_bins:
         raise ValueError(f"colour_bins is only implemented for the compact backbone, not {name}")
-    if name in ("clip_b16", "clip_l14"):
+    if name in ("clip_b16", "clip_l14", "clip_tiny"):
         cfg = CONFIGS["vit_" + name.removeprefix("clip_")]
         return CLIP(cfg), clip_preprocessor(cfg, clip_vocab_path)
     raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")

@@ -54,6 +54,13 @@ CONFIGS: dict[str, ClipConfig] = {
     "vit_l14": ClipConfig(embed_dim=768, vocab_size=49408, vision_features=1024,
                           vision_num_layers=24, vision_patch_size=14, text_features=768,
                           text_num_heads=12, text_num_layers=12),
+    # The released tree at test size (same names, nesting and head layout; tiny widths, 32 px,
+    # CLIP's real vocabulary and context so the real tokenizer feeds it): tests and CI run
+    # import -> serve -> fine-tune through exactly the base/large code path on 2 CPU cores.
+    "vit_tiny": ClipConfig(embed_dim=32, vocab_size=49408, vision_features=64,
+                           vision_num_layers=2, vision_patch_size=8, text_features=64,
+                           text_num_heads=2, text_num_layers=2, vision_head_dim=32,
+                           image_size=32),
 }
 
 

@@ -45,6 +45,8 @@ class MagicLensConfig:
 CONFIGS: dict[str, MagicLensConfig] = {
     "base": MagicLensConfig(backbone="clip_b16", embed_dim=512, num_heads=8),
     "large": MagicLensConfig(backbone="clip_l14", embed_dim=768, num_heads=16),
+    # the released architecture at test size (CLIP vit_tiny): tests of import/serve/fine-tune
+    "clip_tiny": MagicLensConfig(backbone="clip_tiny", embed_dim=32, num_heads=2),
     "compact": MagicLensConfig(backbone="compact", embed_dim=512, num_heads=8,
                                head="edit", colour_bins=8),
     # the previous compact default, kept for comparison (docs/quality.md)
@@ -52,6 +54,8 @@ CONFIGS: dict[str, MagicLensConfig] = {
                                            image_residual=True),
 }
 HEADS = ("transformer", "edit")
+# Configs a released (or converted) checkpoint can be imported as: the paper's head on CLIP.
+RELEASED_CONFIGS = ("base", "large", "clip_tiny")
 
 
 def config_for_checkpoint(meta: dict[str, Any]) -> MagicLensConfig:

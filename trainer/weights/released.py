@@ -4,8 +4,13 @@ The files are a pickled `bytes` object holding `flax.serialization.to_bytes(para
 `pickle.load` would execute whatever the file asks for, so we accept exactly one top-level
 bytes object: no globals, no REDUCE, no containers.
 
-CLI: `python -m trainer.weights.released PATH --config base --out DIR` converts to our
-Orbax checkpoint format (see trainer.checkpoints).
+The safe format is the pickle's own payload, `flax.serialization.to_bytes(params)` on its own
+(msgpack: plain data, nothing to execute). `magiclens models import` accepts only that and
+refuses pickles; converting once is
+
+    python -m trainer.weights.released magic_lens_clip_base.pkl --config base --msgpack base.msgpack
+
+(`--out DIR` writes our Orbax checkpoint format instead, see trainer.checkpoints).
 """
 
 from __future__ import annotations
@@ -17,6 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import flax.serialization
+import flax.traverse_util
+
+from trainer.models.magiclens import RELEASED_CONFIGS
+from trainer.weights.formats import looks_like_pickle
 
 MAX_FILE_BYTES = 4 * 1024**3  # large is ~1.9 GB in float32
 
@@ -68,14 +77,26 @@ def load_payload(path: str | Path) -> bytes:
     return bytes(obj)
 
 
-def load_released(path: str | Path, target: Any) -> Any:
-    """Params with the structure of `target` (e.g. from `abstract_params` or `init_params`).
+def restore_payload(payload: bytes, target: Any) -> Any:
+    """Params with the structure of `target` from `flax.serialization.to_bytes(params)` bytes.
 
-    `target` may hold ShapeDtypeStructs; every leaf must be present with the same shape.
+    msgpack carries only data (flax's ndarray extension is dtype, shape and raw bytes), so
+    nothing runs while reading it. `target` may hold ShapeDtypeStructs; every leaf must be
+    present with the same shape and be a numeric array (float, bfloat16, integer); leaves are
+    cast to the target's dtype. Raises ValueError naming the first mismatches.
     """
     import numpy as np
 
-    state = flax.serialization.msgpack_restore(load_payload(path))
+    if looks_like_pickle(payload[:16]):
+        raise ValueError("a pickle, not a flax msgpack params file (convert it first)")
+    if not payload or not (0x80 <= payload[0] <= 0x8F or payload[0] in (0xDE, 0xDF)):
+        raise ValueError("not a flax msgpack params file (it does not start with a map)")
+    try:
+        state = flax.serialization.msgpack_restore(payload)
+    except Exception as e:  # truncated or malformed msgpack
+        raise ValueError(f"unreadable msgpack: {type(e).__name__}: {e}") from None
+    if not isinstance(state, dict):
+        raise ValueError("not a flax msgpack params file (the top level is not a map)")
     # The released tree is the inner params dict; tolerate a {'params': ...} wrapper.
     if set(state) == {"params"} and "params" not in _keys(target):
         state = state["params"]
@@ -86,11 +107,22 @@ def load_released(path: str | Path, target: Any) -> Any:
     if missing or extra:
         raise ValueError(f"param tree mismatch: missing {missing[:5]}, unexpected {extra[:5]}")
     for k, leaf in flat_t.items():
-        if tuple(np.shape(flat_s[k])) != tuple(leaf.shape):
-            raise ValueError(f"{k}: file has {np.shape(flat_s[k])}, model wants {leaf.shape}")
+        v = flat_s[k]
+        dtype = np.asarray(v).dtype if isinstance(v, np.ndarray | float | int) else None
+        # float, int, or ml_dtypes' bfloat16/float8 (numpy kind "V": half-precision exports)
+        if dtype is None or not (dtype.kind in "fiu" or dtype.name.startswith(("bfloat16",
+                                                                              "float8"))):
+            raise ValueError(f"{k}: not a numeric array ({getattr(dtype, 'name', type(v))})")
+        if tuple(np.shape(v)) != tuple(leaf.shape):
+            raise ValueError(f"{k}: file has {np.shape(v)}, model wants {leaf.shape}")
     return flax.traverse_util.unflatten_dict(
         {k: np.asarray(flat_s[k], dtype=leaf.dtype) for k, leaf in flat_t.items()}, sep="/"
     )
+
+
+def load_released(path: str | Path, target: Any) -> Any:
+    """Params with the structure of `target` from a released `.pkl` (restricted unpickler)."""
+    return restore_payload(load_payload(path), target)
 
 
 def _as_dict(tree: Any) -> dict:
@@ -110,8 +142,12 @@ def save_released_format(params: Any, path: str | Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("path", help="magic_lens_clip_{base,large}.pkl")
-    parser.add_argument("--config", choices=["base", "large"], default="base")
-    parser.add_argument("--out", required=True, help="output checkpoint directory")
+    parser.add_argument("--config", choices=list(RELEASED_CONFIGS), default="base",
+                        help="base | large (clip_tiny: the same tree at test size)")
+    out = parser.add_mutually_exclusive_group(required=True)
+    out.add_argument("--out", help="output checkpoint directory (Orbax)")
+    out.add_argument("--msgpack", help="output file: the safe format `magiclens models import` "
+                     "takes (the payload alone, checked against the config)")
     args = parser.parse_args(argv)
 
     from trainer.checkpoints import save_params
@@ -120,6 +156,11 @@ def main(argv: list[str] | None = None) -> None:
     model, preprocessor = build_model(args.config)
     target = abstract_params(model, preprocessor.image_size)
     params = load_released(args.path, target)
+    if args.msgpack:
+        Path(args.msgpack).write_bytes(flax.serialization.to_bytes(params))
+        print(f"wrote {args.msgpack}; import it with: magiclens models import {args.msgpack} "
+              f"--config {args.config}")
+        return
     out = save_params(args.out, params, {"config": args.config, "source": str(args.path),
                                          **arch_meta(model.config)})
     print(f"wrote {out}")

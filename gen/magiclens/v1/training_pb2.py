@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmagiclens/v1/training.proto\x12\x0cmagiclens.v1\"H\n\x14StartTrainingRequest\x12\x13\n\x0b\x63onfig_name\x18\x01 \x01(\t\x12\r\n\x05steps\x18\x02 \x01(\x05\x12\x0c\n\x04mode\x18\x03 \x01(\t\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x8a\x01\n\x0bTrainingRun\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x01(\x05\x12\x13\n\x0btotal_steps\x18\x05 \x01(\x05\x12\x11\n\tlast_loss\x18\x06 \x01(\x01\x12\x0e\n\x06reason\x18\x07 \x01(\t\"\x13\n\x11ListModelsRequest\"\xcc\x01\n\x0cModelVersion\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x13\n\x0b\x63onfig_name\x18\x02 \x01(\t\x12\x16\n\x0e\x63heckpoint_uri\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x38\n\x07metrics\x18\x05 \x03(\x0b\x32\'.magiclens.v1.ModelVersion.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"@\n\x12ListModelsResponse\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.magiclens.v1.ModelVersion\",\n\x13PromoteModelRequest\x12\x15\n\rmodel_version\x18\x01 \x01(\t2\xc3\x02\n\x0fTrainingService\x12N\n\rStartTraining\x12\".magiclens.v1.StartTrainingRequest\x1a\x19.magiclens.v1.TrainingRun\x12@\n\x06GetRun\x12\x1b.magiclens.v1.GetRunRequest\x1a\x19.magiclens.v1.TrainingRun\x12O\n\nListModels\x12\x1f.magiclens.v1.ListModelsRequest\x1a .magiclens.v1.ListModelsResponse\x12M\n\x0cPromoteModel\x12!.magiclens.v1.PromoteModelRequest\x1a\x1a.magiclens.v1.ModelVersionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmagiclens/v1/training.proto\x12\x0cmagiclens.v1\"^\n\x14StartTrainingRequest\x12\x13\n\x0b\x63onfig_name\x18\x01 \x01(\t\x12\r\n\x05steps\x18\x02 \x01(\x05\x12\x0c\n\x04mode\x18\x03 \x01(\t\x12\x14\n\x0cinit_version\x18\x04 \x01(\t\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x8a\x01\n\x0bTrainingRun\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x01(\x05\x12\x13\n\x0btotal_steps\x18\x05 \x01(\x05\x12\x11\n\tlast_loss\x18\x06 \x01(\x01\x12\x0e\n\x06reason\x18\x07 \x01(\t\"\x13\n\x11ListModelsRequest\"\xcc\x01\n\x0cModelVersion\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x13\n\x0b\x63onfig_name\x18\x02 \x01(\t\x12\x16\n\x0e\x63heckpoint_uri\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x38\n\x07metrics\x18\x05 \x03(\x0b\x32\'.magiclens.v1.ModelVersion.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"@\n\x12ListModelsResponse\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.magiclens.v1.ModelVersion\",\n\x13PromoteModelRequest\x12\x15\n\rmodel_version\x18\x01 \x01(\t\"\x84\x01\n\x10ImportModelChunk\x12\x13\n\x0b\x63onfig_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x11\n\tfile_name\x18\x03 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x03\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\x32\x90\x03\n\x0fTrainingService\x12N\n\rStartTraining\x12\".magiclens.v1.StartTrainingRequest\x1a\x19.magiclens.v1.TrainingRun\x12@\n\x06GetRun\x12\x1b.magiclens.v1.GetRunRequest\x1a\x19.magiclens.v1.TrainingRun\x12O\n\nListModels\x12\x1f.magiclens.v1.ListModelsRequest\x1a .magiclens.v1.ListModelsResponse\x12M\n\x0cPromoteModel\x12!.magiclens.v1.PromoteModelRequest\x1a\x1a.magiclens.v1.ModelVersion\x12K\n\x0bImportModel\x12\x1e.magiclens.v1.ImportModelChunk\x1a\x1a.magiclens.v1.ModelVersion(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,21 +34,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELVERSION_METRICSENTRY']._loaded_options = None
   _globals['_MODELVERSION_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_STARTTRAININGREQUEST']._serialized_start=45
-  _globals['_STARTTRAININGREQUEST']._serialized_end=117
-  _globals['_GETRUNREQUEST']._serialized_start=119
-  _globals['_GETRUNREQUEST']._serialized_end=150
-  _globals['_TRAININGRUN']._serialized_start=153
-  _globals['_TRAININGRUN']._serialized_end=291
-  _globals['_LISTMODELSREQUEST']._serialized_start=293
-  _globals['_LISTMODELSREQUEST']._serialized_end=312
-  _globals['_MODELVERSION']._serialized_start=315
-  _globals['_MODELVERSION']._serialized_end=519
-  _globals['_MODELVERSION_METRICSENTRY']._serialized_start=473
-  _globals['_MODELVERSION_METRICSENTRY']._serialized_end=519
-  _globals['_LISTMODELSRESPONSE']._serialized_start=521
-  _globals['_LISTMODELSRESPONSE']._serialized_end=585
-  _globals['_PROMOTEMODELREQUEST']._serialized_start=587
-  _globals['_PROMOTEMODELREQUEST']._serialized_end=631
-  _globals['_TRAININGSERVICE']._serialized_start=634
-  _globals['_TRAININGSERVICE']._serialized_end=957
+  _globals['_STARTTRAININGREQUEST']._serialized_end=139
+  _globals['_GETRUNREQUEST']._serialized_start=141
+  _globals['_GETRUNREQUEST']._serialized_end=172
+  _globals['_TRAININGRUN']._serialized_start=175
+  _globals['_TRAININGRUN']._serialized_end=313
+  _globals['_LISTMODELSREQUEST']._serialized_start=315
+  _globals['_LISTMODELSREQUEST']._serialized_end=334
+  _globals['_MODELVERSION']._serialized_start=337
+  _globals['_MODELVERSION']._serialized_end=541
+  _globals['_MODELVERSION_METRICSENTRY']._serialized_start=495
+  _globals['_MODELVERSION_METRICSENTRY']._serialized_end=541
+  _globals['_LISTMODELSRESPONSE']._serialized_start=543
+  _globals['_LISTMODELSRESPONSE']._serialized_end=607
+  _globals['_PROMOTEMODELREQUEST']._serialized_start=609
+  _globals['_PROMOTEMODELREQUEST']._serialized_end=653
+  _globals['_IMPORTMODELCHUNK']._serialized_start=656
+  _globals['_IMPORTMODELCHUNK']._serialized_end=788
+  _globals['_TRAININGSERVICE']._serialized_start=791
+  _globals['_TRAININGSERVICE']._serialized_end=1191
 # @@protoc_insertion_point(module_scope)

@@ -7,14 +7,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class StartTrainingRequest(_message.Message):
-    __slots__ = ("config_name", "steps", "mode")
+    __slots__ = ("config_name", "steps", "mode", "init_version")
     CONFIG_NAME_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    INIT_VERSION_FIELD_NUMBER: _ClassVar[int]
     config_name: str
     steps: int
     mode: str
-    def __init__(self, config_name: _Optional[str] = ..., steps: _Optional[int] = ..., mode: _Optional[str] = ...) -> None: ...
+    init_version: str
+    def __init__(self, config_name: _Optional[str] = ..., steps: _Optional[int] = ..., mode: _Optional[str] = ..., init_version: _Optional[str] = ...) -> None: ...
 
 class GetRunRequest(_message.Message):
     __slots__ = ("run_id",)
@@ -76,3 +78,19 @@ class PromoteModelRequest(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     def __init__(self, model_version: _Optional[str] = ...) -> None: ...
+
+class ImportModelChunk(_message.Message):
+    __slots__ = ("config_name", "model_version", "file_name", "total_bytes", "sha256", "data")
+    CONFIG_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FILE_NAME_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    config_name: str
+    model_version: str
+    file_name: str
+    total_bytes: int
+    sha256: str
+    data: bytes
+    def __init__(self, config_name: _Optional[str] = ..., model_version: _Optional[str] = ..., file_name: _Optional[str] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...

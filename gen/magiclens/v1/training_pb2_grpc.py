@@ -54,6 +54,11 @@ class TrainingServiceStub:
                 request_serializer=magiclens_dot_v1_dot_training__pb2.PromoteModelRequest.SerializeToString,
                 response_deserializer=magiclens_dot_v1_dot_training__pb2.ModelVersion.FromString,
                 _registered_method=True)
+        self.ImportModel = channel.stream_unary(
+                '/magiclens.v1.TrainingService/ImportModel',
+                request_serializer=magiclens_dot_v1_dot_training__pb2.ImportModelChunk.SerializeToString,
+                response_deserializer=magiclens_dot_v1_dot_training__pb2.ModelVersion.FromString,
+                _registered_method=True)
 
 
 class TrainingServiceServicer:
@@ -83,6 +88,15 @@ class TrainingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportModel(self, request_iterator, context):
+        """Register a released (or converted) MagicLens checkpoint as a published model version:
+        the file is streamed in chunks, checked (size, format, param tree against the config)
+        and stored in the blob store; no SQL by hand. Pickles are refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -104,6 +118,11 @@ def add_TrainingServiceServicer_to_server(servicer, server):
             'PromoteModel': grpc.unary_unary_rpc_method_handler(
                     servicer.PromoteModel,
                     request_deserializer=magiclens_dot_v1_dot_training__pb2.PromoteModelRequest.FromString,
+                    response_serializer=magiclens_dot_v1_dot_training__pb2.ModelVersion.SerializeToString,
+            ),
+            'ImportModel': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportModel,
+                    request_deserializer=magiclens_dot_v1_dot_training__pb2.ImportModelChunk.FromString,
                     response_serializer=magiclens_dot_v1_dot_training__pb2.ModelVersion.SerializeToString,
             ),
     }
@@ -214,6 +233,33 @@ class TrainingService:
             target,
             '/magiclens.v1.TrainingService/PromoteModel',
             magiclens_dot_v1_dot_training__pb2.PromoteModelRequest.SerializeToString,
+            magiclens_dot_v1_dot_training__pb2.ModelVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportModel(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/magiclens.v1.TrainingService/ImportModel',
+            magiclens_dot_v1_dot_training__pb2.ImportModelChunk.SerializeToString,
             magiclens_dot_v1_dot_training__pb2.ModelVersion.FromString,
             options,
             channel_credentials,
