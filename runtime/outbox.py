@@ -25,7 +25,7 @@ from kafka.errors import KafkaTimeoutError
 from runtime import db, metrics, tracing
 from runtime.bus import Throttle, ensure_topics, make_headers, make_producer
 from runtime.config import BaseServiceSettings
-from runtime.topics import Topic
+from runtime.topics import ALL_TOPICS, Topic
 
 log = logging.getLogger(__name__)
 
@@ -206,9 +206,9 @@ class OutboxRelay:
         return total
 
     def sample_backlog(self, conn: psycopg.Connection) -> dict[str, dict[str, float]]:
-        """Set the backlog gauges of this relay's topics (every topic with rows when it
-        relays all): unpublished rows, the oldest one's age, parked rows. One aggregate
-        query over the partial index of unpublished rows, every SAMPLE_INTERVAL_S."""
+        """Set the backlog gauges of this relay's topics (when it relays all: the suite's
+        topics and any with rows; 0 when none wait): unpublished rows, the oldest one's age,
+        parked rows. One aggregate query of unpublished rows, every SAMPLE_INTERVAL_S."""
         with conn.transaction():
             rows = conn.execute(
                 "SELECT topic, count(*) FILTER (WHERE failed_at IS NULL) AS backlog, "
@@ -220,7 +220,8 @@ class OutboxRelay:
                 (self.topics, self.topics)).fetchall()
         found = {r["topic"]: {"backlog": float(r["backlog"]), "parked": float(r["parked"]),
                               "age": float(r["age"])} for r in rows}
-        for topic in set(self.topics) | self._sampled_topics | set(found):
+        mine = set(self.topics) or {t.name for t in ALL_TOPICS}
+        for topic in mine | self._sampled_topics | set(found):
             got = found.get(topic, {"backlog": 0.0, "parked": 0.0, "age": 0.0})
             metrics.OUTBOX_BACKLOG.labels(topic).set(got["backlog"])
             metrics.OUTBOX_PARKED.labels(topic).set(got["parked"])
