@@ -498,7 +498,7 @@ class Consumer:
                     log.warning("offset commit failed; rejoining the group",
                                 extra={"consumer": self.name, "error": str(exc)[:300]})
                     return
-        if self._lag_due.due():
+        if self._kafka.assignment() and self._lag_due.due():  # the first sample once assigned
             self.sample_lag()
 
     def sample_lag(self, timeout_ms: int = 2000) -> dict[tuple[str, int], int]:

@@ -176,9 +176,16 @@ def test_a_pipeline_run_moves_every_operator_metric(infra_servers, fresh_db, tri
         wait_for(lambda: _settled(fresh_db), 120, "every pair decided and every outbox row "
                  "published", proc=procs["triplegen"], log=logs["triplegen"])
         # Lag and backlog gauges are sampled every 15 s: wait for samples after the work.
-        wait_for(lambda: present(scrape(ports["mining"]), "magiclens_kafka_consumer_lag_records",
-                                 group=f"test-metrics-mining-{unique}"), 60,
-                 "mining's lag sample", proc=procs["mining"], log=logs["mining"])
+        # Mining's lag: sampled once it was assigned its partitions (the records were still
+        # ahead of it then), and every 15 s: until a sample says all are read.
+        wait_for(lambda: _lag(scrape(ports["mining"]), f"test-metrics-mining-{unique}") == {
+            str(p): 0.0 for p in range(pages_topic.partitions)}, 60,
+            "mining's lag sample to reach 0", proc=procs["mining"], log=logs["mining"])
+        for name, group in (("triplegen", "tg"), ("embedding-worker", "emb")):
+            wait_for(lambda n=name, g=group: present(
+                scrape(ports[n]), "magiclens_kafka_consumer_lag_records",
+                group=f"test-metrics-{g}-{unique}"), 60, f"{name}'s lag sample",
+                proc=procs[name], log=logs[name])
         wait_for(lambda: value(scrape(ports["embedding-worker"]),
                                "magiclens_embedding_backlog_images") == 0
                  and present(scrape(ports["embedding-worker"]),
@@ -201,9 +208,7 @@ def test_a_pipeline_run_moves_every_operator_metric(infra_servers, fresh_db, tri
     assert value(worker, items, stage="embeddings_written") == images
 
     # Lag: a series per partition of the consumed topic, all read up to the end.
-    group = f"test-metrics-mining-{unique}"
-    lag = {dict(ls)["partition"]: v for (n, ls), v in mining.items()
-           if n == "magiclens_kafka_consumer_lag_records" and dict(ls)["group"] == group}
+    lag = _lag(mining, f"test-metrics-mining-{unique}")
     assert set(lag) == {str(p) for p in range(pages_topic.partitions)}, lag
     assert sum(lag.values()) == 0, lag
     assert present(tg, "magiclens_kafka_consumer_lag_records",
@@ -245,6 +250,12 @@ def test_a_pipeline_run_moves_every_operator_metric(infra_servers, fresh_db, tri
     assert 0 <= value(shard, "magiclens_index_update_age_seconds", shard="0") < 240
     assert value(shard, "magiclens_index_last_update_timestamp_seconds", shard="0") > 0
     assert value(shard, "magiclens_index_freshness_seconds_count") >= images
+
+
+def _lag(samples: Samples, group: str) -> dict[str, float]:
+    """{partition: lag} of one consumer group."""
+    return {dict(ls)["partition"]: v for (n, ls), v in samples.items()
+            if n == "magiclens_kafka_consumer_lag_records" and dict(ls)["group"] == group}
 
 
 def _settled(url: str) -> bool:
