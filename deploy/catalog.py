@@ -56,6 +56,7 @@ class Sidecar:
     requests: tuple[str, str] = ("250m", "512Mi")
     limits: tuple[str, str] = ("1", "2Gi")
     env: tuple[tuple[str, str], ...] = ()
+    metrics_port: int | None = None  # its own /metrics (a container port named worker-metrics)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,8 @@ class Workload:
     args: tuple[str, ...] = ()
     container: str = ""  # main container name (default: the workload name)
     sidecar: Sidecar | None = None
+    # app.kubernetes.io/component: its role in the architecture (docs/operations.md).
+    component: str = ""
 
     @property
     def container_name(self) -> str:
@@ -97,16 +100,17 @@ WORKLOADS: tuple[Workload, ...] = (
              metrics_port=ports.MINING.metrics,
              uses=frozenset({POSTGRES, KAFKA, S3, INTERNET}),
              requests=("500m", "1Gi"), limits=("2", "2Gi"),
-             keda=("magiclens-mining", "magiclens.pages.discovered.v1")),
+             keda=("magiclens-mining", "magiclens.pages.discovered.v1"), component="crawler"),
     Workload("triplegen", "services.triplegen", grpc_port=ports.TRIPLEGEN.grpc,
              metrics_port=ports.TRIPLEGEN.metrics,
              uses=frozenset({POSTGRES, KAFKA, S3}),
              requests=("500m", "1Gi"), limits=("2", "4Gi"),
-             keda=("magiclens-triplegen", "magiclens.pairs.mined.v1")),
+             keda=("magiclens-triplegen", "magiclens.pairs.mined.v1"), component="annotator"),
     Workload("training", "services.training", grpc_port=ports.TRAINING.grpc,
              metrics_port=ports.TRAINING.metrics,
              uses=frozenset({POSTGRES, KAFKA, S3}),
-             requests=("2", "8Gi"), limits=("8", "32Gi"), data_volume_gi=50, startup_s=120),
+             requests=("2", "8Gi"), limits=("8", "32Gi"), data_volume_gi=50, startup_s=120,
+             component="trainer"),
     # One pod per Triton replica: the Triton server (PyTriton, own image from env/triton.lock;
     # HTTP 8000 health, gRPC 8001 inference, metrics 8002) and, beside it, the embedding worker
     # (main env) that consumes events and writes the pod's current-model file on /data.
@@ -122,30 +126,39 @@ WORKLOADS: tuple[Workload, ...] = (
              metrics_port=ports.TRITON.metrics, extra_ports=(("triton-grpc", ports.TRITON.grpc),),
              uses=frozenset({POSTGRES, KAFKA, S3}),
              requests=("2", "6Gi"), limits=("4", "12Gi"), startup_s=300, data_volume_gi=10,
+             component="encoder",
              sidecar=Sidecar("embedding-worker", "services.embedding.worker",
+                             metrics_port=ports.EMBEDDING_WORKER.metrics,
                              # The same file the server beside it watches (its default
                              # is <data>/serving/current_model.json: the server would wait
                              # for a model forever).
                              env=(("MAGICLENS_TRITON_URL", ports.TRITON_ADDR),
-                                  ("MAGICLENS_CURRENT_MODEL_FILE", CURRENT_MODEL_FILE)))),
+                                  ("MAGICLENS_CURRENT_MODEL_FILE", CURRENT_MODEL_FILE),
+                                  ("MAGICLENS_GRPC_HOST", "0.0.0.0"),
+                                  ("MAGICLENS_METRICS_PORT",
+                                   str(ports.EMBEDDING_WORKER.metrics))))),
     Workload("search-shard", "services.search.shard", kind="StatefulSet",
              grpc_port=ports.SEARCH_SHARD.grpc, metrics_port=ports.SEARCH_SHARD.metrics,
              uses=frozenset({POSTGRES, KAFKA, S3}),
-             requests=("1", "4Gi"), limits=("2", "8Gi"), startup_s=600, data_volume_gi=20),
+             requests=("1", "4Gi"), limits=("2", "8Gi"), startup_s=600, data_volume_gi=20,
+             component="search-shard"),
     Workload("search-root", "services.search.root", grpc_port=ports.SEARCH_ROOT.grpc,
              metrics_port=ports.SEARCH_ROOT.metrics,
              uses=frozenset({POSTGRES}),
              calls=(("search-shard", ports.SEARCH_SHARD.grpc), ("embedding", ports.TRITON.grpc)),
-             requests=("250m", "512Mi"), limits=("1", "1Gi")),
+             requests=("250m", "512Mi"), limits=("1", "1Gi"), component="search-api"),
     Workload("gateway", "services.gateway", http_port=ports.GATEWAY.http,
              http_health_path="/api/health",
              public=True, uses=frozenset({POSTGRES, S3}),
              calls=(("search-root", ports.SEARCH_ROOT.grpc),),
              env={"MAGICLENS_GATEWAY_HOST": "0.0.0.0",
                   "MAGICLENS_GATEWAY_PORT": str(ports.GATEWAY.http)},
-             requests=("100m", "256Mi"), limits=("500m", "512Mi"), migrate=False),
-    # No server of its own (no health or metrics endpoint yet): see deploy/README.md.
-    Workload("outbox-relay", "services.outbox_relay", uses=frozenset({POSTGRES, KAFKA})),
+             requests=("100m", "256Mi"), limits=("500m", "512Mi"), migrate=False,
+             component="frontend"),
+    # No gRPC or health endpoint of its own, only /metrics: see deploy/README.md.
+    Workload("outbox-relay", "services.outbox_relay", uses=frozenset({POSTGRES, KAFKA}),
+             metrics_port=ports.OUTBOX_RELAY.metrics, env={"MAGICLENS_GRPC_HOST": "0.0.0.0"},
+             component="relay"),
 )
 
 BY_NAME = {w.name: w for w in WORKLOADS}

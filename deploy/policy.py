@@ -93,7 +93,8 @@ def _by_kind(docs: Iterable[Doc], kind: str) -> list[Doc]:
 
 # ---------------------------------------------------------------- schemas (built-in kinds)
 
-CUSTOM_API_GROUPS = ("kafka.strimzi.io/", "postgresql.cnpg.io/", "keda.sh/")
+CUSTOM_API_GROUPS = ("kafka.strimzi.io/", "postgresql.cnpg.io/", "keda.sh/",
+                     "monitoring.coreos.com/")
 
 
 def is_custom(doc: Doc) -> bool:
@@ -143,6 +144,7 @@ def custom_resource_problems(docs: list[Doc]) -> list[str]:
              for k in ("Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser")}
     known |= {("postgresql.cnpg.io/v1", "Cluster"), ("keda.sh/v1alpha1", "ScaledObject"),
               ("keda.sh/v1alpha1", "TriggerAuthentication")}
+    known |= {("monitoring.coreos.com/v1", k) for k in ("PodMonitor", "PrometheusRule")}
     for d in docs:
         if not is_custom(d):
             continue
@@ -200,6 +202,10 @@ def custom_resource_problems(docs: list[Doc]) -> list[str]:
                     p.append(f"{name}: topic ACLs name each topic (no wildcard or prefix)")
                 if not acl.get("operations"):
                     p.append(f"{name}: an ACL lists no operations")
+        elif kind == "PodMonitor":
+            p += _pod_monitor_problems(d, docs)
+        elif kind == "PrometheusRule":
+            p += _rule_problems(d)
         elif kind == "Cluster":
             if not _pos_int(spec.get("instances")):
                 p.append(f"{name}: spec.instances must be a positive integer")
@@ -227,6 +233,48 @@ def custom_resource_problems(docs: list[Doc]) -> list[str]:
                     p.append(f"{name}: topic {meta['topic']} has no KafkaTopic")
                 if not all(isinstance(v, str) for v in meta.values()):
                     p.append(f"{name}: KEDA trigger metadata values must be strings")
+    return p
+
+
+def _pod_monitor_problems(d: Doc, docs: list[Doc]) -> list[str]:
+    """Prometheus Operator's PodMonitor: a selector that picks pods of the output, and
+    endpoints that name container ports those pods have."""
+    name, p = kn(d), []
+    match = _get(d, "spec.selector.matchLabels") or {}
+    if not match:
+        return [f"{name}: spec.selector.matchLabels is required"]
+    pods = [w["spec"]["template"] for w in docs if w.get("kind") in WORKLOAD_KINDS
+            and _matches(match, w["spec"]["template"]["metadata"].get("labels", {}))]
+    if not pods:
+        p.append(f"{name}: its selector matches no pod in the output")
+    named = {port.get("name") for pod in pods for ctr in pod["spec"].get("containers", [])
+             for port in ctr.get("ports", [])}
+    endpoints = _get(d, "spec.podMetricsEndpoints")
+    if not isinstance(endpoints, list) or not endpoints:
+        p.append(f"{name}: spec.podMetricsEndpoints must be a non-empty list")
+    for ep in endpoints or []:
+        if ep.get("port") not in named:
+            p.append(f"{name}: endpoint port {ep.get('port')!r} is no selected container's")
+    return p
+
+
+def _rule_problems(d: Doc) -> list[str]:
+    """PrometheusRule: named groups of rules, each an alert or a record with an expr (the
+    PromQL itself is checked against the exported series by tests/deploy)."""
+    name, p = kn(d), []
+    groups = _get(d, "spec.groups")
+    if not isinstance(groups, list) or not groups:
+        return [f"{name}: spec.groups must be a non-empty list"]
+    for g in groups:
+        if not g.get("name") or not g.get("rules"):
+            p.append(f"{name}: every group needs a name and rules")
+        for r in g.get("rules") or []:
+            if bool(r.get("alert")) == bool(r.get("record")) or not r.get("expr"):
+                p.append(f"{name}: rule {r.get('alert') or r.get('record')!r} needs expr and "
+                         "exactly one of alert/record")
+            if r.get("alert") and r.get("labels", {}).get("severity") not in (
+                    "critical", "warning", "info"):
+                p.append(f"{name}: alert {r['alert']} needs a severity label")
     return p
 
 

@@ -37,7 +37,7 @@ from kafka.errors import (
 )
 from kafka.structs import OffsetAndMetadata
 
-from runtime import db, kafka_limits, tracing  # noqa: F401 - kafka_limits caps decompression
+from runtime import db, kafka_limits, metrics, tracing  # noqa: F401 - kafka_limits caps decompression
 from runtime.errors import ConfigError, UnavailableError
 from runtime.limits import MAX_EVENT_BYTES, MAX_JSON_DEPTH
 from runtime.topics import ALL_TOPICS, BY_NAME, Topic
@@ -345,6 +345,8 @@ class ConsumerOptions:
     # (dead_letters.retry_at; set it to now() or delete the row to retry at the next pass).
     dead_letter_retry_s: float = 300.0
     dead_letter_retry_max_s: float = 86_400.0
+    # How often the poll loop samples its partitions' lag (magiclens_kafka_consumer_lag_records).
+    lag_sample_s: float = metrics.SAMPLE_INTERVAL_S
 
 
 class Consumer:
@@ -382,6 +384,8 @@ class Consumer:
         self._outage_log = Throttle(30.0)
         self._kafka_log = Throttle(30.0)
         self._conn: psycopg.Connection | None = None
+        self._lag_due = metrics.Every(self.options.lag_sample_s)
+        self._lag_partitions: set[tuple[str, int]] = set()
 
     # -- lifecycle
     def stop(self) -> None:
@@ -494,6 +498,38 @@ class Consumer:
                     log.warning("offset commit failed; rejoining the group",
                                 extra={"consumer": self.name, "error": str(exc)[:300]})
                     return
+        if self._kafka.assignment() and self._lag_due.due():  # the first sample once assigned
+            self.sample_lag()
+
+    def sample_lag(self, timeout_ms: int = 2000) -> dict[tuple[str, int], int]:
+        """Set the lag gauge of every assigned partition: the end offset (the highwater of
+        the last fetch, else asked for) minus this consumer's position. Runs in the poll
+        loop (the client is not thread-safe) every `lag_sample_s`; a failure only skips the
+        sample. Partitions no longer assigned lose their series."""
+        kafka = self._kafka
+        lags: dict[tuple[str, int], int] = {}
+        if kafka is None:
+            return lags
+        try:
+            owned = list(kafka.assignment())
+            ends = {tp: kafka.highwater(tp) for tp in owned}
+            unknown = [tp for tp, end in ends.items() if end is None]
+            if unknown:
+                ends.update(kafka.end_offsets(unknown, timeout_ms=timeout_ms))
+            for tp in owned:
+                position = kafka.position(tp, timeout_ms=timeout_ms)
+                if position is not None and ends.get(tp) is not None:
+                    lags[(tp.topic, tp.partition)] = max(0, ends[tp] - position)
+        except Exception as exc:  # a sample is best effort; the poll loop handles faults
+            log.debug("lag sample failed", extra={"consumer": self.name, "error": str(exc)[:300]})
+            return lags
+        for (topic, partition), lag in lags.items():
+            metrics.CONSUMER_LAG.labels(self.group_id, topic, str(partition)).set(lag)
+        for topic, partition in self._lag_partitions - set(lags):
+            with contextlib.suppress(KeyError):
+                metrics.CONSUMER_LAG.remove(self.group_id, topic, str(partition))
+        self._lag_partitions = set(lags)
+        return lags
 
     def _drop_kafka(self) -> None:
         """Close a failed Kafka consumer without waiting (errors are only logged)."""
@@ -536,7 +572,8 @@ class Consumer:
             message = decode(topic, value, headers)
         except Exception as exc:  # BadEvent and anything else the input causes
             reason = str(exc) if isinstance(exc, BadEvent) else f"{type(exc).__name__}: {exc}"
-            self._dead_letter(record.topic, key, event_id, value, reason, processed=True)
+            self._dead_letter(record.topic, key, event_id, value, reason, processed=True,
+                              why="undecodable")
             return
         with tracing.span(f"consume {record.topic}",
                           context=tracing.context_from_traceparent(headers.get(TRACEPARENT, "")),
@@ -570,7 +607,9 @@ class Consumer:
         """
         event_id = self.event_id(event)
         last_error = ""
+        why = "reconcile_failed" if event.synthetic else "failed"
         attempt = 0
+        started = time.perf_counter()
         while attempt < self.options.max_attempts:
             try:
                 conn = self._db()
@@ -585,6 +624,7 @@ class Consumer:
                         ).fetchone()
                         if row is None:
                             log.debug("duplicate event skipped", extra={"event_id": event_id})
+                            metrics.CONSUMER_EVENTS.labels(self.name, "duplicate").inc()
                             return False
                     self.handler(conn, event)
                     if parked:
@@ -594,11 +634,15 @@ class Consumer:
                                  extra={"topic": event.topic, "key": event.key,
                                         "event_id": event_id})
                 self.processed += 1
+                metrics.CONSUMER_EVENTS.labels(self.name, "applied").inc()
+                metrics.CONSUMER_HANDLE_SECONDS.labels(self.name).observe(
+                    time.perf_counter() - started)
                 return True
             except Stopping:
                 raise
             except InvalidEvent as exc:
                 last_error = f"invalid event: {exc}"
+                why = "invalid"
                 break
             except Exception as exc:  # classified below, never escapes
                 if db.is_outage(exc, self._conn):
@@ -615,7 +659,7 @@ class Consumer:
         # A Kafka event is marked processed (redelivery skips it); a reconciled item is not:
         # Postgres still says it is pending, and its dead letter decides when it is retried.
         self._dead_letter(event.topic, event.key, event_id, value, last_error,
-                          processed=not event.synthetic)
+                          processed=not event.synthetic, why=why)
         return False
 
     def _parked(self, conn: psycopg.Connection, event_id: str) -> str | None:
@@ -632,10 +676,13 @@ class Consumer:
         return "waiting"
 
     def _dead_letter(self, topic: str, key: str, event_id: str, value: bytes, error: str,
-                     processed: bool) -> None:
+                     processed: bool, why: str = "failed") -> None:
         """Record the event in dead_letters: a Kafka event (`processed`) also in
         processed_events, never retried; a reconciled item with its next retry_at. A database
-        outage is waited out, as in handle(), so the consumer never dies of it."""
+        outage is waited out, as in handle(), so the consumer never dies of it. `why` is the
+        reason label of magiclens_dead_letters_total (a short fixed word, not the error)."""
+        metrics.DEAD_LETTERS.labels(self.name, why).inc()
+        metrics.CONSUMER_EVENTS.labels(self.name, "dead_lettered").inc()
         log.error("event dead-lettered", extra={"topic": topic, "key": key,
                                                 "event_id": event_id, "error": error})
         o = self.options

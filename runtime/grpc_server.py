@@ -17,15 +17,15 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import Counter, Histogram, start_http_server
 
-from runtime import auth, tracing
+from runtime import auth, metrics, tracing
 from runtime.limits import MAX_GRPC_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
-RPC_TOTAL = Counter("magiclens_grpc_requests_total", "gRPC requests", ["method", "code"])
-RPC_SECONDS = Histogram("magiclens_grpc_request_seconds", "gRPC request latency", ["method"])
+RPC_TOTAL = metrics.counter("magiclens_grpc_requests_total", "gRPC requests", ["method", "code"])
+RPC_SECONDS = metrics.histogram("magiclens_grpc_request_seconds", "gRPC request latency",
+                                ["method"])
 
 
 class MetricsInterceptor(grpc.ServerInterceptor):
@@ -100,7 +100,7 @@ class GrpcServer:
     def start(self) -> int:
         if self.metrics_port is not None:
             # Same interface as the gRPC port: all interfaces in a pod, loopback on a laptop.
-            start_http_server(self.metrics_port, addr=self.host)
+            metrics.serve(self.metrics_port, self.host)
         self.server.start()
         self.set_serving(True)
         log.info("gRPC server listening", extra={"host": self.host, "port": self.port,

@@ -22,10 +22,10 @@ from kafka import KafkaProducer
 from kafka import errors as kafka_errors
 from kafka.errors import KafkaTimeoutError
 
-from runtime import db, tracing
+from runtime import db, metrics, tracing
 from runtime.bus import Throttle, ensure_topics, make_headers, make_producer
 from runtime.config import BaseServiceSettings
-from runtime.topics import Topic
+from runtime.topics import ALL_TOPICS, Topic
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,8 @@ class OutboxRelay:
         self.pruned = 0
         self._producer: KafkaProducer | None = None
         self._log = Throttle(30.0)
+        self._sample_due = metrics.Every(metrics.SAMPLE_INTERVAL_S)
+        self._sampled_topics: set[str] = set()
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -165,6 +167,9 @@ class OutboxRelay:
             if done:
                 conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY(%s)",
                              (done,))
+                by_topic = {row["id"]: row["topic"] for row, _ in futures}
+                for row_id in done:
+                    metrics.OUTBOX_PUBLISHED.labels(by_topic[row_id]).inc()
             for row_id, error in refused.items():
                 parked = conn.execute(
                     "UPDATE outbox SET attempts = attempts + 1, last_error = %s, "
@@ -200,6 +205,30 @@ class OutboxRelay:
             log.info("pruned outbox and processed events", extra={"rows": total})
         return total
 
+    def sample_backlog(self, conn: psycopg.Connection) -> dict[str, dict[str, float]]:
+        """Set the backlog gauges of this relay's topics (when it relays all: the suite's
+        topics and any with rows; 0 when none wait): unpublished rows, the oldest one's age,
+        parked rows. One aggregate query of unpublished rows, every SAMPLE_INTERVAL_S."""
+        with conn.transaction():
+            rows = conn.execute(
+                "SELECT topic, count(*) FILTER (WHERE failed_at IS NULL) AS backlog, "
+                "count(*) FILTER (WHERE failed_at IS NOT NULL) AS parked, "
+                "coalesce(extract(epoch FROM now() - min(created_at) FILTER "
+                "(WHERE failed_at IS NULL)), 0)::float8 AS age "
+                "FROM outbox WHERE published_at IS NULL "
+                "AND (cardinality(%s::text[]) = 0 OR topic = ANY(%s::text[])) GROUP BY topic",
+                (self.topics, self.topics)).fetchall()
+        found = {r["topic"]: {"backlog": float(r["backlog"]), "parked": float(r["parked"]),
+                              "age": float(r["age"])} for r in rows}
+        mine = set(self.topics) or {t.name for t in ALL_TOPICS}
+        for topic in mine | self._sampled_topics | set(found):
+            got = found.get(topic, {"backlog": 0.0, "parked": 0.0, "age": 0.0})
+            metrics.OUTBOX_BACKLOG.labels(topic).set(got["backlog"])
+            metrics.OUTBOX_PARKED.labels(topic).set(got["parked"])
+            metrics.OUTBOX_OLDEST_AGE.labels(topic).set(got["age"])
+        self._sampled_topics |= set(found)
+        return found
+
     def run(self) -> None:
         conn: psycopg.Connection | None = None
         backoff = 0.0
@@ -211,6 +240,8 @@ class OutboxRelay:
                 if time.monotonic() >= next_prune:
                     next_prune = time.monotonic() + self.prune_interval_s
                     self.prune(conn)
+                if self._sample_due.due():
+                    self.sample_backlog(conn)
                 if self.publish_batch(conn) == 0:
                     self.stop_event.wait(self.idle_poll_s)
                 backoff = 0.0

@@ -30,13 +30,17 @@ class Listener:
 MINING = Listener("mining", grpc=50051, metrics=9151)
 TRIPLEGEN = Listener("triplegen", grpc=50052, metrics=9152)
 TRAINING = Listener("training", grpc=50053, metrics=9153)
-TRITON = Listener("embedding: Triton server / worker", grpc=8001, metrics=8002, http=8000)
+TRITON = Listener("embedding: Triton server", grpc=8001, metrics=8002, http=8000)
+# Processes without a server of their own serve only /metrics (when MAGICLENS_METRICS_PORT
+# is set; their pods set it).
+EMBEDDING_WORKER = Listener("embedding worker", metrics=9154)
+OUTBOX_RELAY = Listener("outbox relay", metrics=9156)
 SEARCH_ROOT = Listener("search root", grpc=50055, metrics=9155)
 SEARCH_SHARD = Listener("search shard i", grpc=50060, metrics=9160)  # + i locally
 GATEWAY = Listener("web gateway", http=8080)
 CORPUS_SITE = Listener("demo corpus site (tools/corpus)", http=8765)
-LISTENERS = (MINING, TRIPLEGEN, TRAINING, TRITON, SEARCH_ROOT, SEARCH_SHARD, GATEWAY,
-             CORPUS_SITE)
+LISTENERS = (MINING, TRIPLEGEN, TRAINING, TRITON, EMBEDDING_WORKER, SEARCH_ROOT, SEARCH_SHARD,
+             GATEWAY, OUTBOX_RELAY, CORPUS_SITE)
 
 # Local infrastructure (tools/infra.py starts these on a developer machine; a cluster sets
 # DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS instead). MAGICLENS_PG_PORT / _KAFKA_PORT move them.
@@ -89,7 +93,8 @@ def _cell(listener: Listener) -> tuple[str, str]:
         return (f"Triton gRPC {listener.grpc}, HTTP {listener.http}", f"Triton {listener.metrics}")
     if listener is SEARCH_SHARD:
         return f"{listener.grpc}+i", f"{listener.metrics}+i"
-    port = str(listener.grpc) if listener.grpc else f"HTTP {listener.http}"
+    port = (str(listener.grpc) if listener.grpc else f"HTTP {listener.http}" if listener.http
+            else "—")
     return port, str(listener.metrics) if listener.metrics else "—"
 
 

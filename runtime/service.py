@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from runtime import db, tracing
+from runtime import db, metrics, tracing
 from runtime.bus import Consumer, Throttle, ensure_topics
 from runtime.config import BaseServiceSettings
 from runtime.grpc_server import GrpcServer, Registration
@@ -122,6 +122,8 @@ class Service:
     def start(self) -> None:
         if self.grpc is not None:
             self.grpc.start()
+        else:  # a service without gRPC (the embedding worker) still serves its metrics
+            metrics.serve(self.settings.metrics_port, self.settings.grpc_host)
         for c in self.consumers:
             self._spawn(c.run, f"consumer-{c.name}")
         if self.relay is not None:

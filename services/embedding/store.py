@@ -55,6 +55,14 @@ def reject_image(conn: psycopg.Connection, image_id: int, reason: str) -> None:
                  "updated_at = now() WHERE image_id = %s", (reason[:500], image_id))
 
 
+def backlog(conn: psycopg.Connection, version: str) -> int:
+    """Live images without a vector of `version` (what the worker still has to embed)."""
+    return conn.execute(
+        "SELECT count(*) AS n FROM live_images i WHERE NOT EXISTS (SELECT 1 FROM "
+        "image_embeddings e WHERE e.image_id = i.image_id AND e.model_version = %s)",
+        (version,)).fetchone()["n"]
+
+
 def unembedded_ids(conn: psycopg.Connection, version: str, after: int, limit: int) -> list[int]:
     """Live images past `after` without a vector of `version`, in id order."""
     rows = conn.execute(

@@ -38,7 +38,7 @@ import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 from magiclens.v1 import events_pb2
 
-from runtime import checkpoint_store, db, outbox
+from runtime import checkpoint_store, db, metrics, outbox
 from runtime.blobstore import open_blobstore
 from runtime.bus import Consumer, Event, ensure_topics
 from runtime.config import load_settings, run_main
@@ -58,6 +58,18 @@ from services.embedding.config import WorkerSettings
 from services.embedding.current import read_current, write_current
 
 log = logging.getLogger("embedding-worker")
+
+EMBED_SECONDS = metrics.histogram(
+    "magiclens_embedding_request_seconds", "One embedding request to Triton (a batch)",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
+EMBED_IMAGES = metrics.histogram(
+    "magiclens_embedding_batch_images", "Images per embedding request",
+    buckets=(1, 2, 4, 8, 16, 32, 64))
+EMBED_REJECTED = metrics.counter(
+    "magiclens_embedding_rejections_total", "Images the encoder refused (marked rejected)")
+EMBED_BACKLOG = metrics.gauge(
+    "magiclens_embedding_backlog_images",
+    "Live images without a vector of the serving version (sampled)")
 
 # Batch-mates are looked for among the next ids only: bounded work per event on any pool.
 MATE_ID_WINDOW = 10_000
@@ -186,8 +198,10 @@ class Worker:
 
     def _request(self, images: list[bytes], version: str):
         self.requests += 1
+        EMBED_IMAGES.observe(len(images))
         try:
-            return self.client.embed_targets(images, model_version=version)
+            with EMBED_SECONDS.time():
+                return self.client.embed_targets(images, model_version=version)
         except ModelNotLoadedError as exc:
             # Triton is still loading the version just promoted: wait it out, reject nothing.
             raise UnavailableError(str(exc)) from None
@@ -224,6 +238,7 @@ class Worker:
         if not store.insert_embedding(conn, p.image_id, p.version, p.vector):
             return  # stored before (another worker): its EmbeddingReady was emitted then
         self.embedded += 1
+        metrics.pipeline("embeddings_written")
         ready = events_pb2.EmbeddingReady(image_id=p.image_id, model_version=p.version)
         if p.image_id == msg.image_id and msg.HasField("page_discovered_at"):
             ready.page_discovered_at.CopyFrom(msg.page_discovered_at)
@@ -235,8 +250,20 @@ class Worker:
 
     def _reject(self, conn, image_id: int, reason: str) -> None:
         self.rejected += 1
+        EMBED_REJECTED.inc()
         store.reject_image(conn, image_id, f"embedding: {reason}")
         log.info("image rejected", extra={"image_id": image_id, "reason": reason})
+
+    def sample_backlog(self) -> int | None:
+        """Set magiclens_embedding_backlog_images (a periodic job, its own connection);
+        None (and the gauge left alone) while no version serves."""
+        with db.connect(self.s.database_url) as conn:
+            serving = serving_version(conn)
+            if serving is None:
+                return None
+            n = store.backlog(conn, serving[0])
+        EMBED_BACKLOG.set(n)
+        return n
 
     # ------------------------------------------------------------------ reconciliation
 
@@ -278,6 +305,8 @@ def main() -> int:
     ensure_topics(settings.kafka_bootstrap_servers, worker.topics)
     service.add_consumer(worker.consumer())
     service.add_outbox_relay()
+    worker.sample_backlog()
+    service.every(metrics.SAMPLE_INTERVAL_S, worker.sample_backlog)
     return service.run_forever()
 
 

@@ -26,9 +26,8 @@ import psycopg
 from google.protobuf.timestamp_pb2 import Timestamp
 from magiclens.v1 import events_pb2
 from PIL import Image
-from prometheus_client import Counter
 
-from runtime import db, outbox
+from runtime import db, metrics, outbox
 from runtime.blobstore import BlobStore, open_blobstore
 from runtime.bus import Event, InvalidEvent
 from runtime.near_duplicates import hamming, near
@@ -53,11 +52,11 @@ log = logging.getLogger(__name__)
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 IMAGE_TYPES = ("image/", "application/octet-stream", "binary/octet-stream")
-STAGE_SECONDS = Counter("magiclens_mining_stage_seconds_total", "Time per mining stage",
-                        ["stage"])
-PAGES = Counter("magiclens_mining_pages_total", "Pages finished", ["status"])
-IMAGES = Counter("magiclens_mining_images_total", "Images stored (new)")
-REJECTED = Counter("magiclens_mining_rejections_total", "Image candidates rejected")
+STAGE_SECONDS = metrics.counter("magiclens_mining_stage_seconds_total",
+                                "Time per mining stage", ["stage"])
+PAGES = metrics.counter("magiclens_mining_pages_total", "Pages finished", ["status"])
+IMAGES = metrics.counter("magiclens_mining_images_total", "Images stored (new)")
+REJECTED = metrics.counter("magiclens_mining_rejections_total", "Image candidates rejected")
 
 
 @dataclass
@@ -166,6 +165,8 @@ class Miner:
         self.store(conn, row, outcome)
         self._add_time("db", time.perf_counter() - t0)
         PAGES.labels(outcome.status).inc()
+        if outcome.status == "mined":
+            metrics.pipeline("pages_mined")
         with self._lock:
             self.counts["pages"] += 1
         log.info("page done", extra={"url": url, "status": outcome.status,
@@ -339,6 +340,8 @@ class Miner:
         store.finish_mined_page(conn, page_id, out.reason or None, out.title or None,
                                 out.http_status, self.worker_id)
         IMAGES.inc(new_images)
+        metrics.pipeline("images_stored", new_images)
+        metrics.pipeline("pairs_mined", len(pair_ids))
         REJECTED.inc(len(out.rejections))
         with self._lock:
             self.counts["images"] += new_images

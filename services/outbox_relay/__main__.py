@@ -10,6 +10,7 @@ import logging
 import signal
 import time
 
+from runtime import metrics
 from runtime.config import load_settings, run_main
 from runtime.logs import setup_logging
 from runtime.outbox import OutboxRelay, check_dependencies
@@ -29,6 +30,8 @@ def main() -> int:
                         topics=settings.outbox_topics.split(","))
     signal.signal(signal.SIGTERM, lambda *_: relay.stop())
     signal.signal(signal.SIGINT, lambda *_: relay.stop())
+    # Its backlog gauges and published counts (MAGICLENS_METRICS_PORT; the pod sets it).
+    metrics.serve(settings.metrics_port, settings.grpc_host)
     log.info("outbox relay started")
     started = time.monotonic()
     relay.run()

@@ -27,9 +27,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 from magiclens.v1 import events_pb2, search_pb2, search_pb2_grpc
-from prometheus_client import Gauge, Histogram
 
-from runtime import db, ports, tracing
+from runtime import db, metrics, ports, tracing
 from runtime.bus import Consumer, Event
 from runtime.config import load_settings, run_main
 from runtime.errors import ConfigError
@@ -44,13 +43,28 @@ from services.search.index import IndexParams, Query, ShardIndex
 
 log = logging.getLogger("search-shard")
 
-FRESHNESS = Histogram("magiclens_index_freshness_seconds",
-                      "Page discovery to searchable in this shard",
-                      buckets=(0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400))
-VECTORS = Gauge("magiclens_shard_vectors", "Vectors in the serving index")
-BATCH = Histogram("magiclens_shard_search_batch_size",
-                  "Concurrent searches answered by one ScaNN search_batched call",
-                  buckets=(1, 2, 4, 8, 16, 32, 64))
+FRESHNESS = metrics.histogram("magiclens_index_freshness_seconds",
+                              "Page discovery to searchable in this shard",
+                              buckets=(0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600,
+                                       86400))
+VECTORS = metrics.gauge("magiclens_shard_vectors", "Vectors in the serving index")
+BATCH = metrics.histogram("magiclens_shard_search_batch_size",
+                          "Concurrent searches answered by one ScaNN search_batched call",
+                          buckets=(1, 2, 4, 8, 16, 32, 64))
+# Per shard (label `shard`), read when scraped from the index that serves at that moment.
+INDEX_VECTORS = metrics.gauge("magiclens_index_vectors",
+                              "Vectors in this shard's serving index", ["shard"])
+INDEX_BYTES = metrics.gauge("magiclens_index_vector_bytes",
+                            "Bytes of float32 vectors in this shard's serving index", ["shard"])
+INDEX_UPDATED = metrics.gauge(
+    "magiclens_index_last_update_timestamp_seconds",
+    "When this shard last applied a change (an event, a sync, a build); Unix time", ["shard"])
+INDEX_UPDATE_AGE = metrics.gauge(
+    "magiclens_index_update_age_seconds",
+    "Seconds since this shard last applied a change (freshness)", ["shard"])
+INDEX_SYNCED = metrics.gauge(
+    "magiclens_index_last_sync_timestamp_seconds",
+    "When this shard last finished a reconcile with Postgres; Unix time", ["shard"])
 MAX_K = 1000
 
 
@@ -70,6 +84,12 @@ class Shard:
         self._replacing = threading.Lock()  # held by the one build + swap under way
         self._snapshotting = threading.Lock()
         self._dirty = False
+        self.updated_at = time.time()  # when a change was last applied (freshness)
+        label = str(settings.shard)
+        INDEX_VECTORS.labels(label).set_function(lambda: len(self.index))
+        INDEX_BYTES.labels(label).set_function(lambda: 4.0 * len(self.index) * self.index.dim)
+        INDEX_UPDATED.labels(label).set_function(lambda: self.updated_at)
+        INDEX_UPDATE_AGE.labels(label).set_function(lambda: time.time() - self.updated_at)
 
     # ---------------------------------------------------------------- state
     def start(self) -> None:
@@ -116,6 +136,7 @@ class Shard:
             fresh = self._build(version)
             self.index = fresh  # one reference assignment: a reader sees old or fresh, whole
             self._dirty = True
+            self.updated_at = time.time()
             VECTORS.set(len(fresh))
             return fresh
         finally:
@@ -143,8 +164,10 @@ class Shard:
             idx.attrs.update(attrs)
             idx.upsert(ids, vecs)
         gone = idx.delete(have - want)
+        INDEX_SYNCED.labels(str(self.s.shard)).set(time.time())
         if len(ids) or gone:
             self._dirty = True
+            self.updated_at = time.time()
             log.info("synced", extra={"added": len(ids), "deleted": gone,
                                       "version": idx.model_version})
         VECTORS.set(len(self.index))
@@ -198,6 +221,7 @@ class Shard:
                     and not store.image_live(conn, msg.image_id)  # Postgres decides
                     and self.index.delete([msg.image_id])):
                 self._dirty = True
+                self.updated_at = time.time()
                 VECTORS.set(len(self.index))
             return
         if not isinstance(msg, events_pb2.EmbeddingReady):
@@ -220,6 +244,7 @@ class Shard:
         # by a reconcile of the fresh index from Postgres.
         idx.upsert(ids, vecs)
         self._dirty = True
+        self.updated_at = time.time()
         VECTORS.set(len(self.index))
         if msg.HasField("page_discovered_at"):
             discovered = msg.page_discovered_at.ToDatetime(tzinfo=UTC)

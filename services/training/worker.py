@@ -30,7 +30,7 @@ from typing import Any
 import psycopg
 
 import trainer.configs
-from runtime import checkpoint_store, db
+from runtime import checkpoint_store, db, metrics
 from runtime.blobstore import open_blobstore
 from runtime.errors import UnavailableError
 from services.training import store
@@ -43,6 +43,18 @@ from trainer.models.magiclens import CONFIGS
 from trainer.train import train
 
 log = logging.getLogger(__name__)
+
+TRAIN_STEP = metrics.gauge("magiclens_training_step", "Step the current training run reached")
+TRAIN_LOSS = metrics.gauge("magiclens_training_loss", "Loss of the last training step")
+TRAIN_STEPS = metrics.counter("magiclens_training_steps_total", "Training steps taken")
+TRAIN_EXAMPLES = metrics.counter(
+    "magiclens_training_examples_total", "Triples trained on (steps x batch size)")
+TRAIN_STEP_SECONDS = metrics.histogram(
+    "magiclens_training_step_seconds", "Wall time between two training steps",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
+TRAIN_RUNS = metrics.counter(
+    "magiclens_training_runs_total", "Training runs ended, by outcome (published, failed, "
+    "interrupted, paused)", ["outcome"])
 
 
 # Extra keyword arguments for trainer.train.train per config (tests pass a small backbone).
@@ -92,9 +104,11 @@ class _Progress:
     """Writes step/loss to Postgres at most every `interval` seconds (own connection)."""
 
     def __init__(self, url: str, run_id: str, start: int, interval: float,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, batch_size: int = 0) -> None:
         self.url, self.run_id, self.step, self.interval = url, run_id, start, interval
         self.stop = stop
+        self.batch_size = batch_size
+        self._step_at: float | None = None
         self.loss: float | None = None
         self.losses: list[float] = []
         self._last = 0.0
@@ -104,6 +118,14 @@ class _Progress:
         self.step += 1
         self.loss = loss
         self.losses.append(loss)
+        now = time.monotonic()
+        if self._step_at is not None:
+            TRAIN_STEP_SECONDS.observe(now - self._step_at)
+        self._step_at = now
+        TRAIN_STEP.set(self.step)
+        TRAIN_LOSS.set(loss)
+        TRAIN_STEPS.inc()
+        TRAIN_EXAMPLES.inc(self.batch_size)
         if time.monotonic() - self._last >= self.interval:
             self.flush()
         if self.stop is not None and self.stop.is_set():
@@ -226,24 +248,29 @@ class TrainingWorker:
                 if start:
                     store.set_params(conn, run.run_id, resumed_from_step=start)
             progress = _Progress(self.url, run.run_id, start,
-                                 self.settings.training_progress_interval_s, self.stop_event)
+                                 self.settings.training_progress_interval_s, self.stop_event,
+                                 batch_size=cfg.batch_size)
             result = self._train(cfg, train_file, eval_file, workdir, progress, stop_at, init)
             progress.flush()
             if stop_at is not None and stop_at < cfg.steps:
                 log.info("training run paused", extra={"run_id": run.run_id, "step": stop_at})
+                TRAIN_RUNS.labels("paused").inc()
                 return
             self._publish(run, cfg, result, data, progress, init[1] if init else None)
+            TRAIN_RUNS.labels("published").inc()
             log.info("training run published", extra={
                 "run_id": run.run_id, "model_version": run.model_version,
                 "seconds": round(time.monotonic() - started, 1)})
         except Interrupted as exc:  # shutdown: queue it again; it resumes from its checkpoint
             log.warning("training run interrupted by shutdown", extra={"run_id": run.run_id})
+            TRAIN_RUNS.labels("interrupted").inc()
             with db.transaction(self.url) as conn:
                 store.requeue(conn, run.run_id, f"interrupted by shutdown ({exc}); resumes "
                                                 "from the last checkpoint")
         except Exception as exc:  # any failure is recorded on the run, never lost
             reason = str(exc) if isinstance(exc, JobError) else f"{type(exc).__name__}: {exc}"
             log.exception("training run failed", extra={"run_id": run.run_id})
+            TRAIN_RUNS.labels("failed").inc()
             with db.transaction(self.url) as conn:
                 store.fail(conn, run.run_id, reason)
         finally:

@@ -16,7 +16,7 @@ import numpy as np
 import psycopg
 from magiclens.v1 import events_pb2
 
-from runtime import outbox
+from runtime import metrics, outbox
 from runtime.blobstore import BlobStore
 from runtime.topics import TRIPLES_CREATED
 from services.triplegen import store
@@ -181,6 +181,7 @@ def write_triples(conn: psycopg.Connection, ctx: Context, pair_ids: Sequence[int
             store.supersede_older(conn, r["pair_id"], writer.name, writer.version)
             store.mark_tripled(conn, r["pair_id"])
             counts["pairs_tripled"] += 1
+    metrics.pipeline("triples_written", counts["triples"])
     return counts
 
 

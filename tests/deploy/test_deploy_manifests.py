@@ -157,7 +157,12 @@ def test_network_policies_allow_exactly_the_catalog_calls(rendered):
     shard_from = {r["from"][0].get("podSelector", {}).get("matchLabels", {}).get(
         "app.kubernetes.io/name") for r in nps["search-shard"]["ingress"]}
     assert "search-root" in shard_from and "gateway" not in shard_from
-    assert nps["outbox-relay"]["ingress"] == [] and nps["outbox-relay"]["egress"] == []
+    # The relay calls nobody and is called by nobody; only Prometheus scrapes its metrics.
+    assert nps["outbox-relay"]["egress"] == []
+    assert nps["outbox-relay"]["ingress"] == [{
+        "from": [{"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": catalog.MONITORING_NAMESPACE}}}],
+        "ports": [{"protocol": "TCP", "port": catalog.BY_NAME["outbox-relay"].metrics_port}]}]
     internet = nps["magiclens-allow-internet"]["egress"][0]["to"][0]["ipBlock"]
     assert "10.0.0.0/8" in internet["except"]  # the crawler cannot reach cluster addresses
     mining_labels = _find(docs, "Deployment", "mining")["spec"]["template"]["metadata"]["labels"]

@@ -11,11 +11,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import grpc
+import httpx
 import pytest
 from kafka import KafkaConsumer
 from magiclens.v1 import events_pb2
+from prometheus_client.parser import text_string_to_metric_families
 
 from runtime import db
+from runtime import metrics as runtime_metrics
 from runtime.blobstore import open_blobstore
 from runtime.bus import ensure_topics
 from runtime.config import load_settings
@@ -25,7 +28,7 @@ from runtime.serving import serving_version
 from services.training import client, store
 from services.training.config import TrainingSettings
 from services.training.server import TrainingServicer, registration
-from services.training.worker import TrainingWorker
+from services.training.worker import TrainingWorker, resolve_config
 from tests.support.processes import free_port, start, stop, wait_grpc
 from tests.training.training_fixtures import (
     compilation_cache,
@@ -100,7 +103,23 @@ def svc(infra_servers, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained(svc) -> SimpleNamespace:
+def metrics_port(svc) -> tuple[int, dict]:
+    """This process's /metrics (the worker runs in it), and its training series before the
+    runs of `trained`: the counters are process-wide, so the test compares differences."""
+    port = free_port()
+    runtime_metrics.serve(port)
+    return port, _training_series(port)
+
+
+def _training_series(port: int) -> dict:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples
+            if s.name.startswith("magiclens_training_")}
+
+
+@pytest.fixture(scope="module")
+def trained(svc, metrics_port) -> SimpleNamespace:
     """Two runs queued together and trained to the end (one at a time), watched as they go:
     the published models every test of this module starts from, whatever the test order."""
     a = client.start_training("compact", 10, "frozen", target=svc.stub)
@@ -162,6 +181,24 @@ def test_runs_train_one_at_a_time_and_publish_models(svc, trained):
     for e in seen:
         assert (e.config_name, e.embed_dim) == ("compact", 64)
         assert e.checkpoint_uri == models[e.model_version].checkpoint_uri
+
+
+def test_training_metrics_count_steps_loss_and_runs(svc, trained, metrics_port):
+    assert (trained.ra.status, trained.rb.status) == ("succeeded", "succeeded")
+    port, before = metrics_port
+    after = _training_series(port)
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    batch = resolve_config("compact", 10, "frozen").batch_size
+    assert delta("magiclens_training_steps_total") == 10 + 6
+    assert delta("magiclens_training_examples_total") == (10 + 6) * batch
+    assert delta("magiclens_training_runs_total", outcome="published") == 2
+    assert delta("magiclens_training_step_seconds_count") == 10 + 6 - 2  # between steps
+    assert after[("magiclens_training_step", ())] == 6  # the last run's last step
+    assert after[("magiclens_training_loss", ())] > 0
 
 
 def _all_published(svc) -> list[events_pb2.ModelPublished]:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from runtime import metrics
 from services.triplegen import store
 from services.triplegen.meta import ImageMeta, clean
 from services.triplegen.validate import check
@@ -38,6 +39,22 @@ log = logging.getLogger(__name__)
 VERSION = "llm-v1"
 PROMPT_VERSION = "magiclens-fewshot-v2"  # v2: page text quoted (issue 15)
 MAX_RESPONSE_BYTES = 256 * 1024
+
+LLM_REQUESTS = metrics.counter(
+    "magiclens_llm_requests_total",
+    "HTTP requests to the LLM endpoint, by model and outcome (ok, rate_limited, "
+    "server_error, client_error, timeout, connection_error, malformed, too_large)",
+    ["model", "outcome"])
+LLM_SECONDS = metrics.histogram(
+    "magiclens_llm_request_seconds", "LLM request latency (one HTTP attempt)", ["model"],
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60))
+LLM_CACHE = metrics.counter(
+    "magiclens_llm_cache_lookups_total",
+    "Prompt-cache lookups of the LLM writer, by result (hit: no call made, miss)",
+    ["model", "result"])
+LLM_INVALID = metrics.counter(
+    "magiclens_llm_invalid_answers_total",
+    "LLM answers that failed validation (no triple written)", ["model"])
 MAX_BACKOFF_S = 30.0
 
 SYSTEM = ("You write image-search instructions. Given two images from the same web page, a "
@@ -175,26 +192,48 @@ class LlmWriter:
     def _once(self, msgs: list[dict[str, str]]) -> str:
         body = {"model": self.cfg.model, "messages": msgs, "temperature": self.cfg.temperature,
                 "max_tokens": 200}
+        outcome = "ok"
+        try:
+            return self._request(body)
+        except (TransientError, PermanentError) as exc:
+            outcome = getattr(exc, "outcome", "error")
+            raise
+        finally:
+            LLM_REQUESTS.labels(self.model, outcome).inc()
+
+    def _request(self, body: dict) -> str:
+        """One HTTP attempt; its errors carry `outcome`, the metric's label."""
+        def fail(cls: type[Exception], message: str, outcome: str) -> Exception:
+            err = cls(message)
+            err.outcome = outcome  # type: ignore[attr-defined]
+            return err
+
         with self._sem:
             self.calls += 1
+            started = time.perf_counter()
             try:
                 resp = self._client.post(self.url(), json=body)
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
-                raise TransientError(f"{type(exc).__name__}") from None
+            except httpx.TimeoutException as exc:
+                raise fail(TransientError, type(exc).__name__, "timeout") from None
+            except httpx.TransportError as exc:
+                raise fail(TransientError, type(exc).__name__, "connection_error") from None
+            finally:
+                LLM_SECONDS.labels(self.model).observe(time.perf_counter() - started)
         if resp.status_code == 429 or resp.status_code >= 500:
-            err = TransientError(f"HTTP {resp.status_code}")
+            err = fail(TransientError, f"HTTP {resp.status_code}",
+                       "rate_limited" if resp.status_code == 429 else "server_error")
             err.retry_after = resp.headers.get("retry-after")  # type: ignore[attr-defined]
             raise err
         if resp.status_code >= 400:
-            raise PermanentError(f"HTTP {resp.status_code}")
+            raise fail(PermanentError, f"HTTP {resp.status_code}", "client_error")
         if len(resp.content) > MAX_RESPONSE_BYTES:
-            raise PermanentError("response too large")
+            raise fail(PermanentError, "response too large", "too_large")
         try:
             content = resp.json()["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
-            raise TransientError("malformed response body") from None
+            raise fail(TransientError, "malformed response body", "malformed") from None
         if not isinstance(content, str):
-            raise TransientError("malformed response body")
+            raise fail(TransientError, "malformed response body", "malformed")
         return content
 
     def complete(self, msgs: list[dict[str, str]]) -> str:
@@ -221,6 +260,10 @@ class LlmWriter:
         keys = [self.prompt_hash(m) for m in prompts]
         cached = self.cache_get(keys)
         todo = [i for i, k in enumerate(keys) if k not in cached]
+        if len(keys) - len(todo):
+            LLM_CACHE.labels(self.model, "hit").inc(len(keys) - len(todo))
+        if todo:
+            LLM_CACHE.labels(self.model, "miss").inc(len(todo))
         answers: dict[int, str | Exception] = {}
 
         def run(i: int) -> None:
@@ -248,6 +291,7 @@ class LlmWriter:
                 text = text[0].upper() + text[1:]
             why = check(text, ctx.target)
             if why:
+                LLM_INVALID.labels(self.model).inc()
                 out.append(WriteResult(ctx.pair_id, error=f"invalid llm output: {why}"))
                 continue
             scores = {"from_cache": 1.0 if keys[i] in cached else 0.0}
