@@ -1,11 +1,12 @@
-"""`magiclens search`: one query against the SearchService."""
+"""`magiclens search`: one query against the SearchService: an image and an instruction,
+an image alone, or an instruction alone (text-to-image search)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from magiclens.v1 import search_pb2
+from magiclens.v1 import common_pb2, search_pb2
 
 from runtime import search_client
 from runtime.limits import MAX_INSTRUCTION_CHARS, MAX_K
@@ -35,8 +36,12 @@ def run(args: argparse.Namespace, settings: ClientSettings) -> int:
         raise UsageError(f"-k must be between 1 and {MAX_K} (got {args.k})")
     if len(args.instruction) > MAX_INSTRUCTION_CHARS:
         raise UsageError(f"--instruction is longer than {MAX_INSTRUCTION_CHARS} characters")
+    if args.image is None and not args.instruction.strip():
+        raise UsageError("give --image, --instruction, or both (--instruction alone searches "
+                         "by text)")
+    query = image_input(args.image) if args.image is not None else common_pb2.ImageInput()
     request = search_pb2.SearchRequest(
-        query=image_input(args.image), instruction=args.instruction, k=args.k,
+        query=query, instruction=args.instruction, k=args.k,
         include_query_image=args.include_query_image,
         filters=search_pb2.SearchFilters(source=args.source, page_domain=args.domain))
     try:
