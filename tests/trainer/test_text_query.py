@@ -8,6 +8,7 @@ import dataclasses
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -46,6 +47,7 @@ ARCH = MagicLensConfig("compact", 64, 4, head="edit")
 def _recall(model, params, captions, ks=(1, 5)):
     """Text-to-image R@K over the captioned images: each distinct caption's targets are
     the images it describes."""
+    params = jax.tree.map(jnp.asarray, params)  # device copies: see text_query_metrics
     fi, ft, img_idx, txt_idx = pair_features(model, params, _backbone()[1], captions, None)
     index = index_embeddings(model, params, _backbone()[1], fi)
     q = np.asarray(model.apply({"params": params}, ft,

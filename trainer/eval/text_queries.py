@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
@@ -166,25 +167,28 @@ def text_query_metrics(model: MagicLens, params: Any, tset: TextEvalSet, ids: Se
                        ks: Sequence[int] = (1, 5, 10)) -> dict[str, dict[str, float]]:
     """{wording: {"<method>/R@K": %, "queries": n}}; `text_head` only when the model has
     the head. `model_gallery_features`: the gallery through a tuned tower (trainer.tower)."""
-    p = {"params": params}
+    # jitted, on device copies of the params: eager calls on the restored (numpy) params
+    # gave run-to-run different outputs here
+    params = jax.tree.map(jnp.asarray, params)
+
+    def run(method):
+        return jax.jit(lambda pp, *a: model.apply({"params": pp}, *a, method=method))
+
     mg = gallery_features if model_gallery_features is None else model_gallery_features
     ef = np.broadcast_to(empty_text_features, (len(mg), empty_text_features.shape[-1]))
-    index = np.asarray(jax.jit(lambda a, b: model.apply(
-        p, a, b, method=MagicLens.encode_target_features))(mg, ef))
-    gi, _ = model.apply(p, gallery_features, ef, method=MagicLens.project_features)
-    gi = _unit(gi)
+    index = np.array(run(MagicLens.encode_target_features)(params, mg, ef))
+    gi = _unit(np.array(run(MagicLens.project_features)(params, gallery_features, ef)[0]))
     out: dict[str, dict[str, float]] = {}
     for wording, queries in tset.queries.items():
         xf = np.stack([tset.text_features[q.text] for q in queries])
         blank = np.repeat(tset.blank_features, len(queries), 0)
-        embs = {"blank_image": (np.asarray(model.apply(p, blank, xf,
-                                                       method=MagicLens.encode_features)),
-                                index)}
-        _, qt = model.apply(p, blank, xf, method=MagicLens.project_features)
-        embs["text_only"] = (_unit(qt), gi)
+        embs = {"blank_image": (np.array(run(MagicLens.encode_features)(params, blank, xf)),
+                                index),
+                "text_only": (_unit(np.array(run(MagicLens.project_features)(
+                    params, blank, xf)[1])), gi)}
         if model.has_text_query:
-            embs["text_head"] = (np.asarray(model.apply(
-                p, xf, method=MagicLens.encode_text_query_features)), index)
+            embs["text_head"] = (np.array(run(MagicLens.encode_text_query_features)(
+                params, xf)), index)
         gts = [q.targets for q in queries]
         got: dict[str, float] = {"queries": float(len(queries))}
         for method, (q, g) in embs.items():
