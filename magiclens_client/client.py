@@ -51,18 +51,23 @@ class MagicLensClient:
         self._channels: dict[tuple[str, str], grpc.Channel] = {}
 
     # ------------------------------------------------------------------ calls
-    def search(self, image: ImageRef, instruction: str = "", k: int = 10, *, source: str = "",
-               domain: str = "", include_query_image: bool = False,
+    def search(self, image: ImageRef | None, instruction: str = "", k: int = 10, *,
+               source: str = "", domain: str = "", include_query_image: bool = False,
                timeout: float | None = None) -> SearchResult:
         """The k pool images that best match `image` changed as `instruction` says, best
-        first. The query image and its copies are left out unless include_query_image."""
+        first. The query image and its copies are left out unless include_query_image.
+        `image=None` searches by the instruction alone (text-to-image)."""
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise self._invalid("search", self.addr, f"k must be between 1 and {MAX_K} (got {k!r})")
         if len(instruction) > MAX_INSTRUCTION_CHARS:
             raise self._invalid("search", self.addr, "instruction is longer than "
                                 f"{MAX_INSTRUCTION_CHARS} characters")
+        if image is None and not instruction.strip():
+            raise self._invalid("search", self.addr, "give an image, an instruction, or both "
+                                "(an instruction alone searches by text)")
+        query = common_pb2.ImageInput() if image is None else self._image_input(image)
         request = search_pb2.SearchRequest(
-            query=self._image_input(image), instruction=instruction, k=k,
+            query=query, instruction=instruction, k=k,
             include_query_image=include_query_image,
             filters=search_pb2.SearchFilters(source=source, page_domain=domain))
         stub = search_pb2_grpc.SearchServiceStub(self._channel(self.addr, auth.READ))

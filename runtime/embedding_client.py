@@ -35,6 +35,11 @@ class ModelNotLoadedError(EmbeddingError):
     version that was just promoted. Not the input's fault; retry later."""
 
 
+class NoTextPathError(EmbeddingError):
+    """A text-only query for a model version that has no text-only path (no text-query
+    head): the request is fine, this version cannot answer it."""
+
+
 @dataclass(frozen=True)
 class Embeddings:
     vectors: np.ndarray  # [B, D] float32, unit norm
@@ -84,6 +89,8 @@ class EmbeddingClient:
             if any("ModelNotLoadedError:" in ln for ln in errs):  # the server's own class
                 detail = msg.split("ModelNotLoadedError:", 1)[-1].strip()
                 raise ModelNotLoadedError(detail) from None
+            if any("NoTextPathError:" in ln for ln in errs):  # the server's own class
+                raise NoTextPathError(msg.split("NoTextPathError:", 1)[-1].strip()) from None
             if any("BadInput:" in ln for ln in errs):
                 raise BadImageError(msg) from None
             if "unknown model" in msg.lower() or "not ready" in msg.lower():
@@ -126,6 +133,15 @@ class EmbeddingClient:
                else self._bytes_input("image", list(images)))
         txt = self._bytes_input("instruction", [t.encode("utf-8") for t in instructions])
         return self._infer("query", [img, txt], model_version, timeout_s)
+
+
+    def embed_text_queries(self, instructions: list[str], model_version: str = "",
+                           timeout_s: float | None = None) -> Embeddings:
+        """Text-only queries (no image) -> query embeddings in the index's space.
+        NoTextPathError when the version has no text-only path."""
+        _check(len(instructions))
+        txt = self._bytes_input("instruction", [t.encode("utf-8") for t in instructions])
+        return self._infer("text_query", [txt], model_version, timeout_s)
 
 
 def _check(n: int) -> None:

@@ -15,6 +15,9 @@ Grids: `chosen` = the compact config alone; `ablations` = it and the edit-head v
 docs/quality.md reports; `transformer` = the paper's head (slow on CPU); `tower` = the
 image tower's last layer trained with the head (trainer.tower); a JSON file = a
 list of {"name", "config", "overrides": {...}, "arch": {...}}.
+
+`--text-queries` also scores text-to-image search on the held-out pages (trainer.eval.
+text_queries: the text-query head, a blank query image, the alignment baseline).
 """
 
 from __future__ import annotations
@@ -34,13 +37,19 @@ from typing import Any
 
 import numpy as np
 
-from trainer.checkpoints import load_params
+from trainer.checkpoints import META_FILE, load_params
 from trainer.configs import get_config
 from trainer.data.triples import JsonlTriples, read_captions
 from trainer.eval.corpus import PHRASINGS, corpus_metrics, load_corpus_eval
 from trainer.eval.retrieval import METHODS
 from trainer.features import compute_features, feature_kind
-from trainer.models.magiclens import CONFIGS, abstract_params, build_model, pretrained_params
+from trainer.models.magiclens import (
+    CONFIGS,
+    abstract_params,
+    build_model,
+    config_for_checkpoint,
+    pretrained_params,
+)
 
 MAX_SEEDS = 10
 BAR_RELATION_MIN_N = 10
@@ -192,7 +201,7 @@ def eval_sets(corpus: Path, variant_arch: dict[str, Any], cache: Path) -> list[E
 # ------------------------------------------------------------------------------ runs
 
 def run_one(variant: Variant, seed: int, snapshot: Path, out: Path,
-            sets: list[EvalSet]) -> dict[str, Any]:
+            sets: list[EvalSet], text: Any = None) -> dict[str, Any]:
     """Train one (variant, seed) on the snapshot and evaluate it on every wording."""
     from trainer.train import train
 
@@ -218,7 +227,9 @@ def run_one(variant: Variant, seed: int, snapshot: Path, out: Path,
     for name in SHARED_CACHES:
         if (workdir / name).exists() and not (shared / name).exists():
             os.link(workdir / name, shared / name)
-    model, pre = build_model(cfg.model, config=arch)
+    # the export's own architecture (the text-query head is added by training)
+    model, pre = build_model(cfg.model, config=config_for_checkpoint(json.loads(
+        (result.checkpoint / META_FILE).read_text())))
     params, _ = load_params(result.checkpoint, abstract_params(model, pre.image_size))
     metrics = {s.phrasing: corpus_metrics(model, params, s.queries, s.ids, s.gallery_features,
                                           s.text_features, s.empty_text_features,
@@ -226,9 +237,17 @@ def run_one(variant: Variant, seed: int, snapshot: Path, out: Path,
                                               cfg, model, params, s))
                for s in sets}
     shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
-    return {"variant": variant.name, "seed": seed, "train_seconds": seconds,
-            "config": dataclasses.asdict(cfg), "arch": dataclasses.asdict(arch),
-            "metrics": metrics}
+    out_run = {"variant": variant.name, "seed": seed, "train_seconds": seconds,
+               "config": dataclasses.asdict(cfg), "arch": dataclasses.asdict(arch),
+               "metrics": metrics}
+    if text is not None:
+        from trainer.eval.text_queries import text_query_metrics
+
+        s = sets[0]
+        out_run["text_queries"] = text_query_metrics(
+            model, params, text, s.ids, s.gallery_features, s.empty_text_features,
+            tuned_gallery(cfg, model, params, s))
+    return out_run
 
 
 def tuned_gallery(cfg: Any, model: Any, params: Any, s: EvalSet) -> np.ndarray | None:
@@ -295,6 +314,10 @@ def report(results: list[dict]) -> str:
                 for k in (1, 10) for m in ("magiclens", "image_only"))
                 + (f" | {statistics.mean(ident):.2f} |" if ident else " | - |"))
     lines += ["", "The bar (issue 13), on the means:", ""] + [f"- {x}" for x in bar(best)]
+    if any("text_queries" in r for r in results):
+        from trainer.eval.text_queries import text_report
+
+        lines += ["", text_report(results)]
     return "\n".join(lines)
 
 
@@ -344,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("data/experiments"))
     ap.add_argument("--markdown", type=Path, help="also write the report here")
     ap.add_argument("--steps", type=int, help="override every variant's fusion steps")
+    ap.add_argument("--text-queries", action="store_true",
+                    help="also score text-to-image search (alt texts and captions of the "
+                         "held-out images as queries)")
     a = ap.parse_args(argv)
     if not 1 <= a.seeds <= MAX_SEEDS:
         ap.error(f"--seeds must be 1..{MAX_SEEDS}")
@@ -367,8 +393,13 @@ def main(argv: list[str] | None = None) -> int:
         akey = json.dumps(v.arch, sort_keys=True)
         if akey not in sets_by_arch:
             sets_by_arch[akey] = eval_sets(a.corpus, v.arch, a.out / "cache")
+        text = None
+        if a.text_queries:
+            from trainer.eval.text_queries import pretrained_text_eval_set
+
+            text = pretrained_text_eval_set(a.corpus, v.arch, a.out / "cache")
         for seed in range(a.seeds):
-            r = run_one(v, seed, a.snapshot, a.out, sets_by_arch[akey])
+            r = run_one(v, seed, a.snapshot, a.out, sets_by_arch[akey], text)
             w = r["metrics"].get("writer", next(iter(r["metrics"].values())))
             print(f"experiments: {v.name} seed {seed}: R@1 {w['magiclens/R@1']:.1f} "
                   f"(image_only {w['image_only/R@1']:.1f}) in {r['train_seconds']:.0f}s",

@@ -40,7 +40,13 @@ from trainer.checkpoints import save_params
 from trainer.configs import TrainConfig, get_config
 from trainer.data.triples import JsonlTriples, TripleSource, load_image, read_captions
 from trainer.features import cached_features
-from trainer.models.magiclens import MagicLens, arch_meta, build_model, pretrained_params
+from trainer.models.magiclens import (
+    CONFIGS,
+    MagicLens,
+    arch_meta,
+    build_model,
+    pretrained_params,
+)
 
 
 @dataclass
@@ -49,6 +55,7 @@ class TrainResult:
     metrics: dict[str, float]
     losses: list[float] = field(default_factory=list)
     align_losses: list[float] = field(default_factory=list)
+    text_query_losses: list[float] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- param subsets
@@ -374,6 +381,10 @@ def train(cfg: TrainConfig, triples: TripleSource, workdir: str | Path, *,
     n_dev = mesh.devices.size
     if cfg.batch_size % n_dev:
         raise ValueError(f"batch_size {cfg.batch_size} not divisible by {n_dev} devices")
+    from trainer.text_query import train_text_query, with_text_query
+
+    if captions and cfg.text_query_steps > 0:  # the export gets a text-only query path
+        model_config = with_text_query(model_config or CONFIGS[cfg.model], cfg)
     model, pre = build_model(cfg.model, dtype=compute_dtype(), backbone=backbone,
                              config=model_config)
     params = init_params if init_params is not None else pretrained_params(
@@ -479,7 +490,13 @@ def train(cfg: TrainConfig, triples: TripleSource, workdir: str | Path, *,
         from trainer import tower
 
         final = tower.merge_into(final, cfg.tower_tune, jax.device_get(trainable["tower"]))
+    text_losses: list[float] = []
+    if model.has_text_query and captions and cfg.text_query_steps > 0:
+        final, text_losses = train_text_query(model, cfg, final, pre, captions, workdir, mesh)
     metrics: dict[str, float] = {"train/steps": float(cfg.steps)}
+    if text_losses:
+        metrics["train/text_query_loss"] = float(np.mean(text_losses[-max(1, len(
+            text_losses) // 10):]))
     if loss_hist:
         metrics["train/final_loss"] = float(np.mean(loss_hist[-max(1, len(loss_hist) // 10):]))
     metrics["train/temperature"] = float(temperature(jax.device_get(trainable), cfg))
@@ -491,7 +508,7 @@ def train(cfg: TrainConfig, triples: TripleSource, workdir: str | Path, *,
     out = save_params(workdir / "export", final, {
         "config": cfg.model, "mode": cfg.mode, "steps": cfg.steps, "metrics": metrics,
         "train_config": dataclasses.asdict(cfg), **arch_meta(model.config)})
-    return TrainResult(out, metrics, loss_hist, align_losses)
+    return TrainResult(out, metrics, loss_hist, align_losses, text_losses)
 
 
 def _tower_setup(cfg: TrainConfig, model: MagicLens, params: Any, pre: Any,

@@ -54,6 +54,12 @@ IMAGE_RUNTIMES = ("onnxruntime", "jax")
 
 log = logging.getLogger(__name__)
 _TOWER_LOCK = threading.Lock()
+NO_TEXT_PATH = "this model version has no text-only path"
+
+
+class NoTextPathError(BadInput):
+    """A text-only query for a model version without a text-query head (every export made
+    before trainer.text_query existed). Clients recognise it by this class name."""
 
 
 def enable_compile_cache() -> None:
@@ -142,6 +148,7 @@ class LoadedModel:
     _text: Any = None
     _head: Any = None
     _target_head: Any = None
+    _text_query_head: Any = None
     text_cache: TextFeatureCache | None = None
     ready: set[int] | None = None  # compiled batch sizes; shared by hot-swapped versions
     text_ready: set[int] | None = None  # compiled instruction lengths
@@ -169,6 +176,8 @@ class LoadedModel:
                                                        method=m.encode_features))
         self._target_head = jax.jit(lambda p, fi, ft: m.apply(
             {"params": p}, fi, ft, method=m.encode_target_features))
+        self._text_query_head = jax.jit(lambda p, ft: m.apply(
+            {"params": p}, ft, method=m.encode_text_query_features))
         self.text_cache = TextFeatureCache()
         self.ready, self.text_ready = set(), set()
 
@@ -289,6 +298,21 @@ class LoadedModel:
         """Preprocessed images + instruction strings (text features from the cache)."""
         return self.encode_query_features(pixels, self.text_features(instructions))
 
+    @property
+    def has_text_query(self) -> bool:
+        """Whether this version answers text-only queries (trainer.models.text_head)."""
+        return self.model.has_text_query
+
+    def encode_text_queries(self, instructions: list[str]) -> np.ndarray:
+        """Text-only queries -> unit embeddings in the index's space. NoTextPathError for a
+        version without the head; BadInput for an empty or too long instruction."""
+        if not self.has_text_query:
+            raise NoTextPathError(NO_TEXT_PATH)
+        if any(not t.strip() for t in instructions):
+            raise BadInput("a text-only query needs a non-empty instruction")
+        self.tokens(instructions)  # validates the length before anything runs
+        return self._run(self._text_query_head, self.text_features(instructions))
+
     def encode_target_pixels(self, pixels: np.ndarray) -> np.ndarray:
         image_features = self.image_features(pixels)
         empty = np.repeat(self.text_features([""]), len(image_features), 0)
@@ -313,6 +337,8 @@ class LoadedModel:
         ft = np.repeat(self.text_features([""]), batch, 0)
         jax.block_until_ready(self._head(self.params, fi, ft))
         jax.block_until_ready(self._target_head(self.params, fi, ft))
+        if self.has_text_query:
+            jax.block_until_ready(self._text_query_head(self.params, ft))
         self.ready.add(batch)
 
     def warmup(self) -> None:

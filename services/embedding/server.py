@@ -49,6 +49,7 @@ log = logging.getLogger("embedding-server")
 
 QUERY_MODEL = "query"
 TARGET_MODEL = "target"
+TEXT_QUERY_MODEL = "text_query"  # text-only queries: `instruction` in, no image
 VERSION_PARAM = "model_version"
 
 
@@ -168,6 +169,9 @@ def make_infer(holder: ModelHolder, kind: str):
 
     def _infer_group(requests, idx: list[int], version: str, results: list) -> None:
         model = holder.get(version)  # one reference for the whole batch: swap-safe
+        if kind == TEXT_QUERY_MODEL:
+            _infer_text(requests, idx, model, results)
+            return
         pixels, texts, sizes = [], [], []
         with tracing.span("decode + preprocess"):
             for i in idx:
@@ -211,6 +215,25 @@ def make_infer(holder: ModelHolder, kind: str):
             start += n
 
     return infer
+
+
+def _infer_text(requests, idx: list[int], model: LoadedModel, results: list) -> None:
+    """Text-only queries: the text tower (cached) and the text-query head, no image."""
+    texts, sizes = [], []
+    for i in idx:
+        if "instruction" not in requests[i].data:
+            raise BadInput("give `instruction`")
+        got = [_row_bytes(r).decode("utf-8") for r in requests[i]["instruction"]]
+        texts += got
+        sizes.append(len(got))
+    with tracing.span("text tower + text-query head", queries=len(texts)):
+        emb = model.encode_text_queries(texts)
+    start = 0
+    for i, n in zip(idx, sizes, strict=True):
+        results[i] = {"embedding": emb[start:start + n],
+                      "model_version": np.array([[model.model_version.encode()]] * n,
+                                                dtype=np.object_)}
+        start += n
 
 
 def _children(pid: int) -> list[int]:
@@ -423,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
             outputs, config=config)
         triton.bind(TARGET_MODEL, make_infer(holder, TARGET_MODEL), image_in, outputs,
                     config=config)
+        triton.bind(TEXT_QUERY_MODEL, make_infer(holder, TEXT_QUERY_MODEL), [
+            Tensor(name="instruction", dtype=np.bytes_, shape=(1,))], outputs, config=config)
         triton.run()
         watcher.start()
         log.info("ready: grpc %d http %d, model %s", args.grpc_port, args.http_port,

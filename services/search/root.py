@@ -3,7 +3,8 @@
     python -m services.search.root    (MAGICLENS_SHARDS=host:port,host:port; Triton via
                                        MAGICLENS_TRITON_URL)
 
-A query (image bytes | allow-listed URL | pool image id, + instruction) is embedded by Triton
+A query (image bytes | allow-listed URL | pool image id, + instruction; or an instruction
+alone: text-to-image search through the model's text-query head) is embedded by Triton
 in the model version the shards serve, fanned out to every shard with a deadline, and the
 per-shard top-k lists are merged. A shard that does not answer in time makes the response
 `partial` (with `missing_shards`) instead of failing it; no shard at all is UNAVAILABLE.
@@ -34,7 +35,12 @@ from runtime import auth, db, rpc, tracing
 from runtime.blobstore import open_blobstore
 from runtime.bus import Throttle
 from runtime.config import load_settings, run_main
-from runtime.embedding_client import EmbeddingClient, EmbeddingError, ModelNotLoadedError
+from runtime.embedding_client import (
+    EmbeddingClient,
+    EmbeddingError,
+    ModelNotLoadedError,
+    NoTextPathError,
+)
 from runtime.errors import UnavailableError
 from runtime.image_input import BadInput, decode_image
 from runtime.limits import MAX_IMAGE_BYTES, MAX_INSTRUCTION_CHARS, MAX_K
@@ -139,7 +145,8 @@ class Root(search_pb2_grpc.SearchServiceServicer):
             return data, None
         if which == "image_url":
             return fetch_url(q.image_url, self.allow, self.s.url_fetch_timeout_s), None
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "query image is required")
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                      "give a query image, an instruction, or both")
         raise AssertionError("unreachable")  # abort raises
 
     def _query_image(self, q, data: bytes, row: dict | None, include: bool) -> QueryImage:
@@ -240,12 +247,20 @@ class Root(search_pb2_grpc.SearchServiceServicer):
             return self.embedder.embed_queries([data], [instruction], model_version=version,
                                                timeout_s=max(0.1, deadline - time.monotonic()))
 
+    def _embed_text(self, _data: bytes, instruction: str, version: str, deadline: float):
+        with tracing.span("embed text query (Triton)", model_version=version):
+            return self.embedder.embed_text_queries(
+                [instruction], model_version=version,
+                timeout_s=max(0.1, deadline - time.monotonic()))
+
     def _embedding(self, future, deadline: float, context):
         """The query embedding from its future, with the embedding errors as gRPC codes."""
         try:
             return future.result()
         except ModelNotLoadedError as exc:  # e.g. Triton still loading a new version
             context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except NoTextPathError as exc:  # a text-only query, a version without the head
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except EmbeddingError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except UnavailableError as exc:
@@ -275,10 +290,17 @@ class Root(search_pb2_grpc.SearchServiceServicer):
             self.slots.release()
 
     def _search(self, request, context, k: int, deadline: float):
-        include = request.include_query_image
+        # Text-to-image: no query image, an instruction. Nothing is left out of the hits
+        # (there is no query image to have copies of).
+        text_only = request.query.WhichOneof("source") is None and bool(request.instruction)
+        if text_only and not request.instruction.strip():
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          "a text-only search needs a non-empty instruction")
+        include = request.include_query_image or text_only
         try:
             with tracing.span("query bytes"):
-                data, row = self._query_bytes(request.query, context)
+                data, row = (b"", None) if text_only else self._query_bytes(request.query,
+                                                                            context)
         except BadInput as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         versions = self._shard_versions(min(deadline, time.monotonic() + self.s.shard_timeout_s))
@@ -289,12 +311,13 @@ class Root(search_pb2_grpc.SearchServiceServicer):
         if not by_version:
             context.abort(grpc.StatusCode.UNAVAILABLE, "no search shard is serving")
         # Triton embeds while this thread validates the image and finds its pool copies.
-        embed = tracing.in_current_context(self._embed)
+        embed = tracing.in_current_context(self._embed_text if text_only else self._embed)
         embeddings = {v: self.pool.submit(embed, data, request.instruction, v, deadline)
                       for v in by_version}
         try:
             with tracing.span("query image (decode, fingerprint, copies)"):
-                qi = self._query_image(request.query, data, row, include)
+                qi = (QueryImage(b"") if text_only
+                      else self._query_image(request.query, data, row, include))
         except BadInput as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         queries: list[tuple[list[float], list[int]]] = []

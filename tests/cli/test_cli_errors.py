@@ -62,6 +62,8 @@ def test_training_unreachable_is_one_line(nowhere, capsys, argv):
     (["search", "--image", "42", "-k", "0"], "-k must be between 1 and 100"),
     (["search", "--image", "42", "-q", "x" * 1001], "longer than 1000"),
     (["search", "--image", "   "], "--image is empty"),
+    (["search"], "give --image, --instruction, or both"),
+    (["search", "-q", "   "], "give --image, --instruction, or both"),
     (["index", "--images", "/no/such/dir"], "not a folder"),
     (["ingest"], "needs --url, --sitemap or --warc"),
     (["ingest", "--warc", "/no/such.warc.gz"], "no such file"),
@@ -91,7 +93,7 @@ def test_empty_image_folder_and_bad_captions(nowhere, capsys, tmp_path):
 
 
 def test_argparse_errors_are_one_line(capsys):
-    for argv in ([], ["bogus"], ["search"], ["train", "--config", "huge"]):
+    for argv in ([], ["bogus"], ["search", "--k"], ["train", "--config", "huge"]):
         with pytest.raises(SystemExit) as info:
             main(argv)
         assert info.value.code == EXIT_USAGE

@@ -57,7 +57,7 @@ def test_experiment_command_trains_seeds_and_reports_both_wordings(corpus_and_sn
     proc = subprocess.run(
         [sys.executable, "-m", "trainer.experiments", "--snapshot", str(snap), "--corpus",
          str(corpus), "--seeds", "2", "--steps", "60", "--out", str(out),
-         "--markdown", str(tmp_path / "quality.md")],
+         "--markdown", str(tmp_path / "quality.md"), "--text-queries"],
         cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -78,6 +78,14 @@ def test_experiment_command_trains_seeds_and_reports_both_wordings(corpus_and_sn
     assert writer["image_only/identity_cos"] == pytest.approx(1.0, abs=1e-4)
     assert 0.0 < writer["magiclens/identity_cos"] < 0.9999
     assert "identity cos |" in report
+    # --text-queries: text-to-image search by the held-out images' alt texts and captions,
+    # with the text-query head every compact export now has
+    for r in results:
+        assert set(r["text_queries"]) == {"alt", "caption"}
+        assert r["text_queries"]["alt"]["queries"] >= 10  # the small corpus: 19
+        assert {"text_head/R@1", "blank_image/R@1", "text_only/R@1"} <= set(
+            r["text_queries"]["alt"])
+    assert "Text-to-image search" in report and "| text_head | alt |" in report
     # Trained on the same relations, the model must beat search-by-image on held-out pages.
     mean = lambda k: sum(r["metrics"]["writer"][k] for r in results) / 2  # noqa: E731
     assert mean("magiclens/mAP@5") > mean("image_only/mAP@5"), report
@@ -113,7 +121,7 @@ def test_tower_tuning_trains_the_last_layer_and_serving_embeds_what_was_evaluate
     from trainer.checkpoints import load_params
     from trainer.configs import get_config
     from trainer.experiments import eval_sets, tuned_gallery
-    from trainer.models.magiclens import abstract_params, build_model
+    from trainer.models.magiclens import abstract_params, build_model, config_for_checkpoint
 
     corpus, snap = corpus_and_snapshot
     out = tmp_path / "out"
@@ -128,7 +136,8 @@ def test_tower_tuning_trains_the_last_layer_and_serving_embeds_what_was_evaluate
     [result] = json.loads((out / "results.json").read_text())
     assert result["config"]["tower_tune"] == "lora"
     export = out / "runs" / "tower-s0" / "export"
-    model, pre = build_model("compact")
+    meta = json.loads((export / "magiclens_meta.json").read_text())
+    model, pre = build_model("compact", config=config_for_checkpoint(meta))  # + text head
     params, _ = load_params(export, abstract_params(model, pre.image_size))
     before = np.load(out / "cache" / "eval-compact-colour8-v1.npz")
     # The tower moved: the trained last layer gives other pooled features than the

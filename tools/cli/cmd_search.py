@@ -1,4 +1,5 @@
-"""`magiclens search`: one query through the Python client (magiclens_client)."""
+"""`magiclens search`: one query through the Python client (magiclens_client): an image and
+an instruction, an image alone, or an instruction alone (text-to-image search)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,10 @@ def run(args: argparse.Namespace, settings: ClientSettings) -> int:
         raise UsageError(f"-k must be between 1 and {MAX_K} (got {args.k})")
     if len(args.instruction) > MAX_INSTRUCTION_CHARS:
         raise UsageError(f"--instruction is longer than {MAX_INSTRUCTION_CHARS} characters")
-    image = image_ref(args.image)
+    if args.image is None and not args.instruction.strip():
+        raise UsageError("give --image, --instruction, or both (--instruction alone searches "
+                         "by text)")
+    image = image_ref(args.image) if args.image is not None else None
     try:
         with MagicLensClient(settings.search_addr, timeout=settings.rpc_timeout_s) as client:
             result = client.search(image, args.instruction, args.k, source=args.source,

@@ -14,10 +14,12 @@ from runtime.limits import MAX_K
 
 
 def _search(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("search", help="rank pool images by a query image and an instruction")
-    p.add_argument("--image", required=True, help="query image: a file, an http(s) URL or a "
-                   "pool image id")
-    p.add_argument("--instruction", "-q", default="", help="what to find, e.g. 'as a sketch'")
+    p = sub.add_parser("search", help="rank pool images by a query image and an instruction, "
+                       "or by text alone")
+    p.add_argument("--image", help="query image: a file, an http(s) URL or a pool image id "
+                   "(leave out to search by --instruction alone)")
+    p.add_argument("--instruction", "-q", default="", help="what to find, e.g. 'as a sketch'; "
+                   "without --image, a description: 'a red double-decker bus'")
     p.add_argument("-k", type=int, default=10,
                    help=f"number of results, 1..{MAX_K} (default 10)")
     p.add_argument("--source", default="", help="only images from this source label")

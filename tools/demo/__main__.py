@@ -284,6 +284,41 @@ def step_examples(url: str, per_relation: int = 1, k: int = 5) -> list[dict]:
     return examples
 
 
+TEXT_EXAMPLES = 3
+
+
+def step_text_examples(url: str, k: int = 5) -> None:
+    """Text-to-image search through the real API: held-out images' alt texts as queries
+    (✓ = an image of the same subject, from the corpus's ground truth)."""
+    from trainer.eval.text_queries import subject
+
+    ids = _pool_ids(url)
+    held = [im for im in json.loads((CORPUS / "manifest.json").read_text())["images"]
+            if im.get("split") == "heldout" and im["url"] in ids and im.get("alt")]
+    subjects = {ids[im["url"]]: subject(im.get("truth") or {}, im.get("source", ""))
+                for im in held}
+    seen, chosen = set(), []
+    for im in held:  # one per source: a flag, an emoji, a landmark, clip art ...
+        if im.get("source") not in seen:
+            seen.add(im.get("source"))
+            chosen.append(im)
+    with rpc.channel(ports.SEARCH_ADDR, role=auth.READ) as ch:
+        stub = search_pb2_grpc.SearchServiceStub(ch)
+        for im in chosen[:TEXT_EXAMPLES]:
+            try:
+                resp = stub.Search(search_pb2.SearchRequest(
+                    query=common_pb2.ImageInput(), instruction=im["alt"], k=k), timeout=30)
+            except grpc.RpcError as exc:
+                say(f"text-only search: {exc.details()}")
+                return
+            want = subject(im.get("truth") or {}, im.get("source", ""))
+            print(f"\n  text only: \"{im['alt']}\"")
+            for rank, hit in enumerate(resp.hits, 1):
+                mark = "✓" if subjects.get(hit.image_id) == want else " "
+                label = hit.context.alt_text or hit.context.caption or hit.image_url
+                print(f"    {rank}. {mark} {hit.score:.3f}  {label[:70]}")
+
+
 def step_quality(model: dict) -> None:
     ckpt = model["checkpoint_uri"].removeprefix("file://")
     out = DATA / "demo" / "quality"
@@ -309,7 +344,7 @@ def step_seeds(url: str, model: dict, steps: int) -> None:
         "(python -m trainer.experiments) ...")
     cmd = [sys.executable, "-m", "trainer.experiments", "--snapshot", str(snapshot),
            "--corpus", str(CORPUS), "--seeds", "3", "--out", str(DATA / "demo" / "experiments"),
-           "--markdown", str(out / "seeds.md")]
+           "--markdown", str(out / "seeds.md"), "--text-queries"]
     if steps:
         cmd += ["--steps", str(steps)]
     run(cmd, "seed spread")
@@ -334,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         step_index(url, model["model_version"])
         say("example queries through the search API (✓ = a ground-truth target):")
         step_examples(url)
+        step_text_examples(url)
         print()
         step_quality(model)
         step_seeds(url, model, args.steps)

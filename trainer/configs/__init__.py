@@ -49,6 +49,13 @@ class TrainConfig:
     align_steps: int = 0
     align_learning_rate: float = 1e-3
     align_temperature: float = 0.05
+    # Text-only queries (trainer.text_query): after fusion, a text-query head learns to place
+    # a caption next to its image's index embedding (0 steps = no text-only path). Needs
+    # captions, like the alignment stage.
+    text_query_steps: int = 0
+    text_query_hidden: int = 512
+    text_query_learning_rate: float = 1e-3
+    text_query_temperature: float = 0.05
 
 
 def get_config(name: str, **overrides: Any) -> TrainConfig:

@@ -19,4 +19,5 @@ def get_config() -> TrainConfig:
                        learning_rate=2e-3, warmup_steps=30, temperature=0.1,
                        query_negatives=0.0, hard_negatives=8, vague_weight=0.3,
                        pooled_projection="pca",
-                       align_steps=200, align_learning_rate=1e-3)
+                       align_steps=200, align_learning_rate=1e-3,
+                       text_query_steps=300)

@@ -21,6 +21,7 @@ import numpy as np
 
 from trainer.models.edit_head import EditHead
 from trainer.models.fusion import AttentionPooler, StackedTransformer, l2_normalize
+from trainer.models.text_head import TextQueryHead
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,9 @@ class MagicLensConfig:
     colour_bins: int = 0  # compact only: colour histogram features (trainer.models.colour)
     text_hidden: int = 512  # edit head: width of the instruction MLP
     edit_image_conditioned: bool = False  # edit head: the shift also sees the query image
+    # Text-only queries (trainer.models.text_head): width of the text-query head's MLP; 0 =
+    # this model has no text-only path (every export written before it existed).
+    text_query_hidden: int = 0
 
 
 CONFIGS: dict[str, MagicLensConfig] = {
@@ -98,6 +102,9 @@ class MagicLens(nn.Module):
         # Adopt the backbone under its released name so `clip/...` params load unchanged.
         # (Linen names setup submodules by attribute, hence setattr.)
         setattr(self, backbone_submodule_name(cfg), self.backbone_def.clone())
+        if cfg.text_query_hidden:
+            self.text_query_head = TextQueryHead(cfg.embed_dim, cfg.text_query_hidden,
+                                                 dtype=self.dtype, name="text_query_head")
         if cfg.head == "edit":
             self.edit_head = EditHead(cfg.embed_dim, colour_dim=cfg.colour_bins ** 3
                                       if cfg.colour_bins else 0, hidden=cfg.text_hidden,
@@ -142,6 +149,21 @@ class MagicLens(nn.Module):
         if not self.empty_tokens:
             raise ValueError("MagicLens.empty_tokens is not set; build the model with build_model")
         return self.encode_query(images, self.empty_tokens_array(images.shape[0]))
+
+    @property
+    def has_text_query(self) -> bool:
+        """Whether this model answers text-only queries (it has a trained text-query head)."""
+        return bool(self.config.text_query_hidden)
+
+    def encode_text_query(self, tokens: jax.Array) -> jax.Array:
+        """Text-only query [B,L] tokens -> [B,D] unit, in the index's space."""
+        return self.encode_text_query_features(self.text_features_only(tokens))
+
+    def encode_text_query_features(self, text_features: jax.Array) -> jax.Array:
+        """`encode_text_query` from cached text-tower features."""
+        if not self.config.text_query_hidden:
+            raise ValueError("this model version has no text-only path")
+        return self.text_query_head(text_features)
 
     # --- frozen-backbone path: features cached once, projections (if any) still trained ---
     def project_features(self, image_features: jax.Array, text_features: jax.Array):
@@ -207,6 +229,8 @@ class MagicLens(nn.Module):
         if self.config.head == "edit":  # frozen training touches only these
             self.encode_features(self.image_features_only(images),
                                  self.text_features_only(tokens))
+        if self.config.text_query_hidden:
+            self.encode_text_query(tokens)
         return self.encode_query(images, tokens)
 
 

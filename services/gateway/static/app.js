@@ -42,6 +42,19 @@ function chooseId(imageId) {
   p.hidden = false;
   $("drop-hint").hidden = true;
   $("query-info").textContent = `query: pool image #${imageId}`;
+  $("clear-image").hidden = false;
+}
+
+// Back to a text-only query: the instruction alone describes what to find.
+function clearImage() {
+  state.imageId = null;
+  state.file = null;
+  const p = $("preview");
+  p.hidden = true;
+  p.removeAttribute("src");
+  $("drop-hint").hidden = false;
+  $("clear-image").hidden = true;
+  $("query-info").textContent = "query: text only";
 }
 
 function chooseFile(file) {
@@ -58,6 +71,7 @@ function chooseFile(file) {
   p.hidden = false;
   $("drop-hint").hidden = true;
   $("query-info").textContent = `query: uploaded ${file.name}`;
+  $("clear-image").hidden = false;
 }
 
 function resultCard(hit, rank) {
@@ -81,14 +95,23 @@ function resultCard(hit, rank) {
 async function runSearch() {
   const q = $("instruction").value.trim();
   const k = $("k").value;
-  if (!state.imageId && !state.file) { banner("Choose a query image first."); return; }
+  const textOnly = !state.imageId && !state.file;
+  if (textOnly && !q) {
+    banner("Choose a query image, or type what to find (text alone searches by description).");
+    return;
+  }
   if (q.length > 1000) { banner("The instruction is longer than 1000 characters."); return; }
   const results = $("results");
   results.replaceChildren(el("p", { class: "muted", text: "searching…" }));
   $("results-title").hidden = false;
   try {
     let data;
-    if (state.imageId) {
+    if (textOnly) {
+      history.replaceState(null, "", `/?${new URLSearchParams({ q, k })}`);
+      data = await getJSON("/api/search", {
+        method: "POST", body: JSON.stringify({ instruction: q, k: Number(k) }),
+        headers: { "Content-Type": "application/json" } });
+    } else if (state.imageId) {
       const params = new URLSearchParams({ image_id: state.imageId, q, k });
       history.replaceState(null, "", `/?${params}`);
       data = await getJSON(`/api/search?${params}`);
@@ -100,7 +123,7 @@ async function runSearch() {
     }
     banner(data.partial ? `Partial results: shards ${data.missing_shards.join(", ")} did not answer.` : "");
     $("results-meta").textContent =
-      `${data.hits.length} results for “${q || "(no instruction)"}” · model ${data.model_version || "?"}`;
+      `${data.hits.length} results for “${q || "(no instruction)"}”${textOnly ? " (text only)" : ""} · model ${data.model_version || "?"}`;
     results.replaceChildren(...data.hits.map((h, i) => resultCard(h, i + 1)));
     if (!data.hits.length) results.replaceChildren(el("p", { class: "muted", text: "No results." }));
     document.body.dataset.searchState = "done";
@@ -175,6 +198,7 @@ function init() {
   });
   $("form").addEventListener("submit", (e) => { e.preventDefault(); runSearch(); });
   $("reshuffle").addEventListener("click", loadPool);
+  $("clear-image").addEventListener("click", clearImage);
 
   const params = new URLSearchParams(location.search);
   const health = checkHealth();
@@ -184,6 +208,10 @@ function init() {
   if (id && /^\d{1,19}$/.test(id)) {
     chooseId(id);
     $("instruction").value = params.get("q") || "";
+    if (params.get("k")) $("k").value = params.get("k");
+    health.then(runSearch);
+  } else if ((params.get("q") || "").trim()) {  // a text-only query by URL
+    $("instruction").value = params.get("q");
     if (params.get("k")) $("k").value = params.get("k");
     health.then(runSearch);
   }
