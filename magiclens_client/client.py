@@ -9,6 +9,7 @@ checkout, its local token file) is used, and TLS is on when MAGICLENS_TLS_CA is 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -49,6 +50,7 @@ class MagicLensClient:
         self.timeout = timeout
         self._token = token
         self._channels: dict[tuple[str, str], grpc.Channel] = {}
+        self._lock = threading.Lock()  # one channel per (addr, role) when threads share us
 
     # ------------------------------------------------------------------ calls
     def search(self, image: ImageRef | None, instruction: str = "", k: int = 10, *,
@@ -110,9 +112,10 @@ class MagicLensClient:
 
     # ------------------------------------------------------------------ lifetime
     def close(self) -> None:
-        for ch in self._channels.values():
-            ch.close()
-        self._channels.clear()
+        with self._lock:
+            for ch in self._channels.values():
+                ch.close()
+            self._channels.clear()
 
     def __enter__(self) -> MagicLensClient:
         return self
@@ -123,9 +126,10 @@ class MagicLensClient:
     # ------------------------------------------------------------------ helpers
     def _channel(self, addr: str, role: str) -> grpc.Channel:
         key = (addr, role)
-        if key not in self._channels:
-            self._channels[key] = rpc.channel(addr, role=role, token=self._token)
-        return self._channels[key]
+        with self._lock:
+            if key not in self._channels:
+                self._channels[key] = rpc.channel(addr, role=role, token=self._token)
+            return self._channels[key]
 
     def _call(self, service: str, addr: str, fn: Callable[..., T], request: object,
               timeout: float | None) -> T:

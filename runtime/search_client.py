@@ -1,5 +1,6 @@
-"""The SearchService as the web gateway uses it: one query, the index status, and results as
-plain dicts. (The CLI and scripts use the typed client, magiclens_client, instead.)
+"""The SearchService on raw protobuf requests: one query, the index status, and results as
+plain dicts, for benchmarks that time the bare call (bench/freshness.py). The CLI and the web
+gateway use the typed client, magiclens_client.
 
 Failures are RpcFailure (runtime/rpc.py); each client maps its gRPC status its own way.
 """

@@ -36,20 +36,21 @@ from urllib.parse import parse_qs
 
 import anyio
 import anyio.to_thread
-from magiclens.v1 import common_pb2, search_pb2
+from magiclens.v1 import common_pb2
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from magiclens_client import MagicLensClient
 from runtime import db
 from runtime.blobstore import open_blobstore
 from runtime.errors import ServiceError
 from runtime.limits import MAX_K, MAX_URL_CHARS
 from runtime.pipeline_status import pipeline_status
 from runtime.rpc import RpcFailure
-from runtime.search_client import SearchClient, parse_image_id, response_dict
+from runtime.search_client import parse_image_id
 from services.gateway import store
 from services.gateway.config import GatewaySettings
 from services.gateway.examples import ExamplesError, load_examples
@@ -66,6 +67,23 @@ _HTTP_FOR_GRPC = {"UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504, "NOT_FOUND": 404
                   "INVALID_ARGUMENT": 400, "OUT_OF_RANGE": 400, "RESOURCE_EXHAUSTED": 429,
                   "FAILED_PRECONDITION": 409,
                   "UNIMPLEMENTED": 501}
+def _image_ref(query: common_pb2.ImageInput | None) -> bytes | int | str | None:
+    """The parsed request's image as the client takes it. A URL must be http(s): the client
+    would read any other string as a local file path, which a web request must never name."""
+    if query is None:
+        return None
+    which = query.WhichOneof("source")
+    if which == "image_bytes":
+        return query.image_bytes
+    if which == "image_id":
+        return query.image_id
+    if which == "image_url":
+        if not query.image_url.lower().startswith(("http://", "https://")):
+            raise HttpError(400, "image_url must be an http(s) URL")
+        return query.image_url
+    raise HttpError(400, "the query image is empty")
+
+
 PAGES = {"/": "index.html", "/index.html": "index.html", "/status": "status.html"}
 CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
@@ -93,7 +111,9 @@ class Gateway:
         self.settings = settings
         self.blobs = open_blobstore(settings.blob_root)
         self.db = db.Pool(settings.database_url, name="gateway", max_size=4)
-        self.search_client = SearchClient(settings.search_addr)
+        # The typed client the CLI uses too (thread-safe; one channel reused by every call).
+        self.search_client = MagicLensClient(settings.search_addr,
+                                             timeout=settings.gateway_search_timeout_s)
         # Made on first use, inside the event loop that uses them.
         self._admission: anyio.Semaphore | None = None
         self._threads: anyio.CapacityLimiter | None = None
@@ -130,15 +150,15 @@ class Gateway:
                                  f"{s.gateway_max_instruction_chars} characters")
         if not 1 <= k <= MAX_K:
             raise HttpError(400, f"k must be between 1 and {MAX_K} (got {k})")
-        req = search_pb2.SearchRequest(query=query, instruction=instruction, k=k,
-                                       include_query_image=include_query_image)
         try:
-            resp = self.search_client.search(req, s.gateway_search_timeout_s)
-        except RpcFailure as exc:
+            result = self.search_client.search(
+                _image_ref(query), instruction, k, include_query_image=include_query_image,
+                timeout=s.gateway_search_timeout_s)
+        except RpcFailure as exc:  # magiclens_client's errors are RpcFailures
             status = _HTTP_FOR_GRPC.get(exc.code, 502)
             extra = {"search_available": False} if status == 503 else {}
             raise HttpError(status, str(exc), **extra) from None
-        data = response_dict(resp)
+        data = result.to_dict()
         for h in data["hits"]:
             h["src"] = f"/images/{h['image_id']}"
         return data
@@ -149,11 +169,19 @@ class Gateway:
             data["database"] = {"available": True}
         except ServiceError as exc:
             data = {"database": {"available": False, "error": str(exc)}}
-        data["search"] = self.search_client.index_status(self.settings.gateway_status_timeout_s)
+        data["search"] = self.index_status()
         return data
 
     def health(self) -> dict[str, Any]:
-        return {"search": self.search_client.index_status(self.settings.gateway_status_timeout_s)}
+        return {"search": self.index_status()}
+
+    def index_status(self) -> dict[str, Any]:
+        """The search root's view, or {"available": false, "error": one line}."""
+        try:
+            st = self.search_client.index_status(self.settings.gateway_status_timeout_s)
+        except RpcFailure as exc:
+            return {"available": False, "error": str(exc)}
+        return {"available": True, **st.to_dict()}
 
     def image(self, image_id: int) -> tuple[bytes, str]:
         try:
