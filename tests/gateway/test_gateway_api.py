@@ -109,6 +109,8 @@ def test_search_validation(gw):
         ("post", {"json": {"instruction": "  "}}, 400),
         ("post", {"json": {"image_url": "ftp://x/y.jpg", "instruction": "x"}}, 400),
         ("post", {"json": {"image_url": "file:///etc/passwd"}}, 400),
+        # the client reads a plain string as a local path: a web request must never reach it
+        ("post", {"json": {"image_url": "/etc/passwd", "instruction": "x"}}, 400),
         ("post", {"json": {"image_id": ids["coffee"], "k": "5"}}, 400),
         ("post", {"json": {"image_id": True}}, 400),
         ("get", {"params": {"image_id": ids["coffee"], "include_query_image": "maybe"}}, 400),
