@@ -194,6 +194,7 @@ def cluster(infra_servers, corpus, triton, checkpoints, tmp_path_factory, otlp_r
         database_url = infra_servers.database_url
         bootstrap = infra_servers.kafka_bootstrap
         page_id = page
+        index = tag  # the shards' --index (their consumers are search-shard-<index>-...)
 
         @staticmethod
         def kill_shard(i: int) -> None:
