@@ -97,11 +97,11 @@ def test_a_takedown_racing_an_in_flight_embedding_never_lets_the_image_back(
         # its own topic only, as in the cluster: the worker's EmbeddingReady waits for the test
         MAGICLENS_OUTBOX_TOPICS=IMAGES_DELETED.name))
     outcome: dict[str, object] = {}
+    hold = psycopg.connect(url)
     try:
         wait_grpc(port, proc=mining, log=log)
         stub = mining_pb2_grpc.MiningServiceStub(rpc.channel(f"127.0.0.1:{port}",
                                                              role=auth.ADMIN))
-        hold = psycopg.connect(url)
         hold.execute("LOCK TABLE image_embeddings IN SHARE MODE")  # writers wait; readers not
 
         def embed() -> None:
@@ -123,11 +123,10 @@ def test_a_takedown_racing_an_in_flight_embedding_never_lets_the_image_back(
         takedown_thread.start()
         # The takedown is in flight and waits for the in-flight embedding's transaction.
         blocked = wait_for(lambda: [w for w in _waiting(url, "UPDATE images SET status")
-                                    if worker["pid"] in w["blockers"]], 60,
+                                    if worker["pid"] in w["blockers"]], 30,
                            "the takedown to wait for the worker's transaction")
         assert blocked, "the takedown did not wait for the in-flight embedding"
         hold.rollback()
-        hold.close()
         worker_thread.join(120)
         takedown_thread.join(120)
         assert not worker_thread.is_alive() and not takedown_thread.is_alive()
@@ -161,6 +160,7 @@ def test_a_takedown_racing_an_in_flight_embedding_never_lets_the_image_back(
                     "the late EmbeddingReady to be published")
         finally:
             relay.stop()
+            relay.drop_producer()
         wait_for(lambda: _processed_by_shards(url, cluster.index, ready["event_id"]) >= 2, 60,
                  "both shards to apply the late EmbeddingReady")
         # Watched across more than two of the shards' Postgres syncs (every 2 s): never back.
@@ -170,5 +170,6 @@ def test_a_takedown_racing_an_in_flight_embedding_never_lets_the_image_back(
             r = _search(cluster, query={"image_bytes": imgs[SRC]}, k=20, include_query_image=True)
             assert image_id not in [h.image_id for h in r.hits]
     finally:
+        hold.close()  # never left holding the table: the session's other tests write to it
         code = stop(mining)
     assert code == 0
