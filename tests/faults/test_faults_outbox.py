@@ -24,8 +24,8 @@ def _rows(url: str) -> dict[str, dict]:
             "failed_at IS NOT NULL AS parked FROM outbox")}
 
 
-def test_one_refused_row_is_parked_and_the_rest_are_published(infra_servers, fresh_db):
-    url = fresh_db
+def test_one_refused_row_is_parked_and_the_rest_are_published(infra_servers, own_db):
+    url = own_db
     with db.transaction(url) as conn:
         outbox.enqueue(conn, PAGES_DISCOVERED, "a", events_pb2.PageDiscovered(url="a"))
         outbox.enqueue(conn, PAGES_DISCOVERED, "huge", events_pb2.PageDiscovered(
@@ -54,8 +54,8 @@ def test_one_refused_row_is_parked_and_the_rest_are_published(infra_servers, fre
     assert relay.parked == 1
 
 
-def test_published_rows_and_processed_ids_are_pruned_after_their_retention(fresh_db):
-    url = fresh_db
+def test_published_rows_and_processed_ids_are_pruned_after_their_retention(own_db):
+    url = own_db
     old, new = str(uuid.uuid4()), str(uuid.uuid4())
     with db.transaction(url) as conn:
         for eid, age in ((old, "8 days"), (new, "1 hour")):
