@@ -501,25 +501,26 @@ class Consumer:
         if self._kafka.assignment() and self._lag_due.due():  # the first sample once assigned
             self.sample_lag()
 
-    def sample_lag(self, timeout_ms: int = 2000) -> dict[tuple[str, int], int]:
-        """Set the lag gauge of every assigned partition: the end offset (the highwater of
-        the last fetch, else asked for) minus this consumer's position. Runs in the poll
-        loop (the client is not thread-safe) every `lag_sample_s`; a failure only skips the
-        sample. Partitions no longer assigned lose their series."""
+    def sample_lag(self) -> dict[tuple[str, int], int]:
+        """Set the lag gauge of every assigned partition: the highwater of the last fetch minus
+        this consumer's position, both as the client already holds them. No broker round trip:
+        KafkaConsumer.position() refreshes committed offsets and validates positions against
+        the leader epoch over the network, and called from the poll loop it kept a consumer
+        from recovering after a broker restart (tests/faults/test_faults_broker.py). Runs in
+        the poll loop (the client is not thread-safe) every `lag_sample_s`; a partition not
+        fetched yet has no sample. Partitions no longer assigned lose their series."""
         kafka = self._kafka
         lags: dict[tuple[str, int], int] = {}
         if kafka is None:
             return lags
         try:
-            owned = list(kafka.assignment())
-            ends = {tp: kafka.highwater(tp) for tp in owned}
-            unknown = [tp for tp, end in ends.items() if end is None]
-            if unknown:
-                ends.update(kafka.end_offsets(unknown, timeout_ms=timeout_ms))
-            for tp in owned:
-                position = kafka.position(tp, timeout_ms=timeout_ms)
-                if position is not None and ends.get(tp) is not None:
-                    lags[(tp.topic, tp.partition)] = max(0, ends[tp] - position)
+            states = kafka._subscription.assignment  # the client's own fetch positions
+            for tp in list(kafka.assignment()):
+                end = kafka.highwater(tp)
+                state = states.get(tp)
+                position = getattr(getattr(state, "position", None), "offset", None)
+                if end is not None and position is not None:
+                    lags[(tp.topic, tp.partition)] = max(0, end - position)
         except Exception as exc:  # a sample is best effort; the poll loop handles faults
             log.debug("lag sample failed", extra={"consumer": self.name, "error": str(exc)[:300]})
             return lags
