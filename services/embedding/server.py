@@ -207,14 +207,20 @@ def make_infer(holder: ModelHolder, kind: str):
         else:
             with tracing.span("image tower + target head", images=len(x)):
                 emb = model.encode_target_pixels(x)
-        start = 0
-        for i, n in zip(idx, sizes, strict=True):
-            results[i] = {"embedding": emb[start:start + n],
-                          "model_version": np.array([[model.model_version.encode()]] * n,
-                                                    dtype=np.object_)}
-            start += n
+        _scatter(results, idx, sizes, emb, model)
 
     return infer
+
+
+def _scatter(results: list, idx: list[int], sizes: list[int], emb: np.ndarray,
+             model: LoadedModel) -> None:
+    """Give each request of the batch its rows of `emb` and the version that made them."""
+    start = 0
+    for i, n in zip(idx, sizes, strict=True):
+        results[i] = {"embedding": emb[start:start + n],
+                      "model_version": np.array([[model.model_version.encode()]] * n,
+                                                dtype=np.object_)}
+        start += n
 
 
 def _infer_text(requests, idx: list[int], model: LoadedModel, results: list) -> None:
@@ -228,12 +234,7 @@ def _infer_text(requests, idx: list[int], model: LoadedModel, results: list) -> 
         sizes.append(len(got))
     with tracing.span("text tower + text-query head", queries=len(texts)):
         emb = model.encode_text_queries(texts)
-    start = 0
-    for i, n in zip(idx, sizes, strict=True):
-        results[i] = {"embedding": emb[start:start + n],
-                      "model_version": np.array([[model.model_version.encode()]] * n,
-                                                dtype=np.object_)}
-        start += n
+    _scatter(results, idx, sizes, emb, model)
 
 
 def _children(pid: int) -> list[int]:
