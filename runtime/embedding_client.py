@@ -61,8 +61,7 @@ class EmbeddingClient:
 
     def ready(self) -> bool:
         try:
-            return bool(self._client.is_model_ready("query")
-                        and self._client.is_model_ready("target"))
+            return all(self._client.is_model_ready(m) for m in ("query", "target", "text_query"))
         except InferenceServerException:
             return False
 

@@ -38,6 +38,7 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -449,14 +450,20 @@ def main(argv: list[str] | None = None) -> int:
                     config=config)
         triton.bind(TEXT_QUERY_MODEL, make_infer(holder, TEXT_QUERY_MODEL), [
             Tensor(name="instruction", dtype=np.bytes_, shape=(1,))], outputs, config=config)
-        triton.run()
+        starting = threading.Event()
+        threading.Thread(target=_watch_startup, args=(triton, starting), daemon=True,
+                         name="startup-watchdog").start()
+        try:
+            triton.run()
+        finally:
+            starting.set()
         watcher.start()
         log.info("ready: grpc %d http %d, model %s", args.grpc_port, args.http_port,
                  holder.current)
         # PyTriton notices a dead tritonserver (or backend stub) and stops itself, but this
         # process would idle on, serving nothing, with its supervisor seeing it "running".
         while not stop.wait(1.0):
-            if not triton.is_alive():
+            if not _triton_alive(triton):
                 log.error("tritonserver is gone; exiting so that the supervisor restarts us")
                 code = 1
                 break
@@ -472,6 +479,34 @@ def main(argv: list[str] | None = None) -> int:
                 workspace.release()
             log.info("stopped (reaped %d leftover processes)", left)
     return code
+
+
+def _watch_startup(triton: Any, started: threading.Event) -> None:
+    """Exit at once if tritonserver dies while PyTriton loads the models.
+
+    PyTriton's loader would otherwise wait out its HTTP timeout (60 s) on a server that is
+    gone and then raise; the supervisor restarts a process that exits, so exit now."""
+    seen = False
+    while not started.wait(0.2):
+        server = getattr(triton, "_triton_server", None)  # PyTriton's handle, set by run()
+        launched = seen or getattr(server, "_tritonserver_running_cmd", None) is not None
+        alive = server is not None and server.is_alive()
+        if launched and not alive and not started.is_set():
+            log.error("tritonserver is gone while loading the models; exiting so that the "
+                      "supervisor restarts us")
+            reap_children()
+            os._exit(1)
+        seen = seen or alive
+
+
+def _triton_alive(triton: Any) -> bool:
+    """Whether PyTriton still serves. Its own exit callback clears the model registry from
+    another thread while `is_alive` iterates it, which raises instead of answering False."""
+    try:
+        return triton.is_alive()
+    except Exception as exc:  # any failure here means it is stopping
+        log.warning("PyTriton liveness check failed (%s: %s)", type(exc).__name__, exc)
+        return False
 
 
 if __name__ == "__main__":

@@ -512,7 +512,9 @@ def _taskw_deploy(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 def _deploy_lines(res: subprocess.CompletedProcess) -> list[str]:
-    return [line for line in res.stderr.splitlines() if line.startswith("deploy: ")]
+    """Our tool's own lines; go-task colours its lines where the environment asks for it."""
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", res.stderr)
+    return [line for line in plain.splitlines() if line.startswith("deploy: ")]
 
 
 def test_taskw_deploy_refuses_placeholder_secrets_in_one_line(tmp_path):

@@ -152,9 +152,9 @@ def stack(fresh_db, infra_servers, checkpoints, tmp_path_factory):
         assert "Traceback" not in s.log(name), s.log(name)[-3000:]
 
 
-def _full(s: Stack) -> search_pb2.SearchResponse | None:
+def _full(s: Stack, image_id: int | None = None) -> search_pb2.SearchResponse | None:
     try:
-        r = s.search(s.image_ids[0])
+        r = s.search(s.image_ids[0] if image_id is None else image_id)
     except grpc.RpcError:
         return None
     return r if not r.partial else None
@@ -162,7 +162,9 @@ def _full(s: Stack) -> search_pb2.SearchResponse | None:
 
 def test_a_killed_shard_answers_partial_then_restarts_and_serves_in_full(stack):
     qid = stack.image_ids[PER_PHOTO * PHOTOS.index("coffee")]
-    full = stack.search(qid)
+    # In random order a test that killed Triton may just have run: start from a served stack.
+    wait_for(stack.embeds, 180, "embedding answering", interval=0.5)
+    full = wait_for(lambda: _full(stack, qid), 60, "a full search answer", interval=0.5)
     assert not full.partial and len(full.hits) == 10
     assert {h.image_id % 2 for h in full.hits} == {0, 1}  # both shards contribute
     old = stack.pid("shard1")
@@ -193,6 +195,7 @@ def _leftovers(stack: Stack, pid: int) -> tuple[list[Path], list[Path]]:
 
 
 def test_a_killed_triton_server_is_restarted_clean_and_serves(stack):
+    wait_for(stack.ready, 180, "all of Triton's models loaded", interval=0.5)
     old = stack.pid("triton")
     restarts = stack.sup.details("triton")["restarts"]
     tmp_dirs, shm = _leftovers(stack, old)
@@ -216,6 +219,8 @@ def test_a_killed_triton_server_is_restarted_clean_and_serves(stack):
 
 
 def test_a_killed_tritonserver_makes_the_server_exit_and_be_restarted(stack):
+    # After another test's restart the server may still be loading its last model.
+    wait_for(stack.ready, 180, "all of Triton's models loaded", interval=0.5)
     server = stack.pid("triton")
     restarts = stack.sup.details("triton")["restarts"]
     binary = [p for p in descendants(server)
@@ -231,4 +236,30 @@ def test_a_killed_tritonserver_makes_the_server_exit_and_be_restarted(stack):
     assert "tritonserver is gone" in stack.log("triton")
     wait_for(stack.embeds, 180, "embedding answering again", interval=0.5)
     assert not [c for c in copies if c.exists()]
+    wait_for(lambda: _full(stack), 60, "a full search answer", interval=0.5)
+
+
+def _tritonserver_of(pid: int) -> int | None:
+    found = [p for p in descendants(pid)
+             if b"tritonserver/bin/tritonserver" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    return found[0] if found else None
+
+
+def test_a_tritonserver_killed_while_models_load_restarts_at_once(stack):
+    """PyTriton's model loader waits 60 s on a dead server and then raises; the server's
+    watchdog exits within a second instead, and the keeper's restart serves again."""
+    wait_for(stack.ready, 180, "all of Triton's models loaded", interval=0.5)
+    server = stack.pid("triton")
+    restarts = stack.sup.details("triton")["restarts"]
+    os.kill(server, signal.SIGKILL)  # the keeper restarts it; its models load for seconds
+    fresh = wait_for(lambda: stack.restarted("triton", restarts + 1, server), 60,
+                     "Triton restarted by its keeper")["pid"]
+    binary = wait_for(lambda: _tritonserver_of(fresh), 60, "the new tritonserver", interval=0.05)
+    assert not stack.ready()  # still loading: PyTriton loads its three models one by one
+    os.kill(binary, signal.SIGKILL)
+    got = wait_for(lambda: stack.restarted("triton", restarts + 2, fresh), 30,
+                   "the loading server to exit and be restarted")
+    assert got["last_exit"] == 1
+    assert "tritonserver is gone while loading the models" in stack.log("triton")
+    wait_for(stack.ready, 180, "all of Triton's models loaded again", interval=0.5)
     wait_for(lambda: _full(stack), 60, "a full search answer", interval=0.5)
