@@ -327,3 +327,24 @@ def test_image_conditioned_edit_head_shifts_each_image_differently(standin_backb
                                        method=lambda m, a, b: m.edit_head.shift(a, b)))
         shifts[cond] = float(np.abs(delta[0] - delta[1]).max())
     assert shifts[False] < 1e-6 < 1e-3 < shifts[True]
+
+
+def test_edit_shift_dim_moves_the_query_only_along_its_first_axes(standin_backbone):
+    """`edit_shift_dim`: the instruction's shift (and the colour term) live on the first axes
+    of the embedding and are zero on the rest; untrained, query == its own image."""
+    cfg = MagicLensConfig("compact", 64, 4, head="edit", edit_shift_dim=16)
+    model, pre = build_model("compact", backbone=standin_backbone(64), config=cfg)
+    params = init_params(model, jax.random.PRNGKey(3), pre.image_size)
+    assert params["edit_head"]["text_out"]["kernel"].shape[-1] == 16
+    imgs = jnp.asarray(np.random.default_rng(2).random((2, 32, 32, 3), np.float32))
+    toks = jnp.asarray(pre.tokenize(["make it red", "as a drawing"]))
+    g = np.asarray(model.apply({"params": params}, imgs, method=model.encode_target))
+    q0 = np.asarray(model.apply({"params": params}, imgs, toks, method=model.encode_query))
+    np.testing.assert_allclose(q0, g, atol=1e-6)
+    moved = jax.tree_util.tree_map(np.array, params)
+    moved["edit_head"]["text_out"]["kernel"] += 0.1
+    text = np.asarray(model.apply({"params": moved}, toks, method=model.text_features_only))
+    delta = np.asarray(model.apply({"params": moved}, jnp.asarray(g), jnp.asarray(text),
+                                   method=lambda m, a, b: m.edit_head.shift(a, b)))
+    assert delta.shape == (2, 64)
+    assert np.abs(delta[:, :16]).max() > 1e-3 and not delta[:, 16:].any()

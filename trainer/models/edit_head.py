@@ -33,17 +33,24 @@ class EditHead(nn.Module):
     # The shift also sees the query's g: "its neighbour's flag" or "darker skin" moves each
     # image differently, which a shift from the instruction alone cannot express.
     image_conditioned: bool = False
+    # The instruction (and the colour term) move the embedding only along its first
+    # `shift_dim` axes (0 = all of them); with the PCA projection those are the directions
+    # the images span most. In a wide space (1,280 = a rotation of the backbone's own
+    # features) Adam's per-coordinate steps otherwise grow the shift along axes no image
+    # uses, which makes every candidate score alike (docs/quality.md, round 6).
+    shift_dim: int = 0
     dtype: Any = jnp.float32
 
     def setup(self) -> None:
         self.pooled_proj = FrozenDense(self.embed_dim, dtype=self.dtype)
         if self.colour_dim:
-            self.colour_proj = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype,
+            self.colour_proj = nn.Dense(self.shift_dim or self.embed_dim, use_bias=False,
+                                        dtype=self.dtype,
                                         kernel_init=nn.initializers.zeros)
         self.text_hidden = nn.Dense(self.hidden, dtype=self.dtype)
         if self.image_conditioned:
             self.image_hidden = nn.Dense(self.hidden, use_bias=False, dtype=self.dtype)
-        self.text_out = nn.Dense(self.embed_dim, dtype=self.dtype,
+        self.text_out = nn.Dense(self.shift_dim or self.embed_dim, dtype=self.dtype,
                                  kernel_init=nn.initializers.zeros)
 
     def image(self, features: jax.Array) -> jax.Array:
@@ -56,7 +63,7 @@ class EditHead(nn.Module):
         # flows through the map into the pooled features.
         g = self.pooled_proj(l2_normalize(pooled)).astype(jnp.float32)
         if self.colour_dim:
-            g = g + self.colour_proj(f[:, f.shape[1] - self.colour_dim:]).astype(jnp.float32)
+            g = g + self._widen(self.colour_proj(f[:, f.shape[1] - self.colour_dim:]))
         return l2_normalize(g)
 
     def shift(self, image_emb: jax.Array, text_features: jax.Array) -> jax.Array:
@@ -64,7 +71,13 @@ class EditHead(nn.Module):
         pre = self.text_hidden(text_features.astype(jnp.float32))
         if self.image_conditioned:
             pre = pre + self.image_hidden(image_emb.astype(jnp.float32))
-        return self.text_out(jax.nn.gelu(pre)).astype(jnp.float32)
+        return self._widen(self.text_out(jax.nn.gelu(pre)))
+
+    def _widen(self, x: jax.Array) -> jax.Array:
+        """A learned term on the first `shift_dim` axes, zero on the rest."""
+        x = x.astype(jnp.float32)
+        pad = self.embed_dim - x.shape[-1]
+        return jnp.pad(x, ((0, 0), (0, pad))) if pad > 0 else x
 
     def query(self, image_emb: jax.Array, text_features: jax.Array) -> jax.Array:
         """Unit query embedding: the image's g moved by the instruction."""

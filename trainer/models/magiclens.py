@@ -41,6 +41,7 @@ class MagicLensConfig:
     colour_bins: int = 0  # compact only: colour histogram features (trainer.models.colour)
     text_hidden: int = 512  # edit head: width of the instruction MLP
     edit_image_conditioned: bool = False  # edit head: the shift also sees the query image
+    edit_shift_dim: int = 0  # edit head: the shift's axes (0 = embed_dim; EditHead.shift_dim)
     # Text-only queries (trainer.models.text_head): width of the text-query head's MLP; 0 =
     # this model has no text-only path (every export written before it existed).
     text_query_hidden: int = 0
@@ -109,6 +110,7 @@ class MagicLens(nn.Module):
             self.edit_head = EditHead(cfg.embed_dim, colour_dim=cfg.colour_bins ** 3
                                       if cfg.colour_bins else 0, hidden=cfg.text_hidden,
                                       image_conditioned=cfg.edit_image_conditioned,
+                                      shift_dim=cfg.edit_shift_dim,
                                       dtype=self.dtype, name="edit_head")
             return
         self.multimodal_encoder = StackedTransformer(
