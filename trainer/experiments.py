@@ -53,7 +53,7 @@ from trainer.models.magiclens import (
 
 MAX_SEEDS = 10
 BAR_RELATION_MIN_N = 10
-SHARED_CACHES = ("features.npz", "align_features.npz", "tower_inputs.npz")
+SHARED_CACHES = ("features.npz", "align_features.npz", "tower_inputs.npz", "lit_inputs.npz")
 
 
 @dataclass(frozen=True)
@@ -254,7 +254,7 @@ def tuned_gallery(cfg: Any, model: Any, params: Any, s: EvalSet) -> np.ndarray |
     """With tower tuning: the gallery's image features through the exported checkpoint's
     own last layer (what serving computes from pixels) and the unchanged colour histogram;
     None otherwise (the head reads the pretrained features, as it was trained to)."""
-    if not cfg.tower_tune:
+    if not (cfg.tower_tune or cfg.tower_lit):
         return None
     from trainer import tower
 

@@ -73,6 +73,14 @@ def train_text_query(model: MagicLens, cfg: TrainConfig, params: Any, pre: Any,
                      ) -> tuple[dict, list[float]]:
     """`params` (the finished model's) with a trained `text_query_head`, and the losses."""
     fi, ft, img_idx, txt_idx = pair_features(model, params, pre, captions, workdir)
+    if cfg.tower_tune or cfg.tower_lit:  # the cache holds the pretrained tower's features
+        from trainer import tower
+
+        paths = sorted({p for p, _ in captions})
+        x = tower.cached_inputs(None if workdir is None else workdir / "lit_inputs.npz",
+                                model, params, pre, paths, progress=True, dtype=np.float16)
+        pooled = tower.pooled_with_params(model, params, x)
+        fi = np.concatenate([pooled, fi[:, pooled.shape[1]:]], axis=1).astype(fi.dtype)
     targets = index_embeddings(model, params, pre, fi)
     return fit_text_query(model, cfg, params, ft[txt_idx], targets[img_idx], mesh)
 

@@ -20,7 +20,7 @@ import dataclasses
 import functools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from trainer import losses
-from trainer.checkpoints import save_params
+from trainer.checkpoints import META_FILE, load_params, save_params
 from trainer.configs import TrainConfig, get_config
 from trainer.data.triples import JsonlTriples, TripleSource, load_image, read_captions
 from trainer.features import cached_features
@@ -210,7 +210,7 @@ def pca_pooled_projection(params: Any, image_features: np.ndarray, config: Any) 
     pooled = np.asarray(image_features[:, :image_features.shape[1] - colour_dim], np.float64)
     unit = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
     kernel = np.asarray(params["edit_head"]["pooled_proj"]["kernel"])
-    if kernel.shape[0] <= kernel.shape[1]:  # not a reduction: the random one is an isometry
+    if kernel.shape[0] < kernel.shape[1]:  # a widening: the random one is an isometry
         return params
     # ascending eigenvalues; with fewer images than dimensions the trailing directions are
     # an orthonormal basis of what the images do not span, which costs nothing
@@ -407,8 +407,10 @@ def train(cfg: TrainConfig, triples: TripleSource, workdir: str | Path, *,
                                  [*data.texts, ""], progress=True)
         ef, ft = ft[-1], ft[:-1]
         shapes = feature_param_shapes(model, fi.shape[1], ft.shape[1], MagicLens.encode_features)
-        if captions and cfg.align_steps > 0 and latest is None:
-            params, align_losses = _align(model, cfg, params, pre, captions, workdir, mesh)
+        params, align_losses = _stage_one(model, cfg, params, pre, captions, workdir, mesh,
+                                          resumed=latest is not None)
+        if cfg.tower_lit and captions:
+            fi = _retuned_features(model, params, pre, data.images, fi, workdir)
         if cfg.pooled_projection == "pca":
             params = pca_pooled_projection(params, fi, model.config)
         elif cfg.pooled_projection != "random":
@@ -430,8 +432,8 @@ def train(cfg: TrainConfig, triples: TripleSource, workdir: str | Path, *,
                 cfg, model, params, pre, data, fi, ft, negs, neg_mask, weights, keep, probs,
                 workdir, trainable, consts, data_sh, n_dev)
     elif cfg.mode == "full":
-        if captions and cfg.align_steps > 0 and latest is None:
-            params, align_losses = _align(model, cfg, params, pre, captions, workdir, mesh)
+        params, align_losses = _stage_one(model, cfg, params, pre, captions, workdir, mesh,
+                                          resumed=latest is not None)
         trainable = init_trainable(params, cfg)
         embed, n_batch, consts = _full_triplet, 8, ()
         pixels = np.stack([pre.images([load_image(p)])[0] for p in data.images])
@@ -448,10 +450,7 @@ def train(cfg: TrainConfig, triples: TripleSource, workdir: str | Path, *,
 
     opt = make_optimizer(cfg, cfg.steps, cfg.learning_rate)
     if "tower" in trainable:  # the tower's delta has its own (lower) learning rate
-        opt = optax.multi_transform(
-            {"head": opt, "tower": make_optimizer(cfg, cfg.steps, cfg.tower_learning_rate)},
-            lambda t: {k: jax.tree_util.tree_map(lambda _, k=k: "tower" if k == "tower"
-                                                 else "head", v) for k, v in t.items()})
+        opt = _with_tower_rate(opt, make_optimizer(cfg, cfg.steps, cfg.tower_learning_rate))
     opt_state = opt.init(trainable)
     start = 0
     if latest is not None:
@@ -581,6 +580,111 @@ def _align(model: MagicLens, cfg: TrainConfig, params: Any, pre: Any,
     return merge(params, jax.device_get(trainable["model"])), hist
 
 
+STAGE_ONE_DIR = "stage1"
+
+
+def _stage_one(model: MagicLens, cfg: TrainConfig, params: Any, pre: Any,
+               captions: list[tuple[str, str]] | None, workdir: Path, mesh: Mesh, *,
+               resumed: bool) -> tuple[Any, list]:
+    """Before fusion: LiT (`tower_lit`) or the projections' alignment (`align_steps`) on
+    captions. What it changed is kept in the workdir, so a resumed run exports the same
+    projections and tower that its fusion checkpoints were trained on."""
+    if not captions or not (cfg.tower_lit or cfg.align_steps > 0):
+        return params, []
+    saved = workdir / STAGE_ONE_DIR
+    if resumed and (saved / META_FILE).exists():
+        changed, _ = load_params(saved)
+        return merge(params, changed), []
+    before = _flat(params)
+    if cfg.tower_lit:
+        params, hist = _lit(model, cfg, params, pre, captions, workdir, mesh)
+    else:
+        params, hist = _align(model, cfg, params, pre, captions, workdir, mesh)
+    changed = {k: v for k, v in _flat(params).items() if before.get(k) is not v}
+    save_params(saved, flax.traverse_util.unflatten_dict(changed),
+                {"stage": "lit" if cfg.tower_lit else "align"})
+    return params, hist
+
+
+def _lit_pair(m: MagicLens, delta, x, z, ft, *, kind: str):
+    """(image, caption) unit embeddings with the tower's last layer tuned by `delta`."""
+    from trainer import tower
+    from trainer.models.fusion import l2_normalize
+
+    i, t = m.project_features(tower.pooled_from_cache(kind, delta, x, z), ft)
+    return l2_normalize(i), l2_normalize(t)
+
+
+def _lit(model: MagicLens, cfg: TrainConfig, params: Any, pre: Any,
+         captions: list[tuple[str, str]], workdir: Path, mesh: Mesh) -> tuple[Any, list]:
+    """Stage 1 with the tower learning (LiT, locked text): a CLIP loss over (image, caption)
+    pairs trains the image tower's last layer (a `cfg.tower_lit` delta, merged into the
+    tower afterwards) and both projections; the text tower stays as pretrained.
+
+    Why: the pooled ImageNet features do not carry what the captions name (a country, a
+    style); the last layer is the cheapest part of the tower that can learn it on 2 cores."""
+    from trainer import tower
+
+    if not hasattr(model.backbone_def, "last_input"):
+        raise ValueError("tower_lit needs the compact backbone (MobileNetV2)")
+    paths = sorted({p for p, _ in captions})
+    texts = sorted({t for _, t in captions})
+    _, ft = cached_features(workdir / "align_features.npz", model, params, pre, paths, texts,
+                            progress=True)
+    x = tower.cached_inputs(workdir / "lit_inputs.npz", model, params, pre, paths,
+                            progress=True, dtype=np.float16)
+    kernel, bias = tower.base_layer(params)
+    z = tower.precompute_z(x, kernel, bias)
+    pi = {p: i for i, p in enumerate(paths)}
+    ti = {t: i for i, t in enumerate(texts)}
+    img_idx = np.asarray([pi[p] for p, _ in captions])
+    txt_idx = np.asarray([ti[t] for _, t in captions])
+    shapes = feature_param_shapes(model, kernel.shape[1], ft.shape[1],
+                                  MagicLens.project_features)
+    acfg = dataclasses.replace(cfg, learn_temperature=False, temperature=cfg.align_temperature)
+    trainable = init_trainable(subset(params, shapes), acfg)
+    trainable["tower"] = tower.init_delta(cfg.tower_lit, kernel.shape[0], kernel.shape[1],
+                                          cfg.tower_rank, jax.random.PRNGKey(cfg.seed + 5))
+    opt = _with_tower_rate(make_optimizer(acfg, cfg.tower_lit_steps, cfg.align_learning_rate),
+                           make_optimizer(acfg, cfg.tower_lit_steps,
+                                          cfg.tower_lit_learning_rate))
+    data_sh = NamedSharding(mesh, P("data"))
+    step_fn = make_step(model, acfg, opt, functools.partial(_lit_pair, kind=cfg.tower_lit),
+                        losses.clip_symmetric, mesh, 3)
+
+    def get_batch(s: int):
+        idx = batch_indices(cfg.seed + 1, s, len(captions), cfg.batch_size)
+        ii = img_idx[idx]
+        return tuple(jax.device_put(a, data_sh) for a in (x[ii], z[ii], ft[txt_idx[idx]]))
+
+    trainable, _, hist = _run_loop(step_fn, trainable, opt.init(trainable), get_batch, 0,
+                                   cfg.tower_lit_steps, cfg.batch_size, "lit")
+    trainable = jax.device_get(trainable)
+    params = merge(params, trainable["model"])
+    return tower.merge_into(params, cfg.tower_lit, trainable["tower"]), hist
+
+
+def _retuned_features(model: MagicLens, params: Any, pre: Any, images: Sequence[str],
+                      fi: np.ndarray, workdir: Path) -> np.ndarray:
+    """The training images' features through the tower's tuned last layer (`params`), with
+    their colour histograms unchanged."""
+    from trainer import tower
+
+    x = tower.cached_inputs(workdir / "tower_inputs.npz", model, params, pre, images,
+                            progress=True, dtype=np.float16)
+    pooled = tower.pooled_with_params(model, params, x)
+    return np.concatenate([pooled, fi[:, pooled.shape[1]:]], axis=1).astype(fi.dtype)
+
+
+def _with_tower_rate(head: optax.GradientTransformation,
+                     tower_opt: optax.GradientTransformation) -> optax.GradientTransformation:
+    """One optimizer for a trainable tree whose "tower" entry has its own schedule."""
+    return optax.multi_transform(
+        {"head": head, "tower": tower_opt},
+        lambda t: {k: jax.tree_util.tree_map(lambda _, k=k: "tower" if k == "tower"
+                                             else "head", v) for k, v in t.items()})
+
+
 def main(argv: list[str] | None = None) -> TrainResult:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -599,7 +703,6 @@ def main(argv: list[str] | None = None) -> TrainResult:
     cfg = get_config(a.config, **overrides)
     init, arch = None, None
     if a.init:
-        from trainer.checkpoints import META_FILE, load_params
         from trainer.models.magiclens import abstract_params, config_for_checkpoint
 
         arch = config_for_checkpoint(json.loads((Path(a.init) / META_FILE).read_text()))

@@ -110,11 +110,17 @@ def test_experiment_command_refuses_a_bad_corpus_and_a_bad_grid(corpus_and_snaps
         assert proc.returncode == 2 and says in proc.stderr, proc.stderr[-500:]
 
 
+@pytest.mark.parametrize("tuning", [
+    {"tower_tune": "lora", "tower_rank": 4, "tower_learning_rate": 2e-3},
+    {"tower_lit": "lora", "tower_rank": 4, "tower_lit_steps": 20,
+     "tower_lit_learning_rate": 1e-2},
+], ids=["with-fusion", "lit-stage"])
 def test_tower_tuning_trains_the_last_layer_and_serving_embeds_what_was_evaluated(
-        corpus_and_snapshot, tmp_path):
-    """issue 13: with `tower_tune` the image tower's last layer learns; the export holds it
-    as ordinary weights, so the serving path (load_checkpoint, embeddings from image bytes)
-    gives the gallery embeddings the experiment scored."""
+        corpus_and_snapshot, tmp_path, tuning):
+    """issues 13 and 19: with `tower_tune` (during fusion) or `tower_lit` (a LiT stage on the
+    captions before it) the image tower's last layer learns; the export holds it as ordinary
+    weights, so the serving path (load_checkpoint, embeddings from image bytes) gives the
+    gallery embeddings the experiment scored."""
     import numpy as np
 
     from services.embedding.model import load_checkpoint
@@ -126,15 +132,14 @@ def test_tower_tuning_trains_the_last_layer_and_serving_embeds_what_was_evaluate
     corpus, snap = corpus_and_snapshot
     out = tmp_path / "out"
     grid = tmp_path / "grid.json"
-    grid.write_text(json.dumps([{"name": "tower", "overrides": {
-        "tower_tune": "lora", "tower_rank": 4, "tower_learning_rate": 2e-3}}]))
+    grid.write_text(json.dumps([{"name": "tower", "overrides": tuning}]))
     proc = subprocess.run(
         [sys.executable, "-m", "trainer.experiments", "--snapshot", str(snap), "--corpus",
          str(corpus), "--seeds", "1", "--steps", "30", "--grid", str(grid), "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     [result] = json.loads((out / "results.json").read_text())
-    assert result["config"]["tower_tune"] == "lora"
+    assert all(result["config"][k] == v for k, v in tuning.items())
     export = out / "runs" / "tower-s0" / "export"
     meta = json.loads((export / "magiclens_meta.json").read_text())
     model, pre = build_model("compact", config=config_for_checkpoint(meta))  # + text head
@@ -143,7 +148,7 @@ def test_tower_tuning_trains_the_last_layer_and_serving_embeds_what_was_evaluate
     # The tower moved: the trained last layer gives other pooled features than the
     # pretrained one the baselines use.
     sets = eval_sets(corpus, {}, out / "cache")
-    tuned = tuned_gallery(get_config("compact", tower_tune="lora"), model, params, sets[0])
+    tuned = tuned_gallery(get_config("compact", **tuning), model, params, sets[0])
     assert tuned.shape == before["image"].shape
     assert not np.allclose(tuned[:, :1280], before["image"][:, :1280], atol=1e-4)
     np.testing.assert_allclose(tuned[:, 1280:], before["image"][:, 1280:])

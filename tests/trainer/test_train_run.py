@@ -67,6 +67,26 @@ def test_resume_continues_the_same_run(toy, tmp_path, head):
     np.testing.assert_allclose(first.losses + rest.losses, full.losses, rtol=1e-5, atol=1e-6)
 
 
+def test_a_resumed_run_exports_what_its_alignment_stage_learned(toy, tmp_path):
+    """The alignment stage runs once, before fusion's first checkpoint; a run stopped and
+    resumed afterwards used to export the untrained projections (the stage was skipped)."""
+    from trainer.checkpoints import load_params
+
+    train_f, _, caps = toy
+    cfg = get_config("compact", steps=12, batch_size=16, checkpoint_every=4, warmup_steps=3,
+                     align_steps=10)
+    kw = dict(captions=read_captions(caps), **_standin(head="edit"))
+    full = train(cfg, JsonlTriples(train_f), tmp_path / "a", **kw)
+    train(cfg, JsonlTriples(train_f), tmp_path / "b", stop_at=8, **kw)
+    rest = train(cfg, JsonlTriples(train_f), tmp_path / "b", **kw)
+    assert not rest.align_losses  # not trained again: restored from the workdir
+    a, _ = load_params(full.checkpoint)
+    b, _ = load_params(rest.checkpoint)
+    for proj in ("img_proj", "txt_proj"):
+        np.testing.assert_allclose(b["backbone"][proj]["kernel"], a["backbone"][proj]["kernel"],
+                                   rtol=1e-5, atol=1e-6)
+
+
 def test_full_mode_runs(toy, tmp_path):
     train_f, _, _ = toy
     cfg = get_config("compact", mode="full", steps=3, batch_size=4, warmup_steps=1)
@@ -179,3 +199,29 @@ def test_pca_pooled_projection_keeps_cosines_that_a_random_one_blurs():
     few = pca_pooled_projection(params, feats[:5], cfg)  # fewer images than dimensions
     k = np.asarray(few["edit_head"]["pooled_proj"]["kernel"])
     np.testing.assert_allclose(k.T @ k, np.eye(k.shape[1]), atol=1e-5)
+
+
+def test_pca_of_full_width_is_a_rotation_ordered_by_variance():
+    """embed_dim == the pooled width: the PCA kernel is a rotation (every cosine kept
+    exactly) whose first axes are the most used ones, which `edit_shift_dim` relies on."""
+    import jax
+
+    from trainer.models.magiclens import build_model, init_params
+    from trainer.train import pca_pooled_projection
+
+    probe = MagicLensConfig("compact", 16, 4, head="edit")
+    model, pre = build_model("compact", backbone=(StandInBackbone(64), StandInPreprocessor()),
+                             config=probe)
+    dim = init_params(model, jax.random.PRNGKey(0), pre.image_size)[
+        "edit_head"]["pooled_proj"]["kernel"].shape[0]
+    cfg = MagicLensConfig("compact", dim, 4, head="edit", edit_shift_dim=4)
+    model, pre = build_model("compact", backbone=(StandInBackbone(64), StandInPreprocessor()),
+                             config=cfg)
+    params = init_params(model, jax.random.PRNGKey(0), pre.image_size)
+    rng = np.random.default_rng(0)
+    feats = (rng.standard_normal((300, 6)) @ rng.standard_normal((6, dim))).astype(np.float32)
+    k = np.asarray(pca_pooled_projection(params, feats, cfg)["edit_head"]["pooled_proj"]["kernel"])
+    np.testing.assert_allclose(k.T @ k, np.eye(dim), atol=1e-5)
+    unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    energy = ((unit @ k) ** 2).mean(axis=0)
+    assert energy[:6].sum() > 0.999 and np.all(np.diff(energy[:6]) <= 1e-6)

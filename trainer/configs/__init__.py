@@ -42,6 +42,13 @@ class TrainConfig:
     tower_tune: str = ""
     tower_rank: int = 16
     tower_learning_rate: float = 2e-4
+    # LiT stage (issue 19; frozen mode, compact backbone, needs captions): before fusion, the
+    # tower's last layer (a `tower_lit` delta as above: lora | affine | full; "" = off) and
+    # both projections learn a CLIP loss over the mined (image, caption) pairs against the
+    # locked text tower; the delta merges into the tower that fusion and serving then use.
+    tower_lit: str = ""
+    tower_lit_steps: int = 300
+    tower_lit_learning_rate: float = 1e-3
     learn_temperature: bool = False
     seed: int = 0
     checkpoint_every: int = 100
