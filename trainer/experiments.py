@@ -13,7 +13,8 @@ hand-written unseen one (tools.corpus.unseen).
 
 Grids: `chosen` = the compact config alone; `ablations` = it and the edit-head variants
 docs/quality.md reports; `transformer` = the paper's head (slow on CPU); `tower` = the
-image tower's last layer trained with the head (trainer.tower); a JSON file = a
+image tower's last layer trained with the head (trainer.tower); `identity`, `wide` and
+`lit` = rounds 5 and 6 of docs/quality.md; a JSON file = a
 list of {"name", "config", "overrides": {...}, "arch": {...}}.
 
 `--text-queries` also scores text-to-image search on the held-out pages (trainer.eval.
@@ -114,8 +115,24 @@ IDENTITY = [
     *(Variant(f"chosen + identity term {w:g} on vague triples",
               overrides={"identity_weight": w}) for w in (0.3, 1.0, 3.0)),
 ]
+# Round 6 (issue 19): a 1,280-d index space (a rotation of the backbone's features) with the
+# learned terms on its first 512 axes, and the tower's last layer tuned on captions (LiT).
+WIDE = [
+    *CHOSEN,
+    Variant("chosen, embedding 1280 (a rotation of the backbone's features), shift and colour "
+            "on its first 512 axes", arch={"embed_dim": 1280, "edit_shift_dim": 512}),
+    Variant("... embedding 1280, shift on its first 512 axes, no colour histogram (zero shift "
+            "= image-only exactly)",
+            arch={"embed_dim": 1280, "edit_shift_dim": 512, "colour_bins": 0}),
+    Variant("chosen without the colour histogram (512)", arch={"colour_bins": 0}),
+]
+LIT = [
+    *CHOSEN,
+    Variant("chosen + LiT stage, full last layer, lit lr 3e-3, 300 lit steps",
+            overrides={"tower_lit": "full", "tower_lit_learning_rate": 3e-3}),
+]
 GRIDS = {"chosen": CHOSEN, "ablations": ABLATIONS, "transformer": TRANSFORMER, "tower": TOWER,
-         "identity": IDENTITY}
+         "identity": IDENTITY, "wide": WIDE, "lit": LIT}
 
 
 def load_grid(spec: str) -> list[Variant]:
