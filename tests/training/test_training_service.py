@@ -125,7 +125,7 @@ def trained(svc, metrics_port) -> SimpleNamespace:
     a = client.start_training("compact", 10, "frozen", target=svc.stub)
     b = client.start_training("compact", 6, "frozen", target=svc.stub)
     both_running, steps_seen = False, set()
-    deadline = time.monotonic() + 150
+    deadline = time.monotonic() + 300  # two runs in turn; CI machines run at load ~10
     while time.monotonic() < deadline:
         ra, rb = (client.get_run(r.run_id, svc.stub) for r in (a, b))
         both_running |= ra.status == rb.status == "running"
