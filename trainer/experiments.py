@@ -275,8 +275,7 @@ def tuned_gallery(cfg: Any, model: Any, params: Any, s: EvalSet) -> np.ndarray |
         return None
     from trainer import tower
 
-    pooled = tower.pooled_with_params(model, params, s.tower_inputs())
-    return np.concatenate([pooled, s.gallery_features[:, pooled.shape[1]:]], axis=1)
+    return tower.features_through(model, params, s.tower_inputs(), s.gallery_features)
 
 
 # ------------------------------------------------------------------------------ report

@@ -76,11 +76,10 @@ def train_text_query(model: MagicLens, cfg: TrainConfig, params: Any, pre: Any,
     if cfg.tower_tune or cfg.tower_lit:  # the cache holds the pretrained tower's features
         from trainer import tower
 
-        paths = sorted({p for p, _ in captions})
         x = tower.cached_inputs(None if workdir is None else workdir / "lit_inputs.npz",
-                                model, params, pre, paths, progress=True, dtype=np.float16)
-        pooled = tower.pooled_with_params(model, params, x)
-        fi = np.concatenate([pooled, fi[:, pooled.shape[1]:]], axis=1).astype(fi.dtype)
+                                model, params, pre, sorted({p for p, _ in captions}),
+                                progress=True, dtype=np.float16)
+        fi = tower.features_through(model, params, x, fi)
     targets = index_embeddings(model, params, pre, fi)
     return fit_text_query(model, cfg, params, ft[txt_idx], targets[img_idx], mesh)
 

@@ -160,6 +160,15 @@ def pooled_with_params(model: Any, params: Any, x: np.ndarray) -> np.ndarray:
         -1, side, side, x.shape[-1]))) for s in range(0, len(x), 256)]).astype(np.float32)
 
 
+def features_through(model: Any, params: Any, x: np.ndarray, features: np.ndarray
+                     ) -> np.ndarray:
+    """`features` (pooled, then any colour dims) with the pooled part recomputed from cached
+    inputs `x` through the last layer `params` hold; the colour dims are unchanged."""
+    pooled = pooled_with_params(model, params, x)
+    return np.concatenate([pooled, features[:, pooled.shape[1]:]], axis=1).astype(
+        features.dtype)
+
+
 def unique_batch(parts: Sequence[np.ndarray], size: int) -> tuple[np.ndarray, list]:
     """(unique image ids padded to `size`, each part as indices into them): a step encodes
     every image of its batch (queries, targets, hard negatives) once."""

@@ -624,21 +624,15 @@ def _lit(model: MagicLens, cfg: TrainConfig, params: Any, pre: Any,
     Why: the pooled ImageNet features do not carry what the captions name (a country, a
     style); the last layer is the cheapest part of the tower that can learn it on 2 cores."""
     from trainer import tower
+    from trainer.text_query import pair_features
 
     if not hasattr(model.backbone_def, "last_input"):
         raise ValueError("tower_lit needs the compact backbone (MobileNetV2)")
-    paths = sorted({p for p, _ in captions})
-    texts = sorted({t for _, t in captions})
-    _, ft = cached_features(workdir / "align_features.npz", model, params, pre, paths, texts,
-                            progress=True)
-    x = tower.cached_inputs(workdir / "lit_inputs.npz", model, params, pre, paths,
-                            progress=True, dtype=np.float16)
+    _, ft, img_idx, txt_idx = pair_features(model, params, pre, captions, workdir)
+    x = tower.cached_inputs(workdir / "lit_inputs.npz", model, params, pre,
+                            sorted({p for p, _ in captions}), progress=True, dtype=np.float16)
     kernel, bias = tower.base_layer(params)
     z = tower.precompute_z(x, kernel, bias)
-    pi = {p: i for i, p in enumerate(paths)}
-    ti = {t: i for i, t in enumerate(texts)}
-    img_idx = np.asarray([pi[p] for p, _ in captions])
-    txt_idx = np.asarray([ti[t] for _, t in captions])
     shapes = feature_param_shapes(model, kernel.shape[1], ft.shape[1],
                                   MagicLens.project_features)
     acfg = dataclasses.replace(cfg, learn_temperature=False, temperature=cfg.align_temperature)
@@ -672,8 +666,7 @@ def _retuned_features(model: MagicLens, params: Any, pre: Any, images: Sequence[
 
     x = tower.cached_inputs(workdir / "tower_inputs.npz", model, params, pre, images,
                             progress=True, dtype=np.float16)
-    pooled = tower.pooled_with_params(model, params, x)
-    return np.concatenate([pooled, fi[:, pooled.shape[1]:]], axis=1).astype(fi.dtype)
+    return tower.features_through(model, params, x, fi)
 
 
 def _with_tower_rate(head: optax.GradientTransformation,

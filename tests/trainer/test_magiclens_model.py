@@ -306,6 +306,20 @@ def test_converter_writes_the_checked_payload(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "b.msgpack").exists()
 
 
+def _shift_after_training_starts(model, pre, params, imgs, instructions) -> np.ndarray:
+    """Checks that the untrained edit head leaves each query at its own image, then returns
+    the instructions' shifts once the head's last layer is non-zero ([B, D])."""
+    toks = jnp.asarray(pre.tokenize(instructions))
+    g = np.asarray(model.apply({"params": params}, imgs, method=model.encode_target))
+    q0 = np.asarray(model.apply({"params": params}, imgs, toks, method=model.encode_query))
+    np.testing.assert_allclose(q0, g, atol=1e-6)
+    moved = jax.tree_util.tree_map(np.array, params)
+    moved["edit_head"]["text_out"]["kernel"] += 0.1
+    text = np.asarray(model.apply({"params": moved}, toks, method=model.text_features_only))
+    return np.asarray(model.apply({"params": moved}, jnp.asarray(g), jnp.asarray(text),
+                                  method=lambda m, a, b: m.edit_head.shift(a, b)))
+
+
 def test_image_conditioned_edit_head_shifts_each_image_differently(standin_backbone):
     """With `edit_image_conditioned` the same instruction moves two images by different
     vectors (without it, by one vector); untrained it still starts at image-only."""
@@ -316,15 +330,7 @@ def test_image_conditioned_edit_head_shifts_each_image_differently(standin_backb
         model, pre = build_model("compact", backbone=standin_backbone(64), config=cfg)
         params = init_params(model, jax.random.PRNGKey(3), pre.image_size)
         assert ("image_hidden" in params["edit_head"]) is cond
-        toks = jnp.asarray(pre.tokenize(["make it red"] * 2))
-        g = np.asarray(model.apply({"params": params}, imgs, method=model.encode_target))
-        q0 = np.asarray(model.apply({"params": params}, imgs, toks, method=model.encode_query))
-        np.testing.assert_allclose(q0, g, atol=1e-6)
-        moved = jax.tree_util.tree_map(np.array, params)
-        moved["edit_head"]["text_out"]["kernel"] += 0.1
-        text = np.asarray(model.apply({"params": moved}, toks, method=model.text_features_only))
-        delta = np.asarray(model.apply({"params": moved}, jnp.asarray(g), jnp.asarray(text),
-                                       method=lambda m, a, b: m.edit_head.shift(a, b)))
+        delta = _shift_after_training_starts(model, pre, params, imgs, ["make it red"] * 2)
         shifts[cond] = float(np.abs(delta[0] - delta[1]).max())
     assert shifts[False] < 1e-6 < 1e-3 < shifts[True]
 
@@ -337,14 +343,6 @@ def test_edit_shift_dim_moves_the_query_only_along_its_first_axes(standin_backbo
     params = init_params(model, jax.random.PRNGKey(3), pre.image_size)
     assert params["edit_head"]["text_out"]["kernel"].shape[-1] == 16
     imgs = jnp.asarray(np.random.default_rng(2).random((2, 32, 32, 3), np.float32))
-    toks = jnp.asarray(pre.tokenize(["make it red", "as a drawing"]))
-    g = np.asarray(model.apply({"params": params}, imgs, method=model.encode_target))
-    q0 = np.asarray(model.apply({"params": params}, imgs, toks, method=model.encode_query))
-    np.testing.assert_allclose(q0, g, atol=1e-6)
-    moved = jax.tree_util.tree_map(np.array, params)
-    moved["edit_head"]["text_out"]["kernel"] += 0.1
-    text = np.asarray(model.apply({"params": moved}, toks, method=model.text_features_only))
-    delta = np.asarray(model.apply({"params": moved}, jnp.asarray(g), jnp.asarray(text),
-                                   method=lambda m, a, b: m.edit_head.shift(a, b)))
+    delta = _shift_after_training_starts(model, pre, params, imgs, ["make it red", "as a drawing"])
     assert delta.shape == (2, 64)
     assert np.abs(delta[:, :16]).max() > 1e-3 and not delta[:, 16:].any()
