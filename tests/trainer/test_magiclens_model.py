@@ -346,3 +346,10 @@ def test_edit_shift_dim_moves_the_query_only_along_its_first_axes(standin_backbo
     delta = _shift_after_training_starts(model, pre, params, imgs, ["make it red", "as a drawing"])
     assert delta.shape == (2, 64)
     assert np.abs(delta[:, :16]).max() > 1e-3 and not delta[:, 16:].any()
+
+
+def test_edit_shift_dim_wider_than_the_embedding_is_refused(standin_backbone):
+    cfg = MagicLensConfig("compact", 64, 4, head="edit", edit_shift_dim=65)
+    model, pre = build_model("compact", backbone=standin_backbone(64), config=cfg)
+    with pytest.raises(ValueError, match=r"edit_shift_dim must be in 0\.\.64"):
+        init_params(model, jax.random.PRNGKey(3), pre.image_size)

@@ -42,6 +42,9 @@ class EditHead(nn.Module):
     dtype: Any = jnp.float32
 
     def setup(self) -> None:
+        if not 0 <= self.shift_dim <= self.embed_dim:
+            raise ValueError(f"edit_shift_dim must be in 0..{self.embed_dim} (the embedding's "
+                             f"width), not {self.shift_dim}")
         self.pooled_proj = FrozenDense(self.embed_dim, dtype=self.dtype)
         if self.colour_dim:
             self.colour_proj = nn.Dense(self.shift_dim or self.embed_dim, use_bias=False,
