@@ -73,6 +73,7 @@ def client(addr: str, queries: list[tuple[bytes, str]], start_at: float, seconds
     stub = search_pb2_grpc.SearchServiceStub(rpc.channel(addr, role=auth.READ))
     out = []
     time.sleep(max(0.0, start_at - time.time()))
+    cpu0 = os.times()  # this client's CPU for the calls only, not its start-up
     end = start_at + seconds
     i = offset
     while time.time() < end:
@@ -88,7 +89,8 @@ def client(addr: str, queries: list[tuple[bytes, str]], start_at: float, seconds
             out.append(((time.perf_counter() - t0) * 1000, exc.code().name))
             if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 time.sleep(0.1)  # what a well-behaved client does: back off, then retry
-    results.put(out)
+    cpu = os.times()
+    results.put((out, cpu.user + cpu.system - cpu0.user - cpu0.system))
 
 
 def load(addr: str, queries, clients: int, seconds: float) -> dict:
@@ -100,9 +102,15 @@ def load(addr: str, queries, clients: int, seconds: float) -> dict:
              for c in range(clients)]
     for p in procs:
         p.start()
+    time.sleep(max(0.0, start_at - time.time()))
+    cpu_before = cpu_seconds()
     calls = []
+    clients_cpu = 0.0
     for _ in procs:
-        calls += results.get(timeout=seconds + 120)
+        got, cpu_s = results.get(timeout=seconds + 120)
+        calls += got
+        clients_cpu += cpu_s
+    cpu_after = cpu_seconds()
     for p in procs:
         p.join()
     ok = sorted(ms for ms, code in calls if code == "OK")
@@ -112,7 +120,44 @@ def load(addr: str, queries, clients: int, seconds: float) -> dict:
         return ok[min(len(ok) - 1, int(q * len(ok)))] if ok else float("nan")
 
     return {"clients": clients, "qps": len(ok) / seconds, "p50": pct(0.5), "p95": pct(0.95),
-            "p99": pct(0.99), "calls": len(calls), "errors": dict(errors)}
+            "p99": pct(0.99), "calls": len(calls), "errors": dict(errors),
+            "cpu_ms_per_call": cpu_per_call(cpu_before, cpu_after, len(ok), clients_cpu)}
+
+
+# Which processes of the suite a CPU figure belongs to (first match of its command line).
+CPU_GROUPS = (("search root", "services.search.root"), ("search shards", "services.search.shard"),
+              ("triton: Python model", "services.embedding.server"),
+              ("triton: backend stubs", "triton_python_backend_stub"),
+              ("triton: server", "tritonserver/bin/tritonserver"),
+              ("postgres", "postgres"), ("embedding worker", "services.embedding.worker"))
+
+
+def cpu_seconds() -> dict[str, float]:
+    """User + system CPU seconds so far per group of the suite's processes (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        group = next((g for g, key in CPU_GROUPS if key in cmd), None)
+        if group:
+            out[group] = out.get(group, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def cpu_per_call(before: dict[str, float], after: dict[str, float], calls: int,
+                 clients_s: float) -> dict[str, float]:
+    """CPU ms per answered call per group, the bench's client processes included."""
+    out = {g: (after.get(g, 0.0) - before.get(g, 0.0)) * 1000 / max(1, calls)
+           for g in sorted(set(before) | set(after))}
+    out["bench clients"] = clients_s * 1000 / max(1, calls)
+    out["total"] = sum(out.values())
+    return out
 
 
 def stage_budget(spans) -> dict[str, tuple[float, float, int]]:
@@ -221,6 +266,13 @@ def main() -> int:
         errs = ", ".join(f"{k} {v}" for k, v in sorted(r["errors"].items())) or "0"
         print(f"| {c} | {r['qps']:.1f} | {r['p50']:.0f} | {r['p95']:.0f} | {r['p99']:.0f} "
               f"| {r['calls']} | {errs} |", flush=True)
+    print("\nCPU ms per answered call, by process group (user + system, /proc):")
+    groups = list(rows[0]["cpu_ms_per_call"]) if rows else []
+    print("| process | " + " | ".join(f"{r['clients']} cl." for r in rows) + " |")
+    print("|---|" + "---|" * len(rows))
+    for g in groups:
+        print(f"| {g} | " + " | ".join(f"{r['cpu_ms_per_call'].get(g, 0.0):.1f}" for r in rows)
+              + " |")
     result: dict = {"load": rows}
     if receiver:
         receiver.close()

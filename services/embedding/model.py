@@ -9,11 +9,13 @@ identical to training. Imports only numpy/jax/flax/PIL: it runs in both environm
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ import numpy as np
 from runtime.image_input import BadInput, decode_image
 from runtime.limits import MAX_INSTRUCTION_CHARS
 from trainer.checkpoints import load_params, save_params
-from trainer.models.backbone import CompactBackbone
+from trainer.models.backbone import MAX_BATCH, CompactBackbone
 from trainer.models.magiclens import (
     abstract_params,
     arch_meta,
@@ -55,6 +57,18 @@ IMAGE_RUNTIMES = ("onnxruntime", "jax")
 log = logging.getLogger(__name__)
 _TOWER_LOCK = threading.Lock()
 NO_TEXT_PATH = "this model version has no text-only path"
+
+
+@functools.cache
+def _decode_threads() -> int:
+    from services.embedding.onnx_tower import available_cores
+
+    return available_cores()
+
+
+@functools.cache
+def _decoders() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(_decode_threads(), thread_name_prefix="decode")
 
 
 class NoTextPathError(BadInput):
@@ -195,7 +209,17 @@ class LoadedModel:
         return bool(getattr(self.model.backbone_def, "variable_text_length", False))
 
     def preprocess_images(self, images: list[bytes]) -> np.ndarray:
-        return self.preprocessor.images([decode_image(b) for b in images])
+        """Encoded images -> [B,H,W,3] model input. A batch is decoded on one thread per
+        core: Pillow's decoders and resize release the GIL, and in one thread a batch of 16
+        photos took as long to decode as the tower took to embed it on two cores
+        (docs/performance.md, "Re-embedding")."""
+        if len(images) < 2 or _decode_threads() < 2:
+            return self.preprocessor.images([decode_image(b) for b in images])
+        if len(images) > MAX_BATCH:
+            raise ValueError(f"batch of {len(images)} images; expected 1..{MAX_BATCH}")
+        prepare = self.preprocessor.image
+        return np.stack(list(_decoders().map(lambda b: prepare(decode_image(b)), images))
+                        ).astype(np.float32)
 
     def tokens(self, instructions: list[str]) -> np.ndarray:
         for t in instructions:

@@ -87,3 +87,16 @@ def test_bucketed_batch_equals_one_at_a_time(model_a):
 def test_text_buckets():
     assert [text_bucket(n, 64) for n in (1, 8, 9, 17, 33, 64)] == [8, 8, 16, 32, 64, 64]
     assert text_bucket(20, 16) == 16 and TEXT_BUCKETS[-1] == 64
+
+
+def test_a_batch_decoded_on_threads_equals_images_decoded_one_by_one(model_a, monkeypatch):
+    """A batch's images are decoded on one thread per core; each row must be what the same
+    bytes give alone, in the batch's order, whatever the thread count."""
+    import services.embedding.model as serving_model
+
+    monkeypatch.setattr(serving_model, "_decode_threads", lambda: 2)  # threaded on any machine
+    imgs = [png(photo(PHOTOS[i % len(PHOTOS)]).rotate(5 * i)) for i in range(9)]
+    together = model_a.preprocess_images(imgs)
+    alone = np.concatenate([model_a.preprocess_images([b]) for b in imgs])
+    assert together.dtype == np.float32 and together.shape == alone.shape
+    np.testing.assert_array_equal(together, alone)
