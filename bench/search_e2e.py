@@ -62,7 +62,7 @@ def load_queries(corpus: Path, limit: int) -> list[tuple[bytes, str]]:
     return out
 
 
-def client(addr: str, queries: list[tuple[bytes, str]], start_at: float, seconds: float,
+def client(addr: str, queries: list[tuple[bytes, str]], start, seconds: float,
            offset: int, results) -> None:
     """One closed-loop client: (latency ms or None, status code name) per call."""
     import grpc
@@ -72,9 +72,9 @@ def client(addr: str, queries: list[tuple[bytes, str]], start_at: float, seconds
 
     stub = search_pb2_grpc.SearchServiceStub(rpc.channel(addr, role=auth.READ))
     out = []
-    time.sleep(max(0.0, start_at - time.time()))
+    start.wait()  # every client started and connected: all begin together
     cpu0 = os.times()  # this client's CPU for the calls only, not its start-up
-    end = start_at + seconds
+    end = time.time() + seconds
     i = offset
     while time.time() < end:
         data, instruction = queries[i % len(queries)]
@@ -96,13 +96,15 @@ def client(addr: str, queries: list[tuple[bytes, str]], start_at: float, seconds
 def load(addr: str, queries, clients: int, seconds: float) -> dict:
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    start_at = time.time() + 3.0 + 0.05 * clients  # every client connected and waiting
-    procs = [ctx.Process(target=client, args=(addr, queries, start_at, seconds,
+    # A barrier, not a start time: spawning 64 clients that each unpickle the queries took
+    # longer than any fixed lead, and late clients ran shorter (fewer were concurrent).
+    start = ctx.Barrier(clients + 1)
+    procs = [ctx.Process(target=client, args=(addr, queries, start, seconds,
                                               (c * 97) % len(queries), results))
              for c in range(clients)]
     for p in procs:
         p.start()
-    time.sleep(max(0.0, start_at - time.time()))
+    start.wait(timeout=300)
     cpu_before = cpu_seconds()
     calls = []
     clients_cpu = 0.0

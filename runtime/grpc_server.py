@@ -67,9 +67,12 @@ class GrpcServer:
     def __init__(self, registrations: Sequence[Registration], port: int = 0,
                  host: str = "127.0.0.1", max_workers: int = 16, metrics_port: int | None = None,
                  tokens: auth.Tokens | None = None,
-                 credentials: grpc.ServerCredentials | None = None) -> None:
+                 credentials: grpc.ServerCredentials | None = None,
+                 max_concurrent_rpcs: int | None = None) -> None:
         """`tokens` default to auth.server_tokens() (the environment, else the local token
-        file); `credentials` to auth.server_credentials() (None: plaintext)."""
+        file); `credentials` to auth.server_credentials() (None: plaintext).
+        `max_concurrent_rpcs`: calls beyond it are refused at once with RESOURCE_EXHAUSTED
+        (None: no limit, and calls beyond `max_workers` queue unseen, without a bound)."""
         tokens = tokens if tokens is not None else auth.server_tokens()
         credentials = credentials if credentials is not None else auth.server_credentials()
         self.server = grpc.server(
@@ -79,7 +82,8 @@ class GrpcServer:
             interceptors=[*tracing.server_interceptors(), MetricsInterceptor(),
                           auth.AuthInterceptor(tokens)],
             options=[("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
-                     ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES)])
+                     ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES)],
+            maximum_concurrent_rpcs=max_concurrent_rpcs)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [health.SERVICE_NAME, reflection.SERVICE_NAME]

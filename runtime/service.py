@@ -66,11 +66,13 @@ class Service:
             topics=self.settings.outbox_topics.split(","))
         return self.relay
 
-    def add_grpc(self, registrations: Sequence[Registration], max_workers: int = 16) -> GrpcServer:
+    def add_grpc(self, registrations: Sequence[Registration], max_workers: int = 16,
+                 max_concurrent_rpcs: int | None = None) -> GrpcServer:
         metrics = self.settings.metrics_port or None
         self.grpc = GrpcServer(registrations, port=self.settings.grpc_port,
                                host=self.settings.grpc_host,
-                               max_workers=max_workers, metrics_port=metrics)
+                               max_workers=max_workers, metrics_port=metrics,
+                               max_concurrent_rpcs=max_concurrent_rpcs)
         return self.grpc
 
     def every(self, seconds: float, job: Callable[[], None]) -> None:

@@ -40,4 +40,7 @@ class RootSettings(BaseServiceSettings):
     # RESOURCE_EXHAUSTED instead of piling up behind one another for seconds.
     max_inflight: int = Field(default=8, ge=1, le=1024)
     queue_wait_s: float = Field(default=0.5, ge=0, le=30)
+    # Calls that may wait for a slot at once; more are refused with RESOURCE_EXHAUSTED
+    # without waiting (the gRPC server's own limit).
+    max_queued: int = Field(default=56, ge=0, le=4096)
     db_pool_size: int = Field(default=8, ge=1, le=100)

@@ -82,3 +82,41 @@ def test_an_overloaded_root_refuses_at_once_instead_of_queueing(infra_servers, t
     finally:
         web.close()
         assert stop(root) == 0
+
+
+def test_calls_beyond_the_queue_bound_are_refused_without_waiting(infra_servers, tmp_path):
+    """One search slot, no queue beyond the 4 calls kept for health and status, a long
+    queue wait: while a search holds the slot for 3 s and 4 more wait for it, the next
+    call is refused with RESOURCE_EXHAUSTED at once. Before, calls past the server's
+    threads queued inside gRPC, unseen by the admission bound (64 clients: p50 1.2 s)."""
+    web = WebServer()
+    slow = web.add("/slow.png", noise_image("bound"), ctype="image/png", delay_s=3.0)
+    port = free_port()
+    log = tmp_path / "root.log"
+    root = start("services.search.root", log=log, env=infra_servers.env(
+        MAGICLENS_GRPC_PORT=str(port), MAGICLENS_METRICS_PORT="0",
+        MAGICLENS_SHARDS=f"127.0.0.1:{free_port()}", MAGICLENS_URL_ALLOWLIST="127.0.0.1",
+        MAGICLENS_TRITON_URL=f"127.0.0.1:{free_port()}", MAGICLENS_MAX_INFLIGHT="1",
+        MAGICLENS_MAX_QUEUED="0", MAGICLENS_QUEUE_WAIT_S="10"))
+    try:
+        stub = search_pb2_grpc.SearchServiceStub(wait_grpc(port, 60, proc=root, log=log))
+        holder = stub.Search.future(search_pb2.SearchRequest(
+            query=common_pb2.ImageInput(image_url=slow)), timeout=20)
+        wait_for(lambda: web.requests, 10, "the first search to fetch its image")
+        waiting = [stub.Search.future(search_pb2.SearchRequest(
+            query=common_pb2.ImageInput(image_bytes=noise_image(f"w{i}"))), timeout=20)
+            for i in range(4)]
+        time.sleep(0.5)  # the four are in the server, waiting for the slot
+        t0 = time.monotonic()
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Search(search_pb2.SearchRequest(
+                query=common_pb2.ImageInput(image_bytes=noise_image("late"))), timeout=20)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert time.monotonic() - t0 < 1.0  # refused, not queued behind the holder
+        for call in [holder, *waiting]:  # admitted in turn (then: no shard serves here)
+            with pytest.raises(grpc.RpcError) as answered:
+                call.result()
+            assert answered.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        web.close()
+        assert stop(root) == 0
