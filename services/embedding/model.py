@@ -27,7 +27,7 @@ import numpy as np
 from runtime.image_input import BadInput, decode_image
 from runtime.limits import MAX_INSTRUCTION_CHARS
 from trainer.checkpoints import load_params, save_params
-from trainer.models.backbone import MAX_BATCH, CompactBackbone
+from trainer.models.backbone import CompactBackbone
 from trainer.models.magiclens import (
     abstract_params,
     arch_meta,
@@ -213,13 +213,8 @@ class LoadedModel:
         core: Pillow's decoders and resize release the GIL, and in one thread a batch of 16
         photos took as long to decode as the tower took to embed it on two cores
         (docs/performance.md, "Re-embedding")."""
-        if len(images) < 2 or _decode_threads() < 2:
-            return self.preprocessor.images([decode_image(b) for b in images])
-        if len(images) > MAX_BATCH:
-            raise ValueError(f"batch of {len(images)} images; expected 1..{MAX_BATCH}")
-        prepare = self.preprocessor.image
-        return np.stack(list(_decoders().map(lambda b: prepare(decode_image(b)), images))
-                        ).astype(np.float32)
+        run = _decoders().map if len(images) > 1 and _decode_threads() > 1 else map
+        return self.preprocessor.images(list(run(decode_image, images)), map_fn=run)
 
     def tokens(self, instructions: list[str]) -> np.ndarray:
         for t in instructions:

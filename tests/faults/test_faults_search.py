@@ -48,21 +48,34 @@ def test_search_answers_unavailable_while_postgres_is_down(private_postgres, inf
     assert code == 0
 
 
-def test_an_overloaded_root_refuses_at_once_instead_of_queueing(infra_servers, tmp_path):
-    """One search slot, 0.2 s of queueing: while a search holds the slot (its image URL
-    answers after 3 s), another is refused with RESOURCE_EXHAUSTED within the queue bound
-    rather than waiting behind it; once the slot is free, searches are admitted again."""
+def _root_with_a_slow_image(infra_servers, tmp_path, name: str, **env: str):
+    """A search root with no serving shard or Triton, and an allowed image URL that answers
+    after 3 s (a search by it holds its slot that long): (root, stub, web, url)."""
     web = WebServer()
-    slow = web.add("/slow.png", noise_image("admission"), ctype="image/png", delay_s=3.0)
+    slow = web.add("/slow.png", noise_image(name), ctype="image/png", delay_s=3.0)
     port = free_port()
     log = tmp_path / "root.log"
     root = start("services.search.root", log=log, env=infra_servers.env(
         MAGICLENS_GRPC_PORT=str(port), MAGICLENS_METRICS_PORT="0",
         MAGICLENS_SHARDS=f"127.0.0.1:{free_port()}", MAGICLENS_URL_ALLOWLIST="127.0.0.1",
-        MAGICLENS_TRITON_URL=f"127.0.0.1:{free_port()}", MAGICLENS_MAX_INFLIGHT="1",
-        MAGICLENS_QUEUE_WAIT_S="0.2"))
+        MAGICLENS_TRITON_URL=f"127.0.0.1:{free_port()}", **env))
     try:
         stub = search_pb2_grpc.SearchServiceStub(wait_grpc(port, 60, proc=root, log=log))
+    except BaseException:
+        web.close()
+        stop(root)
+        raise
+    return root, stub, web, slow
+
+
+def test_an_overloaded_root_refuses_at_once_instead_of_queueing(infra_servers, tmp_path):
+    """One search slot, 0.2 s of queueing: while a search holds the slot (its image URL
+    answers after 3 s), another is refused with RESOURCE_EXHAUSTED within the queue bound
+    rather than waiting behind it; once the slot is free, searches are admitted again."""
+    root, stub, web, slow = _root_with_a_slow_image(
+        infra_servers, tmp_path, "admission", MAGICLENS_MAX_INFLIGHT="1",
+        MAGICLENS_QUEUE_WAIT_S="0.2")
+    try:
         holder = stub.Search.future(search_pb2.SearchRequest(
             query=common_pb2.ImageInput(image_url=slow)), timeout=20)
         wait_for(lambda: web.requests, 10, "the first search to fetch its image")
@@ -89,17 +102,10 @@ def test_calls_beyond_the_queue_bound_are_refused_without_waiting(infra_servers,
     queue wait: while a search holds the slot for 3 s and 4 more wait for it, the next
     call is refused with RESOURCE_EXHAUSTED at once. Before, calls past the server's
     threads queued inside gRPC, unseen by the admission bound (64 clients: p50 1.2 s)."""
-    web = WebServer()
-    slow = web.add("/slow.png", noise_image("bound"), ctype="image/png", delay_s=3.0)
-    port = free_port()
-    log = tmp_path / "root.log"
-    root = start("services.search.root", log=log, env=infra_servers.env(
-        MAGICLENS_GRPC_PORT=str(port), MAGICLENS_METRICS_PORT="0",
-        MAGICLENS_SHARDS=f"127.0.0.1:{free_port()}", MAGICLENS_URL_ALLOWLIST="127.0.0.1",
-        MAGICLENS_TRITON_URL=f"127.0.0.1:{free_port()}", MAGICLENS_MAX_INFLIGHT="1",
-        MAGICLENS_MAX_QUEUED="0", MAGICLENS_QUEUE_WAIT_S="10"))
+    root, stub, web, slow = _root_with_a_slow_image(
+        infra_servers, tmp_path, "bound", MAGICLENS_MAX_INFLIGHT="1",
+        MAGICLENS_MAX_QUEUED="0", MAGICLENS_QUEUE_WAIT_S="10")
     try:
-        stub = search_pb2_grpc.SearchServiceStub(wait_grpc(port, 60, proc=root, log=log))
         holder = stub.Search.future(search_pb2.SearchRequest(
             query=common_pb2.ImageInput(image_url=slow)), timeout=20)
         wait_for(lambda: web.requests, 10, "the first search to fetch its image")

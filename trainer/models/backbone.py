@@ -92,11 +92,12 @@ class Preprocessor:
         x = x / max(float(x.max()), 1.0) if self.scale == "max" else x / 255.0
         return (x - self.mean) / self.std
 
-    def images(self, imgs: Sequence[Image.Image]) -> np.ndarray:
-        """PIL images -> [B,H,W,3] float32."""
+    def images(self, imgs: Sequence[Image.Image], map_fn: Callable = map) -> np.ndarray:
+        """PIL images -> [B,H,W,3] float32. `map_fn`: how the images are run through
+        `image`, e.g. a thread pool's map (Pillow's resize releases the GIL)."""
         if not 0 < len(imgs) <= MAX_BATCH:
             raise ValueError(f"batch of {len(imgs)} images; expected 1..{MAX_BATCH}")
-        return np.stack([self.image(i) for i in imgs]).astype(np.float32)
+        return np.stack(list(map_fn(self.image, imgs))).astype(np.float32)
 
     def texts(self, texts: Sequence[str]) -> np.ndarray:
         """Strings -> [B, text_len] int32 token ids, 0-padded (truncated if longer)."""
